@@ -1,0 +1,60 @@
+"""Helpers callbacks share after they change a model's parameters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.strategies import DDPStrategy
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+
+
+def rebuild_optimizers(trainer: pl.Trainer) -> None:
+    """Rebuild optimizers (and the DDP wrapper) after parameters were replaced.
+
+    Without this, training silently updates the orphaned tensors of the old parameters.
+    Learning-rate schedulers keep their progress; optimizer moments (momentum, Adam's
+    averages) restart, since they belong to tensors that no longer exist.
+    """
+    strategy = trainer.strategy
+    if isinstance(strategy, DDPStrategy) and isinstance(strategy.model, DistributedDataParallel):
+        # DDP's reducer holds the old parameters: wrap the module again.
+        strategy.model = strategy._setup_model(trainer.lightning_module)
+        strategy._register_ddp_hooks()
+    scheduler_states = [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs]
+    strategy.setup_optimizers(trainer)
+    for cfg, state in zip(trainer.lr_scheduler_configs, scheduler_states):
+        cfg.scheduler.load_state_dict(state)
+        for group, lr in zip(cfg.scheduler.optimizer.param_groups, cfg.scheduler.get_last_lr()):
+            group["lr"] = lr
+
+
+def example_input(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor:
+    """One input sample on the module's device: ``example_input_array`` or a training batch.
+
+    Raises:
+        ValueError: If neither gives a tensor.
+    """
+    sample: Any = pl_module.example_input_array
+    if sample is None:
+        loader = trainer.train_dataloader
+        if loader is None:
+            raise ValueError(
+                "Cannot find an example input: set `self.example_input_array` in your "
+                "LightningModule or give the Trainer a train dataloader."
+            )
+        batch = next(iter(loader))
+        sample = batch[0] if isinstance(batch, (list, tuple)) else batch
+    if not isinstance(sample, Tensor):
+        raise ValueError(
+            f"The example input must be a tensor (the first element of a batch); got "
+            f"{type(sample).__name__}. Set `self.example_input_array` to one input tensor."
+        )
+    return sample[:1].to(pl_module.device)
+
+
+def layer_modules(pl_module: torch.nn.Module, names: list[str]) -> dict[str, torch.nn.Module]:
+    """Modules by name, looked up afresh (structural pruning replaces submodule parameters)."""
+    return {name: pl_module.get_submodule(name) for name in names}

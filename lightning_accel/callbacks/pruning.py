@@ -1,0 +1,326 @@
+"""``GradualPruning``: prune during ``fit`` on a schedule (Zhu & Gupta, 2017)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_accel.callbacks._surgery_support import (
+    example_input,
+    layer_modules,
+    rebuild_optimizers,
+)
+from lightning_accel.layers import select_layers
+from lightning_accel.model_stats import model_stats
+from lightning_accel.schedules import SCHEDULES, StepSchedule
+from lightning_accel.sparsity import apply_masks, magnitude_masks, n_m_mask, weight_sparsity
+from lightning_accel.structured import check_structured_support, prune_channels
+from lightning_accel.surgery import CompressionCheckpointMixin, record_surgery, save_surgery
+
+PruningMode = Literal["structured", "unstructured", "2:4"]
+PruningScope = Literal["global", "layer"]
+_MODES = ("structured", "unstructured", "2:4")
+_SCOPES = ("global", "layer")
+
+
+class GradualPruning(Callback):
+    """Prune a model gradually while it trains.
+
+    Sparsity follows ``schedule`` from ``initial_sparsity`` at the first batch of
+    ``start_epoch`` to ``target_sparsity`` at the first batch of ``end_epoch``, updated every
+    ``update_every_n_steps`` batches (once per epoch by default); the remaining epochs
+    fine-tune at the target.
+
+    Modes:
+        ``"structured"``: removes whole channels through torch-pruning's dependency graph;
+        ``target_sparsity`` is the fraction of channels removed from each prunable layer. The
+        model really shrinks and runs faster on any runtime.
+        ``"unstructured"``: zeroes the smallest-magnitude weights (a fraction
+        ``target_sparsity`` of the prunable weights). Shapes stay, so dense ONNX Runtime and
+        TensorRT kernels are no faster; it buys compressed size.
+        ``"2:4"``: zeroes 2 of every 4 consecutive input weights, the pattern of TensorRT's
+        sparse tensor-core kernels; ``target_sparsity`` must be 0.5 and the pattern is applied
+        at ``start_epoch``.
+
+    Args:
+        target_sparsity: Final sparsity, in [0, 1).
+        mode: ``"structured"``, ``"unstructured"`` or ``"2:4"``.
+        schedule: ``"cubic"`` (Zhu & Gupta), ``"linear"`` or ``"constant"`` (one shot).
+        start_epoch: First epoch that prunes.
+        end_epoch: Epoch at whose start the target is reached; defaults to ``max_epochs - 1``.
+        update_every_n_steps: Training batches between pruning updates; ``None``: once per epoch.
+        ignore: Glob patterns of layer names to leave dense, e.g. ``["model.layer4.*"]``.
+        scope: ``"layer"`` prunes each layer by the same fraction; ``"global"`` ranks weights or
+            channels across layers. Defaults to ``"layer"`` for structured, ``"global"`` otherwise.
+        initial_sparsity: Sparsity at ``start_epoch``.
+        keep_first_and_last: Keep the first layer and the classifier dense.
+        round_to: Structured only: keep channel counts a multiple of this.
+
+    Example:
+        >>> trainer = L.Trainer(max_epochs=6, callbacks=[GradualPruning(0.5, end_epoch=4)])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        target_sparsity: float,
+        mode: PruningMode = "structured",
+        schedule: Literal["cubic", "linear", "constant"] = "cubic",
+        start_epoch: int = 0,
+        end_epoch: int | None = None,
+        update_every_n_steps: int | None = None,
+        ignore: Sequence[str] = (),
+        scope: PruningScope | None = None,
+        initial_sparsity: float = 0.0,
+        keep_first_and_last: bool = True,
+        round_to: int | None = None,
+    ) -> None:
+        _validate(target_sparsity, mode, schedule, start_epoch, end_epoch, update_every_n_steps)
+        if scope is not None and scope not in _SCOPES:
+            raise ValueError(f"scope must be one of {_SCOPES}; got {scope!r}")
+        if not 0.0 <= initial_sparsity <= target_sparsity:
+            raise ValueError(
+                f"initial_sparsity must be in [0, target_sparsity={target_sparsity}]; got "
+                f"{initial_sparsity}. Example: GradualPruning(0.8, initial_sparsity=0.1)"
+            )
+        if round_to is not None and round_to < 1:
+            raise ValueError(f"round_to must be a positive integer or None; got {round_to}")
+        if isinstance(ignore, str):
+            ignore = [ignore]
+        self.target_sparsity = float(target_sparsity)
+        self.mode = mode
+        self.schedule = schedule
+        self.start_epoch = start_epoch
+        self.end_epoch = end_epoch
+        self.update_every_n_steps = update_every_n_steps
+        self.ignore = list(ignore)
+        self.scope: PruningScope = scope or ("layer" if mode == "structured" else "global")
+        self.initial_sparsity = float(initial_sparsity)
+        self.keep_first_and_last = keep_first_and_last
+        self.round_to = round_to
+
+        self.applied_sparsity = 0.0
+        self._layers: list[str] = []
+        self._masks: dict[str, Tensor] = {}
+        self._example: Tensor | None = None
+        self._step_schedule: StepSchedule | None = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(mode=self.mode, target_sparsity=self.target_sparsity)
+
+    # ----------------------------------------------------------------- lifecycle
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        max_epochs = trainer.max_epochs
+        if self.end_epoch is None:
+            if max_epochs is None or max_epochs < 0:
+                raise ValueError(
+                    "GradualPruning needs end_epoch when the Trainer has no max_epochs. "
+                    "Example: GradualPruning(0.5, end_epoch=8)"
+                )
+            self.end_epoch = max(max_epochs - 1, self.start_epoch + 1)
+        if max_epochs is not None and max_epochs >= 0 and self.end_epoch >= max_epochs:
+            raise ValueError(
+                f"The pruning schedule cannot finish: it reaches its target at the start of "
+                f"end_epoch={self.end_epoch}, but training stops after max_epochs={max_epochs} "
+                f"(epochs 0..{max_epochs - 1}). Set end_epoch <= {max_epochs - 1} or "
+                f"max_epochs >= {self.end_epoch + 1}."
+            )
+        if self.end_epoch <= self.start_epoch:
+            raise ValueError(
+                f"end_epoch must be after start_epoch; got start_epoch={self.start_epoch}, "
+                f"end_epoch={self.end_epoch}. Example: GradualPruning(0.5, start_epoch=1, end_epoch=5)"
+            )
+        if self.mode == "structured" and not isinstance(pl_module, CompressionCheckpointMixin):
+            rank_zero_warn(
+                f"{type(pl_module).__name__} does not inherit CompressionCheckpointMixin: "
+                "checkpoints of the pruned model will only load if its on_load_checkpoint calls "
+                "lightning_accel.restore_compression(self, checkpoint)."
+            )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._example = example_input(trainer, pl_module)
+        layers = select_layers(
+            pl_module, self._example, self.ignore, self.keep_first_and_last, "GradualPruning"
+        )
+        if self.mode == "structured":
+            check_structured_support(pl_module)
+        if self.mode == "2:4":
+            layers = self._layers_fitting_2_4(pl_module, layers)
+        self._layers = layers
+        steps = trainer.num_training_batches
+        if not math.isfinite(steps):
+            raise ValueError(
+                "GradualPruning needs a train dataloader with a length, to place its schedule."
+            )
+        assert self.end_epoch is not None  # set in setup
+        self._step_schedule = StepSchedule(
+            start_epoch=self.start_epoch,
+            end_epoch=self.end_epoch,
+            steps_per_epoch=int(steps),
+            every_n_steps=self.update_every_n_steps,
+            initial=self.initial_sparsity,
+            final=self.target_sparsity,
+            name="constant" if self.mode == "2:4" else self.schedule,
+        )
+        if self.mode != "structured" and self.applied_sparsity > 0:
+            # Resumed: the saved weights already carry the zeros; recover the masks from them.
+            modules = layer_modules(pl_module, self._layers)
+            self._masks = {name: module.weight != 0 for name, module in modules.items()}
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        assert self._step_schedule is not None
+        step = trainer.current_epoch * self._step_schedule.steps_per_epoch + batch_idx
+        if not self._step_schedule.is_update_step(step):
+            return
+        sparsity = self._step_schedule.sparsity_at(step)
+        if sparsity > self.applied_sparsity + 1e-9:
+            self._prune_to(trainer, pl_module, sparsity)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if self._masks:
+            # The optimizer step moved pruned weights off zero; put them back.
+            apply_masks(layer_modules(pl_module, list(self._masks)), self._masks)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self._example is not None
+        stats = model_stats(pl_module, self._example)
+        metrics = {
+            "compress/sparsity": self.applied_sparsity,
+            "model/params": float(stats.params),
+            "model/nonzero_params": float(stats.nonzero_params),
+            "model/macs": float(stats.macs),
+        }
+        if self.mode != "structured" and self._layers:
+            metrics["compress/weight_sparsity"] = weight_sparsity(
+                layer_modules(pl_module, self._layers)
+            )
+        for name, value in metrics.items():
+            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.mode == "structured":
+            note = "channels removed: the model is smaller and faster on every runtime"
+        else:
+            note = (
+                "weights zeroed but shapes kept: dense ONNX Runtime/TensorRT kernels are no "
+                "faster; the gain is compressed size"
+                + (" and TensorRT's 2:4 sparse kernels" if self.mode == "2:4" else "")
+            )
+        rank_zero_info(
+            f"GradualPruning({self.mode}): reached sparsity {self.applied_sparsity:.3f} "
+            f"of target {self.target_sparsity:.3f}; {note}."
+        )
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        save_surgery(pl_module, checkpoint)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"applied_sparsity": self.applied_sparsity, "end_epoch": self.end_epoch}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.applied_sparsity = float(state_dict.get("applied_sparsity", 0.0))
+        self.end_epoch = state_dict.get("end_epoch", self.end_epoch)
+
+    # ----------------------------------------------------------------- pruning
+    def _prune_to(self, trainer: pl.Trainer, pl_module: pl.LightningModule, sparsity: float) -> None:
+        assert self._example is not None
+        if self.mode == "structured":
+            # Ratios are relative to the current width: reach (1 - sparsity) of the original.
+            step_ratio = 1.0 - (1.0 - sparsity) / (1.0 - self.applied_sparsity)
+            history = prune_channels(
+                pl_module, self._example, self._layers, step_ratio,
+                global_scope=self.scope == "global", round_to=self.round_to,
+            )
+            record_surgery(
+                pl_module, "channel_pruning", input_shape=list(self._example.shape), history=history
+            )
+            rebuild_optimizers(trainer)
+        else:
+            modules = layer_modules(pl_module, self._layers)
+            if self.mode == "2:4":
+                self._masks = {name: n_m_mask(mod.weight) for name, mod in modules.items()}
+            else:
+                weights = {name: mod.weight for name, mod in modules.items()}
+                self._masks = magnitude_masks(weights, sparsity, self.scope)
+            apply_masks(modules, self._masks)
+        self.applied_sparsity = sparsity
+
+    def _layers_fitting_2_4(self, pl_module: pl.LightningModule, layers: list[str]) -> list[str]:
+        modules = layer_modules(pl_module, layers)
+        fitting = [name for name, mod in modules.items() if mod.weight.shape[1] % 4 == 0]
+        skipped = sorted(set(layers) - set(fitting))
+        if skipped:
+            rank_zero_info(f"GradualPruning(2:4): input dim not a multiple of 4, kept dense: {skipped}")
+        if not fitting:
+            raise ValueError(
+                "GradualPruning(mode='2:4') found no layer whose input dimension is a multiple "
+                "of 4. Use mode='unstructured' for this model."
+            )
+        return fitting
+
+
+def _validate(
+    target_sparsity: float,
+    mode: str,
+    schedule: str,
+    start_epoch: int,
+    end_epoch: int | None,
+    update_every_n_steps: int | None,
+) -> None:
+    if not isinstance(target_sparsity, (int, float)) or not 0.0 <= target_sparsity < 1.0:
+        raise ValueError(
+            f"target_sparsity must be in [0, 1); got {target_sparsity!r}. "
+            "Example: GradualPruning(target_sparsity=0.5)"
+        )
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}; got {mode!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(
+            f"schedule must be one of {sorted(SCHEDULES)}; got {schedule!r}. "
+            "Example: GradualPruning(0.5, schedule='cubic')"
+        )
+    if mode == "2:4" and target_sparsity != 0.5:
+        raise ValueError(
+            f"mode='2:4' zeroes exactly half the weights, so target_sparsity must be 0.5; got "
+            f"{target_sparsity}. Example: GradualPruning(0.5, mode='2:4')"
+        )
+    if not isinstance(start_epoch, int) or start_epoch < 0:
+        raise ValueError(f"start_epoch must be an integer >= 0; got {start_epoch!r}")
+    if end_epoch is not None and (not isinstance(end_epoch, int) or end_epoch <= start_epoch):
+        raise ValueError(
+            f"end_epoch must be after start_epoch; got start_epoch={start_epoch}, "
+            f"end_epoch={end_epoch}. Example: GradualPruning(0.5, start_epoch=1, end_epoch=5)"
+        )
+    if update_every_n_steps is not None and (
+        not isinstance(update_every_n_steps, int) or update_every_n_steps < 1
+    ):
+        raise ValueError(
+            f"update_every_n_steps must be a positive integer or None (once per epoch); got "
+            f"{update_every_n_steps!r}"
+        )

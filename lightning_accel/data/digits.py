@@ -1,0 +1,66 @@
+"""scikit-learn's bundled handwritten digits (1,797 8x8 images): real data for fast tests."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_accel.utilities.imports import require
+
+
+def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``[1797, 1, 8, 8]`` scaled to [-1, 1] and labels ``[1797]``."""
+    datasets = require("sklearn.datasets", "DigitsDataModule")
+    bunch = datasets.load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).div_(8.0).sub_(1.0).unsqueeze(1)
+    return images, torch.tensor(bunch.target, dtype=torch.int64)
+
+
+class DigitsDataModule(pl.LightningDataModule):
+    """The digits split into train / validation (the validation split doubles as test).
+
+    Args:
+        batch_size: Batch size of the training loader.
+        val_fraction: Fraction held out for validation.
+        seed: Seed of the split and of shuffling.
+    """
+
+    num_classes = 10
+    in_channels = 1
+    image_size = 8
+
+    def __init__(self, batch_size: int = 64, val_fraction: float = 0.2, seed: int = 0) -> None:
+        super().__init__()
+        if batch_size < 1 or not 0.0 < val_fraction < 1.0:
+            raise ValueError(
+                f"batch_size must be >= 1 and val_fraction in (0, 1); got batch_size="
+                f"{batch_size}, val_fraction={val_fraction}"
+            )
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.train_set: TensorDataset | None = None
+        self.val_set: TensorDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        images, labels = load_digits_tensors()
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
+        n_val = int(round(self.val_fraction * len(labels)))
+        self.val_set = TensorDataset(images[order[:n_val]], labels[order[:n_val]])
+        self.train_set = TensorDataset(images[order[n_val:]], labels[order[n_val:]])
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup() first"
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train_set, self.batch_size, shuffle=True, drop_last=True,
+                          generator=generator)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None, "call setup() first"
+        return DataLoader(self.val_set, 256)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

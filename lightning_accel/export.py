@@ -1,0 +1,89 @@
+"""Export to ONNX with the dynamo exporter, leaving the model as it was found."""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+DEFAULT_OPSET = 18
+
+
+def to_onnx(
+    model: nn.Module,
+    example_input: Tensor,
+    path: str | os.PathLike,
+    dynamic_batch: bool = True,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Export ``model`` to a self-contained ONNX file with the dynamo exporter.
+
+    The model is exported from an eval-mode copy on the CPU, so its training mode, device and
+    parameters are untouched. The file is written under a temporary name and renamed at the
+    end: an interrupted export never leaves a half-written file at ``path``.
+
+    Args:
+        model: The module to export.
+        example_input: One input batch (any batch size) of the shape the model expects.
+        path: Where to write the ``.onnx`` file; parent folders are created.
+        dynamic_batch: Export the batch dimension as dynamic.
+        opset: ONNX opset version.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: If the model rejects ``example_input``.
+        RuntimeError: If the exporter cannot trace the model.
+
+    Example:
+        >>> to_onnx(model, torch.randn(1, 1, 28, 28), "model.onnx")  # doctest: +SKIP
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exportable = copy.deepcopy(model).cpu().eval()
+    sample = example_input.detach().cpu()
+    if dynamic_batch and sample.shape[0] < 2:
+        # torch.export specializes batch size 1, so trace with 2 to keep the dimension dynamic.
+        sample = sample.expand(2, *sample.shape[1:]).contiguous()
+    try:
+        with torch.no_grad():
+            exportable(sample)
+    except Exception as err:
+        raise ValueError(
+            f"The model rejects an input of shape {tuple(sample.shape)}: {err}. "
+            "Pass an example input shaped like one training batch."
+        ) from err
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    fd, tmp_name = tempfile.mkstemp(suffix=".onnx.partial", dir=path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                exportable,
+                (sample,),
+                dynamo=True,
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_shapes=dynamic_shapes,
+                opset_version=opset,
+                external_data=False,
+                verbose=False,
+            )
+            program.save(tmp_name)
+        os.replace(tmp_name, path)
+    except Exception as err:
+        raise RuntimeError(
+            f"ONNX export of {type(model).__name__} failed: {err}. Make the forward pass "
+            "traceable by torch.export (no data-dependent Python control flow)."
+        ) from err
+    finally:
+        if os.path.exists(tmp_name):
+            os.remove(tmp_name)
+    return path

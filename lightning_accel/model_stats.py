@@ -1,0 +1,44 @@
+"""Size and cost of a model: parameters, non-zero parameters, MACs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """What a model costs.
+
+    Attributes:
+        params: Parameters (dense count).
+        nonzero_params: Parameters that are not exactly zero.
+        macs: Multiply-accumulates for one input of the example shape (dense kernels).
+    """
+
+    params: int
+    nonzero_params: int
+    macs: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def model_stats(model: nn.Module, example_input: Tensor) -> ModelStats:
+    """Count parameters and MACs for a single input shaped like ``example_input[:1]``.
+
+    The model's training mode is restored afterwards (eval mode keeps BatchNorm statistics).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        macs, params = tp.utils.count_ops_and_params(model, example_input[:1].to(device))
+    finally:
+        model.train(was_training)
+    nonzero = sum(int((p != 0).sum()) for p in model.parameters())
+    return ModelStats(params=int(params), nonzero_params=nonzero, macs=int(macs))

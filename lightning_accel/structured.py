@@ -1,0 +1,145 @@
+"""Structured (channel) pruning through torch-pruning's dependency graph.
+
+Removing a channel removes it from every coupled layer (BatchNorm, residual adds, depthwise
+convs), so the model and its exported graph really shrink. Each call returns a *history*
+of plain lists (layer name, out/in, indices) that :func:`replay_channel_pruning` reapplies.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+from lightning_accel.layers import WEIGHTED_LAYERS
+
+PruningHistory = list[list]  # [[module_name, is_out_channel_pruning, [indices]], ...]
+
+
+@contextmanager
+def _tracing_mode(model: nn.Module) -> Iterator[None]:
+    """Trace in eval mode with grad on, so BatchNorm statistics are not updated by the trace."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        model.train(was_training)
+
+
+def unsupported_layers(model: nn.Module) -> list[str]:
+    """Modules holding parameters that torch-pruning has no pruning rule for."""
+    registered = tp.DependencyGraph().REGISTERED_PRUNERS
+    names = []
+    for name, module in model.named_modules():
+        if not any(True for _ in module.parameters(recurse=False)):
+            continue
+        if tp.ops.module2type(module) not in registered:
+            names.append(name or type(module).__name__)
+    return names
+
+
+def check_structured_support(model: nn.Module) -> None:
+    """Refuse models with layers whose channels torch-pruning cannot follow.
+
+    Raises:
+        ValueError: Naming the first such layer and the alternatives.
+    """
+    unsupported = unsupported_layers(model)
+    if unsupported:
+        module = model.get_submodule(unsupported[0]) if unsupported[0] else model
+        raise ValueError(
+            f"Structured pruning cannot handle layer {unsupported[0]!r} "
+            f"({type(module).__name__}): it holds raw nn.Parameters that torch-pruning has no "
+            "rule to slice, so removing channels would corrupt it. Use mode='unstructured' or "
+            "mode='2:4' for this model, or build the layer from standard modules "
+            "(Conv, Linear, BatchNorm, LayerNorm)."
+        )
+
+
+def prune_channels(
+    model: nn.Module,
+    example_input: Tensor,
+    prunable: Sequence[str],
+    ratio: float,
+    global_scope: bool = False,
+    round_to: int | None = None,
+) -> PruningHistory:
+    """Remove ``ratio`` of the current output channels of the ``prunable`` layers.
+
+    Channels are ranked by the L2 norm of their whole coupled group (weights of every layer
+    the channel touches). Layers outside ``prunable`` keep their output channels.
+
+    Args:
+        model: Root module; history names are relative to it.
+        example_input: An input batch on the model's device, for tracing.
+        prunable: Names of conv/linear layers whose output channels may be removed.
+        ratio: Fraction of current channels to remove, in [0, 1).
+        global_scope: Rank channels across layers (uneven widths) instead of per layer.
+        round_to: Keep channel counts a multiple of this (fast kernels like multiples of 8).
+
+    Returns:
+        The pruning history of this call.
+    """
+    check_structured_support(model)
+    keep = set(prunable)
+    ignored = [
+        module
+        for name, module in model.named_modules()
+        if isinstance(module, WEIGHTED_LAYERS) and name not in keep
+    ]
+    with _tracing_mode(model):
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example_input,
+            importance=tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=ratio,
+            global_pruning=global_scope,
+            max_pruning_ratio=0.95,
+            ignored_layers=ignored,
+            round_to=round_to,
+        )
+        pruner.DG.verbose = False
+        pruner.step()
+    return [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in pruner.pruning_history()]
+
+
+def replay_channel_pruning(
+    model: nn.Module, example_input: Tensor, history: PruningHistory
+) -> None:
+    """Reapply a recorded channel-pruning history to a freshly built model.
+
+    Raises:
+        ValueError: If the history names a layer the model lacks or an index out of range.
+    """
+    modules = dict(model.named_modules())
+    for name, is_out, idxs in history:
+        module = modules.get(name)
+        if module is None:
+            raise ValueError(f"layer {name!r} does not exist in this model")
+        size = _channels(module, is_out)
+        if size is not None and idxs and max(idxs) >= size:
+            raise ValueError(
+                f"layer {name!r} has {size} {'output' if is_out else 'input'} channels but the "
+                f"history removes index {max(idxs)}"
+            )
+    with _tracing_mode(model):
+        graph = tp.DependencyGraph().build_dependency(model, example_input, verbose=False)
+        graph.load_pruning_history([(n, out, list(idxs)) for n, out, idxs in history])
+
+
+def _channels(module: nn.Module, out: bool) -> int | None:
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, Tensor) or weight.dim() == 0:
+        return None
+    if isinstance(module, nn.Linear):
+        return module.out_features if out else module.in_features
+    if isinstance(module, WEIGHTED_LAYERS):
+        return module.out_channels if out else module.in_channels  # type: ignore[return-value]
+    return weight.shape[0]

@@ -1,0 +1,92 @@
+"""Model zoo: classifiers whose stems suit small images such as Fashion-MNIST's 28x28."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from lightning_accel.utilities.imports import require
+
+ModelBuilder = Callable[[int, int], nn.Module]
+MODELS: dict[str, ModelBuilder] = {}
+
+
+def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Add a builder ``fn(num_classes, in_channels) -> nn.Module`` to the zoo."""
+
+    def decorator(fn: ModelBuilder) -> ModelBuilder:
+        MODELS[name] = fn
+        return fn
+
+    return decorator
+
+
+def build(name: str, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """Build a randomly initialized model from the zoo (no weights are downloaded).
+
+    Args:
+        name: One of :data:`MODELS`, e.g. ``"resnet18"``.
+        num_classes: Classifier outputs.
+        in_channels: Image channels (1 for Fashion-MNIST).
+
+    Raises:
+        ValueError: If ``name`` is unknown or a size is not positive.
+
+    Example:
+        >>> build("small_cnn", num_classes=10, in_channels=1)  # doctest: +ELLIPSIS
+        SmallCNN(...)
+    """
+    if name not in MODELS:
+        raise ValueError(f"Unknown model {name!r}. Available: {', '.join(sorted(MODELS))}")
+    if num_classes < 1 or in_channels < 1:
+        raise ValueError(
+            f"num_classes and in_channels must be >= 1; got num_classes={num_classes}, "
+            f"in_channels={in_channels}"
+        )
+    return MODELS[name](num_classes, in_channels)
+
+
+class SmallCNN(nn.Sequential):
+    """Three conv-BN-ReLU blocks and a linear classifier (~29k parameters)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16) -> None:
+        def block(c_in: int, c_out: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+        super().__init__(
+            *block(in_channels, width),
+            nn.MaxPool2d(2),
+            *block(width, 2 * width),
+            nn.MaxPool2d(2),
+            *block(2 * width, 4 * width),
+            nn.Conv2d(4 * width, 4 * width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(4 * width),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4 * width, num_classes),
+        )
+
+
+@register_model("small_cnn")
+def small_cnn(num_classes: int, in_channels: int) -> nn.Module:
+    return SmallCNN(num_classes, in_channels)
+
+
+@register_model("resnet18")
+def resnet18(num_classes: int, in_channels: int) -> nn.Module:
+    """torchvision ResNet-18 with a 3x3 stride-1 stem; the max-pool then halves 28x28 to 14x14."""
+    models = require("torchvision", "The resnet18 model").models
+    model = models.resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    return model
+
+
+@register_model("mobilenet_v2")
+def mobilenet_v2(num_classes: int, in_channels: int) -> nn.Module:
+    """torchvision MobileNetV2 with a stride-1 stem, so 28x28 inputs end at 2x2, not 1x1."""
+    models = require("torchvision", "The mobilenet_v2 model").models
+    model = models.mobilenet_v2(weights=None, num_classes=num_classes)
+    model.features[0][0] = nn.Conv2d(in_channels, 32, kernel_size=3, stride=1, padding=1, bias=False)
+    return model
