@@ -17,6 +17,11 @@ from torch import Tensor, nn
 
 from lightning_accel.layers import WEIGHTED_LAYERS
 
+_T = tp.ops.OPTYPE
+# Layer types whose parameters torch-pruning knows how to slice along channels.
+_SLICEABLE = {_T.CONV, _T.DEPTHWISE_CONV, _T.LINEAR, _T.BN, _T.PRELU, _T.LN, _T.GN, _T.IN, _T.EMBED,
+              _T.MHA, _T.LSTM}
+
 PruningHistory = list[list]  # [[module_name, is_out_channel_pruning, [indices]], ...]
 
 
@@ -35,12 +40,11 @@ def _tracing_mode(model: nn.Module) -> Iterator[None]:
 
 def unsupported_layers(model: nn.Module) -> list[str]:
     """Modules holding parameters that torch-pruning has no pruning rule for."""
-    registered = tp.DependencyGraph().REGISTERED_PRUNERS
     names = []
     for name, module in model.named_modules():
         if not any(True for _ in module.parameters(recurse=False)):
             continue
-        if tp.ops.module2type(module) not in registered:
+        if tp.ops.module2type(module) not in _SLICEABLE:
             names.append(name or type(module).__name__)
     return names
 
