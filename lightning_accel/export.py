@@ -80,10 +80,18 @@ def to_onnx(
         os.replace(tmp_name, path)
     except Exception as err:
         raise RuntimeError(
-            f"ONNX export of {type(model).__name__} failed: {err}. Make the forward pass "
-            "traceable by torch.export (no data-dependent Python control flow)."
+            f"ONNX export of {type(model).__name__} failed: {_root_cause(err)}. Make the forward "
+            "pass traceable by torch.export (no Python control flow on tensor values)."
         ) from err
     finally:
         if os.path.exists(tmp_name):
             os.remove(tmp_name)
     return path
+
+
+def _root_cause(err: BaseException) -> str:
+    """First line of the innermost exception: the exporter's own report runs to pages."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"[:400]

@@ -122,6 +122,7 @@ def pruning_callback(cfg: PruningJobConfig) -> GradualPruning:
 def run_pruning_job(cfg: PruningJobConfig, progress: bool = True) -> list[ModelReport]:
     """Train, prune, export and measure; prints and returns the table rows."""
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    pruning = pruning_callback(cfg)  # refuse bad settings before any training
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
     out = Path(cfg.output_dir)
@@ -136,7 +137,7 @@ def run_pruning_job(cfg: PruningJobConfig, progress: bool = True) -> list[ModelR
     dense_acc = test_accuracy(trainer, dense, data)
 
     pruned = fine_tune_copy(dense, cfg.prune_epochs, cfg.lr / 5)
-    trainer = make_trainer(cfg.prune_epochs, [pruning_callback(cfg)], out, "pruned", progress)
+    trainer = make_trainer(cfg.prune_epochs, [pruning], out, "pruned", progress)
     trainer.fit(pruned, datamodule=data)
     pruned_acc = test_accuracy(trainer, pruned, data)
 

@@ -8,7 +8,7 @@ of plain lists (layer name, out/in, indices) that :func:`replay_channel_pruning`
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -71,11 +71,11 @@ def prune_channels(
     model: nn.Module,
     example_input: Tensor,
     prunable: Sequence[str],
-    ratio: float,
+    ratio: float | Mapping[str, float],
     global_scope: bool = False,
     round_to: int | None = None,
 ) -> PruningHistory:
-    """Remove ``ratio`` of the current output channels of the ``prunable`` layers.
+    """Remove a fraction of the current output channels of the ``prunable`` layers.
 
     Channels are ranked by the L2 norm of their whole coupled group (weights of every layer
     the channel touches). Layers outside ``prunable`` keep their output channels.
@@ -84,8 +84,10 @@ def prune_channels(
         model: Root module; history names are relative to it.
         example_input: An input batch on the model's device, for tracing.
         prunable: Names of conv/linear layers whose output channels may be removed.
-        ratio: Fraction of current channels to remove, in [0, 1).
-        global_scope: Rank channels across layers (uneven widths) instead of per layer.
+        ratio: Fraction of current channels to remove, in [0, 1): one for all layers, or one
+            per layer name (see :func:`ratios_to_widths`).
+        global_scope: Rank channels across layers (uneven widths) instead of per layer;
+            needs a single ``ratio``.
         round_to: Keep channel counts a multiple of this (fast kernels like multiples of 8).
 
     Returns:
@@ -93,6 +95,7 @@ def prune_channels(
     """
     check_structured_support(model)
     keep = set(prunable)
+    per_layer = dict(ratio) if isinstance(ratio, Mapping) else {}
     ignored = [
         module
         for name, module in model.named_modules()
@@ -103,7 +106,8 @@ def prune_channels(
             model,
             example_input,
             importance=tp.importance.GroupMagnitudeImportance(p=2),
-            pruning_ratio=ratio,
+            pruning_ratio=0.0 if per_layer else float(ratio),  # type: ignore[arg-type]
+            pruning_ratio_dict={model.get_submodule(n): r for n, r in per_layer.items()} or None,
             global_pruning=global_scope,
             max_pruning_ratio=0.95,
             ignored_layers=ignored,
@@ -112,6 +116,28 @@ def prune_channels(
         pruner.DG.verbose = False
         pruner.step()
     return [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in pruner.pruning_history()]
+
+
+def out_channels(module: nn.Module) -> int:
+    """Output channels (conv) or features (linear) of a layer."""
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels  # type: ignore[return-value]
+
+
+def ratios_to_widths(
+    model: nn.Module, initial_widths: Mapping[str, int], sparsity: float
+) -> dict[str, float]:
+    """Per-layer ratios that bring each layer to ``(1 - sparsity)`` of its initial width.
+
+    Computed from the initial widths rather than step by step, so rounding never accumulates
+    over many pruning steps.
+    """
+    ratios = {}
+    for name, initial in initial_widths.items():
+        current = out_channels(model.get_submodule(name))
+        target = max(1, round(initial * (1.0 - sparsity)))
+        # torch-pruning keeps int(current * (1 - ratio)) channels; +0.5 guards float round-off.
+        ratios[name] = max(0.0, 1.0 - (target + 0.5) / current)
+    return ratios
 
 
 def replay_channel_pruning(
@@ -139,11 +165,8 @@ def replay_channel_pruning(
 
 
 def _channels(module: nn.Module, out: bool) -> int | None:
-    weight = getattr(module, "weight", None)
-    if not isinstance(weight, Tensor) or weight.dim() == 0:
+    if not isinstance(module, WEIGHTED_LAYERS):
         return None
-    if isinstance(module, nn.Linear):
-        return module.out_features if out else module.in_features
-    if isinstance(module, WEIGHTED_LAYERS):
-        return module.out_channels if out else module.in_channels  # type: ignore[return-value]
-    return weight.shape[0]
+    if out:
+        return out_channels(module)
+    return module.in_features if isinstance(module, nn.Linear) else module.in_channels  # type: ignore[return-value]

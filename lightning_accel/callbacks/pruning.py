@@ -21,7 +21,12 @@ from lightning_accel.layers import select_layers
 from lightning_accel.model_stats import model_stats
 from lightning_accel.schedules import SCHEDULES, StepSchedule
 from lightning_accel.sparsity import apply_masks, magnitude_masks, n_m_mask, weight_sparsity
-from lightning_accel.structured import check_structured_support, prune_channels
+from lightning_accel.structured import (
+    check_structured_support,
+    out_channels,
+    prune_channels,
+    ratios_to_widths,
+)
 from lightning_accel.surgery import CompressionCheckpointMixin, record_surgery, save_surgery
 
 PruningMode = Literal["structured", "unstructured", "2:4"]
@@ -106,6 +111,7 @@ class GradualPruning(Callback):
         self.round_to = round_to
 
         self.applied_sparsity = 0.0
+        self._initial_widths: dict[str, int] = {}
         self._layers: list[str] = []
         self._masks: dict[str, Tensor] = {}
         self._example: Tensor | None = None
@@ -156,6 +162,9 @@ class GradualPruning(Callback):
         )
         if self.mode == "structured":
             check_structured_support(pl_module)
+            if not self._initial_widths:  # else restored from a checkpoint, mid-schedule
+                modules = layer_modules(pl_module, layers)
+                self._initial_widths = {name: out_channels(m) for name, m in modules.items()}
         if self.mode == "2:4":
             layers = self._layers_fitting_2_4(pl_module, layers)
         self._layers = layers
@@ -240,21 +249,24 @@ class GradualPruning(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"applied_sparsity": self.applied_sparsity, "end_epoch": self.end_epoch}
+        return {
+            "applied_sparsity": self.applied_sparsity,
+            "end_epoch": self.end_epoch,
+            "initial_widths": dict(self._initial_widths),
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.applied_sparsity = float(state_dict.get("applied_sparsity", 0.0))
         self.end_epoch = state_dict.get("end_epoch", self.end_epoch)
+        self._initial_widths = dict(state_dict.get("initial_widths", {}))
 
     # ----------------------------------------------------------------- pruning
     def _prune_to(self, trainer: pl.Trainer, pl_module: pl.LightningModule, sparsity: float) -> None:
         assert self._example is not None
         if self.mode == "structured":
-            # Ratios are relative to the current width: reach (1 - sparsity) of the original.
-            step_ratio = 1.0 - (1.0 - sparsity) / (1.0 - self.applied_sparsity)
             history = prune_channels(
-                pl_module, self._example, self._layers, step_ratio,
+                pl_module, self._example, self._layers, self._channel_ratios(pl_module, sparsity),
                 global_scope=self.scope == "global", round_to=self.round_to,
             )
             record_surgery(
@@ -270,6 +282,15 @@ class GradualPruning(Callback):
                 self._masks = magnitude_masks(weights, sparsity, self.scope)
             apply_masks(modules, self._masks)
         self.applied_sparsity = sparsity
+
+    def _channel_ratios(self, pl_module: pl.LightningModule, sparsity: float) -> float | dict[str, float]:
+        """Ratios of current channels to remove so widths reach (1 - sparsity) of the initial."""
+        if self.scope == "layer":
+            return ratios_to_widths(pl_module, self._initial_widths, sparsity)
+        # Global ranking takes one ratio; measuring the current total corrects earlier rounding.
+        initial = sum(self._initial_widths.values())
+        current = sum(out_channels(pl_module.get_submodule(n)) for n in self._initial_widths)
+        return max(0.0, 1.0 - (1.0 - sparsity) * initial / current)
 
     def _layers_fitting_2_4(self, pl_module: pl.LightningModule, layers: list[str]) -> list[str]:
         modules = layer_modules(pl_module, layers)

@@ -116,6 +116,13 @@ def test_learning_rate_schedule_survives_optimizer_rebuild(digits, tmp_path) -> 
     assert lr < 0.05
 
 
+def test_many_small_pruning_steps_land_exactly_on_the_target_width(digits, tmp_path) -> None:
+    module = small_module()
+    _fit(module, digits, GradualPruning(0.5, end_epoch=2, update_every_n_steps=1), tmp_path)
+    widths = [module.model[i].weight.shape[0] for i in (4, 8, 11)]
+    assert widths == [16, 32, 32]  # half of 32, 64, 64: rounding does not accumulate
+
+
 # ----------------------------------------------------------------------------- masks
 def test_unstructured_reaches_exact_sparsity_with_a_clean_state_dict(digits, tmp_path) -> None:
     module = small_module()

@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+from lightning_accel import ClassificationModule
+from lightning_accel.zoo import build
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "small_cnn"])
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_zoo_models_take_28x28_images(name: str, in_channels: int) -> None:
+    model = build(name, num_classes=7, in_channels=in_channels).eval()
+    assert model(torch.randn(2, in_channels, 28, 28)).shape == (2, 7)
+
+
+def test_unknown_model_lists_the_available_ones() -> None:
+    with pytest.raises(ValueError, match="Unknown model 'resnet19'. Available: mobilenet_v2, resnet18, small_cnn"):
+        build("resnet19")
+
+
+def test_classification_module_wraps_any_module_and_trains_a_step(digits) -> None:
+    module = ClassificationModule(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)), input_size=8)
+    x, y = next(iter(digits.train_dataloader()))
+    optimizer = module.configure_optimizers()
+    loss_before = torch.nn.functional.cross_entropy(module(x), y)
+    for _ in range(5):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(module(x), y).backward()
+        optimizer.step()
+    assert torch.nn.functional.cross_entropy(module(x), y) < loss_before
+
+
+def test_classification_module_rejects_unknown_optimizer() -> None:
+    with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adamw'; got 'adam'"):
+        ClassificationModule("small_cnn", optimizer="adam")
