@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import torch_pruning as tp
 from torch import Tensor, nn
 
 
@@ -33,6 +32,8 @@ def model_stats(model: nn.Module, example_input: Tensor) -> ModelStats:
 
     The model's training mode is restored afterwards (eval mode keeps BatchNorm statistics).
     """
+    import torch_pruning as tp  # imported here: it pulls in timm when installed
+
     was_training = model.training
     model.eval()
     try:

@@ -12,15 +12,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
-import torch_pruning as tp
 from torch import Tensor, nn
 
 from lightning_accel.layers import WEIGHTED_LAYERS
-
-_T = tp.ops.OPTYPE
-# Layer types whose parameters torch-pruning knows how to slice along channels.
-_SLICEABLE = {_T.CONV, _T.DEPTHWISE_CONV, _T.LINEAR, _T.BN, _T.PRELU, _T.LN, _T.GN, _T.IN, _T.EMBED,
-              _T.MHA, _T.LSTM}
 
 PruningHistory = list[list]  # [[module_name, is_out_channel_pruning, [indices]], ...]
 
@@ -40,11 +34,16 @@ def _tracing_mode(model: nn.Module) -> Iterator[None]:
 
 def unsupported_layers(model: nn.Module) -> list[str]:
     """Modules holding parameters that torch-pruning has no pruning rule for."""
+    import torch_pruning as tp  # imported here: it pulls in timm (and W&B) when installed
+
+    t = tp.ops.OPTYPE
+    sliceable = {t.CONV, t.DEPTHWISE_CONV, t.LINEAR, t.BN, t.PRELU, t.LN, t.GN, t.IN, t.EMBED, t.MHA,
+                 t.LSTM}
     names = []
     for name, module in model.named_modules():
         if not any(True for _ in module.parameters(recurse=False)):
             continue
-        if tp.ops.module2type(module) not in _SLICEABLE:
+        if tp.ops.module2type(module) not in sliceable:
             names.append(name or type(module).__name__)
     return names
 
@@ -93,6 +92,8 @@ def prune_channels(
     Returns:
         The pruning history of this call.
     """
+    import torch_pruning as tp
+
     check_structured_support(model)
     keep = set(prunable)
     per_layer = dict(ratio) if isinstance(ratio, Mapping) else {}
@@ -159,6 +160,8 @@ def replay_channel_pruning(
                 f"layer {name!r} has {size} {'output' if is_out else 'input'} channels but the "
                 f"history removes index {max(idxs)}"
             )
+    import torch_pruning as tp
+
     with _tracing_mode(model):
         graph = tp.DependencyGraph().build_dependency(model, example_input, verbose=False)
         graph.load_pruning_history([(n, out, list(idxs)) for n, out, idxs in history])

@@ -155,3 +155,23 @@ def test_unstructured_accuracy_survives_high_sparsity(digits, tmp_path) -> None:
     module = small_module()
     trainer = _fit(module, digits, GradualPruning(0.8, mode="unstructured", end_epoch=3), tmp_path, epochs=5)
     assert trainer.callback_metrics["val/acc"] > 0.9
+
+
+def test_layer_structured_pruning_cannot_handle_is_refused_before_any_change(digits, tmp_path) -> None:
+    class LayerScale(torch.nn.Module):
+        def __init__(self, channels: int) -> None:
+            super().__init__()
+            self.gamma = torch.nn.Parameter(torch.ones(1, channels, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.gamma
+
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Conv2d(8, 16, 3, padding=1), LayerScale(16),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10),
+    )
+    module = ClassificationModule(net, input_size=8)
+    before = copy.deepcopy(module.state_dict())
+    with pytest.raises(ValueError, match=r"cannot handle layer 'model.2' \(LayerScale\)"):
+        _fit(module, digits, GradualPruning(0.5, end_epoch=1), tmp_path)
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
