@@ -5,7 +5,7 @@ latency measured on the target runtime. TensorRT, W&B and ONNX Runtime are impor
 they are used.
 """
 
-from lightning_accel.callbacks import GradualPruning
+from lightning_accel.callbacks import ExportOnFitEnd, GradualPruning, LatencyMonitor
 from lightning_accel.data import DigitsDataModule, FashionMNISTDataModule
 from lightning_accel.module import ClassificationModule
 from lightning_accel.surgery import CompressionCheckpointMixin, restore_compression
@@ -16,7 +16,9 @@ __all__ = [
     "ClassificationModule",
     "CompressionCheckpointMixin",
     "DigitsDataModule",
+    "ExportOnFitEnd",
     "FashionMNISTDataModule",
     "GradualPruning",
+    "LatencyMonitor",
     "restore_compression",
 ]

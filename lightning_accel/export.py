@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from lightning_accel.utilities.copying import detached_copy
+
 DEFAULT_OPSET = 18
+_PROTOBUF_LIMIT = 2 * 1024**3  # ONNX files above this must keep weights in external data
 
 
 def to_onnx(
@@ -46,7 +51,7 @@ def to_onnx(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    exportable = copy.deepcopy(model).cpu().eval()
+    exportable = detached_copy(model).cpu().eval()
     sample = example_input.detach().cpu()
     if dynamic_batch and sample.shape[0] < 2:
         # torch.export specializes batch size 1, so trace with 2 to keep the dimension dynamic.
@@ -63,7 +68,7 @@ def to_onnx(
     fd, tmp_name = tempfile.mkstemp(suffix=".onnx.partial", dir=path.parent)
     os.close(fd)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _module_stack(exportable) as stack:
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 exportable,
@@ -73,20 +78,52 @@ def to_onnx(
                 output_names=["output"],
                 dynamic_shapes=dynamic_shapes,
                 opset_version=opset,
-                external_data=False,
                 verbose=False,
             )
-            program.save(tmp_name)
-        os.replace(tmp_name, path)
+        if _weight_bytes(exportable) > 0.9 * _PROTOBUF_LIMIT:
+            # Too big for one protobuf: weights go to "<path>.data" beside the graph.
+            program.save(path, external_data=True)
+        else:
+            program.save(tmp_name, external_data=False)
+            os.replace(tmp_name, path)
     except Exception as err:
+        where = f" in layer {stack[-1]!r} ({type(exportable.get_submodule(stack[-1])).__name__})" if stack and stack[-1] else ""
         raise RuntimeError(
-            f"ONNX export of {type(model).__name__} failed: {_root_cause(err)}. Make the forward "
-            "pass traceable by torch.export (no Python control flow on tensor values)."
+            f"ONNX export of {type(model).__name__} failed{where}: {_root_cause(err)}. Make the "
+            "forward pass traceable by torch.export (no Python control flow on tensor values)."
         ) from err
     finally:
         if os.path.exists(tmp_name):
             os.remove(tmp_name)
     return path
+
+
+@contextmanager
+def _module_stack(model: nn.Module) -> Iterator[list[str]]:
+    """Track which submodules the tracer is inside, to name the layer an export failed in."""
+    stack: list[str] = []
+    handles = []
+    for name, module in model.named_modules():
+
+        def enter(mod: nn.Module, args: Any, name: str = name) -> None:
+            if not name:
+                stack.clear()  # the exporter may retry from the top with another strategy
+            stack.append(name)
+
+        def leave(mod: nn.Module, args: Any, out: Any, name: str = name) -> None:
+            if stack and stack[-1] == name:
+                stack.pop()
+
+        handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+    try:
+        yield stack
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _weight_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
 def _root_cause(err: BaseException) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_accel.utilities.copying import detached_copy
+
 CHECKPOINT_KEY = "lightning_accel"
 FORMAT_VERSION = 1
 _LOG_ATTRIBUTE = "_lightning_accel_surgery"
@@ -82,7 +84,7 @@ def restore_compression(model: nn.Module, checkpoint: Mapping[str, Any]) -> None
             "This model already carries structural changes; restore a checkpoint into a freshly "
             "built model."
         )
-    trial = _detached_copy(model)
+    trial = detached_copy(model)
     try:
         _replay_all(trial, entries)
     except (ValueError, RuntimeError, IndexError, KeyError, AttributeError) as err:
@@ -94,18 +96,6 @@ def restore_compression(model: nn.Module, checkpoint: Mapping[str, Any]) -> None
     _check_shapes(trial, checkpoint.get("state_dict"))
     if entries:
         _replay_all(model, entries)
-
-
-def _detached_copy(model: nn.Module) -> nn.Module:
-    """Deep copy without the Trainer a LightningModule may point to."""
-    trainer = model.__dict__.get("_trainer")
-    if trainer is None:
-        return copy.deepcopy(model)
-    model.__dict__["_trainer"] = None
-    try:
-        return copy.deepcopy(model)
-    finally:
-        model.__dict__["_trainer"] = trainer
 
 
 def _replay_all(model: nn.Module, entries: list[dict[str, Any]]) -> None:

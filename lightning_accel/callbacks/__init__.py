@@ -1,5 +1,7 @@
 """Lightning callbacks: each owns one acceleration technique."""
 
+from lightning_accel.callbacks.export import ExportOnFitEnd
+from lightning_accel.callbacks.latency import LatencyMonitor
 from lightning_accel.callbacks.pruning import GradualPruning
 
-__all__ = ["GradualPruning"]
+__all__ = ["ExportOnFitEnd", "GradualPruning", "LatencyMonitor"]

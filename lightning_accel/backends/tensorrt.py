@@ -1,0 +1,210 @@
+"""TensorRT on an NVIDIA GPU: a serialized engine built from the ONNX file, timed with CUDA events.
+
+Built against TensorRT 10's Python API. Explicit quantization: a graph with Q/DQ nodes builds
+with INT8 enabled and TensorRT follows the Q/DQ placement; otherwise FP16 is enabled. Weights
+that follow the 2:4 pattern use sparse tensor-core kernels when ``SPARSE_WEIGHTS`` is on.
+Device memory comes from torch, so no extra CUDA bindings are needed.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightning_accel.benchmark import Latency
+from lightning_accel.utilities.imports import _TENSORRT_AVAILABLE
+
+MAX_BATCH = 256
+
+
+def tensorrt_problem() -> str | None:
+    """What stops TensorRT from running here, or ``None`` if it can run."""
+    import torch
+
+    missing = []
+    if not _TENSORRT_AVAILABLE:
+        missing.append("the `tensorrt` package is not installed (pip install 'lightning-accel[tensorrt]')")
+    if not torch.cuda.is_available():
+        missing.append("no NVIDIA GPU is visible to torch (torch.cuda.is_available() is False)")
+    return "; ".join(missing) or None
+
+
+def require_tensorrt() -> Any:
+    """Import TensorRT or raise one error naming everything that is missing.
+
+    Raises:
+        RuntimeError: If the package or a GPU is missing.
+    """
+    problem = tensorrt_problem()
+    if problem:
+        raise RuntimeError(
+            f"TensorRT backend unavailable: {problem}. Use backends=('onnxruntime',) on this "
+            "machine, or run on an NVIDIA GPU with the tensorrt extra installed."
+        )
+    import tensorrt as trt
+
+    return trt
+
+
+def has_qdq(onnx_path: Path) -> bool:
+    """Whether the graph holds QuantizeLinear nodes (explicit quantization)."""
+    from lightning_accel.backends.onnxruntime import operator_counts
+
+    return operator_counts(onnx_path).get("QuantizeLinear", 0) > 0
+
+
+def has_2_4_weights(onnx_path: Path) -> bool:
+    """Whether any 4-D or 2-D initializer follows the 2:4 pattern along its input dimension."""
+    import onnx
+    from onnx import numpy_helper
+
+    for init in onnx.load(str(onnx_path)).graph.initializer:
+        weight = numpy_helper.to_array(init)
+        if weight.ndim not in (2, 4) or weight.shape[1] % 4 or weight.size < 64:
+            continue
+        groups = np.moveaxis(weight, 1, -1).reshape(-1, 4)
+        if ((groups != 0).sum(axis=1) <= 2).all():
+            return True
+    return False
+
+
+def build_engine(
+    onnx_path: Path,
+    engine_path: Path,
+    precision: str = "auto",
+    sparse: bool | None = None,
+    timing_cache: Path | None = None,
+    opt_batch: int = 64,
+    max_batch: int = MAX_BATCH,
+) -> Path:
+    """Build and serialize a TensorRT engine for an ONNX file with a dynamic batch.
+
+    Args:
+        onnx_path: The ONNX model (Q/DQ nodes give explicit INT8 quantization).
+        engine_path: Where to write the engine (atomically).
+        precision: ``"auto"`` (INT8 with Q/DQ, else FP16), ``"fp32"``, ``"fp16"`` or ``"int8"``.
+        sparse: Enable 2:4 sparse kernels; ``None`` detects 2:4 weights in the graph.
+        timing_cache: File that keeps kernel timings between builds.
+        opt_batch: Batch size the engine is tuned for.
+        max_batch: Largest batch the engine accepts.
+
+    Raises:
+        RuntimeError: If TensorRT is missing, cannot parse the graph or cannot build it.
+    """
+    trt = require_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    if precision == "auto":
+        precision = "int8" if has_qdq(onnx_path) else "fp16"
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+    if sparse if sparse is not None else has_2_4_weights(onnx_path):
+        config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+    cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.exists() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    profile = builder.create_optimization_profile()
+    tensor = network.get_input(0)
+    dims = tuple(tensor.shape)[1:]
+    profile.set_shape(tensor.name, (1, *dims), (opt_batch, *dims), (max_batch, *dims))
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} ({precision})")
+    _atomic_write(engine_path, bytes(serialized))
+    if timing_cache is not None:
+        _atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
+    return engine_path
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+@dataclass
+class TensorRTModel:
+    """A deserialized TensorRT engine that runs float32 batches on the GPU."""
+
+    engine_path: Path
+    backend: str = "tensorrt"
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    info: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        trt = require_tensorrt()
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(self.engine_path.read_bytes())
+        self._context = self._engine.create_execution_context()
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self._input, self._output = inputs[0], next(n for n in names if n not in inputs)
+        self.artifacts = {"engine": self.engine_path}
+
+    def _execute(self, inputs: Any) -> Any:
+        import torch
+
+        self._context.set_input_shape(self._input, tuple(inputs.shape))
+        output = torch.empty(tuple(self._context.get_tensor_shape(self._output)),
+                             dtype=torch.float32, device="cuda")
+        self._context.set_tensor_address(self._input, inputs.data_ptr())
+        self._context.set_tensor_address(self._output, output.data_ptr())
+        self._context.execute_async_v3(torch.cuda.current_stream().cuda_stream)
+        return output
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        import torch
+
+        batch = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).cuda()
+        output = self._execute(batch)
+        torch.cuda.synchronize()
+        return output.cpu().numpy()
+
+    def latency(self, batch_size: int, runs: int = 200) -> Latency:
+        import torch
+
+        dims = tuple(self._engine.get_tensor_shape(self._input))[1:]
+        batch = torch.randn(batch_size, *dims, device="cuda")
+        for _ in range(20):
+            self._execute(batch)
+        times = []
+        for _ in range(runs):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            self._execute(batch)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        times.sort()
+        return Latency(median_ms=statistics.median(times), p90_ms=times[int(0.9 * (len(times) - 1))],
+                       batch_size=batch_size, threads=0, runs=runs)
+
+
+def compile_tensorrt(
+    onnx_path: Path, out_dir: Path, precision: str = "auto", threads: int | None = None
+) -> TensorRTModel:
+    """Build (with a timing cache in ``out_dir``) and load a TensorRT engine."""
+    require_tensorrt()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    engine = build_engine(onnx_path, out_dir / f"{Path(onnx_path).stem}.engine", precision,
+                          timing_cache=out_dir / "timing.cache")
+    model = TensorRTModel(engine)
+    model.info = {"precision": precision if precision != "auto" else
+                  ("int8" if has_qdq(onnx_path) else "fp16"), "sparse_2_4": has_2_4_weights(onnx_path)}
+    return model
