@@ -77,8 +77,9 @@ def main() -> None:
     out = Path(args.output_dir)
     torch.set_num_threads(args.threads)
     pl.seed_everything(0, workers=True)
-    data = FashionMNISTDataModule(train_size=args.train_size, val_size=2000,
-                                  test_size=2000 if args.quick else None)
+    data = FashionMNISTDataModule(
+        train_size=args.train_size, val_size=2000, test_size=2000 if args.quick else None
+    )
 
     started = time.perf_counter()
     dense = ClassificationModule(args.model, lr=args.lr, cosine_epochs=args.dense_epochs)
@@ -88,8 +89,9 @@ def main() -> None:
     variants = {
         "dense": None,
         "structured 50%": GradualPruning(0.5, mode="structured", end_epoch=end_epoch),
-        "unstructured 80%": GradualPruning(0.8, mode="unstructured", end_epoch=end_epoch,
-                                           update_every_n_steps=25),
+        "unstructured 80%": GradualPruning(
+            0.8, mode="unstructured", end_epoch=end_epoch, update_every_n_steps=25
+        ),
         "2:4 (50%)": GradualPruning(0.5, mode="2:4", end_epoch=end_epoch),
     }
     rows, step_ms, hook_ms = [], {}, {}
@@ -100,15 +102,29 @@ def main() -> None:
         if callback:
             time_hooks(callback, hook_times)
         callbacks = [timer] + ([callback] if callback else [])
-        trainer = make_trainer(args.fine_tune_epochs, callbacks, out, name.split()[0], progress=False)
+        trainer = make_trainer(
+            args.fine_tune_epochs, callbacks, out, name.split()[0], progress=False
+        )
         trainer.fit(module, datamodule=data)
         accuracy = test_accuracy(trainer, module, data)
         step_ms[name] = 1000 * statistics.median(timer.times)
         # The median batch does not prune: pruning steps are a few outliers.
         hook_ms[name] = 1000 * statistics.median(hook_times) if hook_times else 0.0
-        rows.append(measure_model(name, module.model, accuracy, module.example_input_array,
-                                  out / f"{name.split()[0]}.onnx", threads=args.threads, runs=50))
-        print(f"{name}: top-1 {accuracy:.2f}%  ({time.perf_counter() - started:.0f} s so far)", flush=True)
+        rows.append(
+            measure_model(
+                name,
+                module.model,
+                accuracy,
+                module.example_input_array,
+                out / f"{name.split()[0]}.onnx",
+                threads=args.threads,
+                runs=50,
+            )
+        )
+        print(
+            f"{name}: top-1 {accuracy:.2f}%  ({time.perf_counter() - started:.0f} s so far)",
+            flush=True,
+        )
 
     print()
     print(format_table(rows, rows[0]))
@@ -117,13 +133,22 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, ms in step_ms.items():
         print(f"| {name} | {ms:.1f} | {hook_ms[name]:.2f} | {hook_ms[name] / ms:.2%} |")
-    print(f"\n{args.model}, {args.train_size} training images, {args.dense_epochs} dense + "
-          f"{args.fine_tune_epochs} fine-tune epochs, ONNX Runtime {args.threads} threads; "
-          f"total {time.perf_counter() - started:.0f} s")
-    (out / "results.json").write_text(json.dumps(
-        {"args": vars(args), "models": [asdict(r) for r in rows], "train_step_ms": step_ms,
-         "callback_ms": hook_ms}, indent=2
-    ))
+    print(
+        f"\n{args.model}, {args.train_size} training images, {args.dense_epochs} dense + "
+        f"{args.fine_tune_epochs} fine-tune epochs, ONNX Runtime {args.threads} threads; "
+        f"total {time.perf_counter() - started:.0f} s"
+    )
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "args": vars(args),
+                "models": [asdict(r) for r in rows],
+                "train_step_ms": step_ms,
+                "callback_ms": hook_ms,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

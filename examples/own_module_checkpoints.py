@@ -1,6 +1,6 @@
 """Your own LightningModule, pruned, saved and loaded back three ways.
 
-    .venv/bin/python examples/own_module_checkpoints.py
+.venv/bin/python examples/own_module_checkpoints.py
 """
 
 import lightning.pytorch as L
@@ -8,8 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_accel import CompressionCheckpointMixin, DigitsDataModule, GradualPruning
-from lightning_accel import restore_compression
+from lightning_accel import (
+    CompressionCheckpointMixin,
+    DigitsDataModule,
+    GradualPruning,
+    restore_compression,
+)
 
 
 class DigitsNet(CompressionCheckpointMixin, L.LightningModule):
@@ -18,8 +22,13 @@ class DigitsNet(CompressionCheckpointMixin, L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(64, 10),
         )
         self.example_input_array = torch.zeros(1, 1, 8, 8)
 
@@ -36,8 +45,12 @@ class DigitsNet(CompressionCheckpointMixin, L.LightningModule):
 
 if __name__ == "__main__":
     model = DigitsNet()
-    trainer = L.Trainer(max_epochs=3, callbacks=[GradualPruning(0.5, end_epoch=2)],
-                        accelerator="cpu", default_root_dir="runs/own_module")
+    trainer = L.Trainer(
+        max_epochs=3,
+        callbacks=[GradualPruning(0.5, end_epoch=2)],
+        accelerator="cpu",
+        default_root_dir="runs/own_module",
+    )
     trainer.fit(model, datamodule=DigitsDataModule())
     trainer.save_checkpoint("runs/own_module/pruned.ckpt")
 
@@ -49,4 +62,6 @@ if __name__ == "__main__":
     x = torch.randn(4, 1, 8, 8)
     model.eval(), loaded.eval(), plain.eval()
     print("conv widths:", [m.out_channels for m in loaded.net if isinstance(m, nn.Conv2d)])
-    print("same outputs:", torch.allclose(model(x), loaded(x)) and torch.allclose(model(x), plain(x)))
+    print(
+        "same outputs:", torch.allclose(model(x), loaded(x)) and torch.allclose(model(x), plain(x))
+    )

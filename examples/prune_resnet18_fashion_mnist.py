@@ -1,6 +1,6 @@
 """Prune ResNet-18 to half its channels while fine-tuning on Fashion-MNIST, then measure it.
 
-    .venv/bin/python examples/prune_resnet18_fashion_mnist.py
+.venv/bin/python examples/prune_resnet18_fashion_mnist.py
 """
 
 import lightning.pytorch as L
@@ -23,5 +23,7 @@ if __name__ == "__main__":
     pruned_path = to_onnx(model.model, model.example_input_array, "runs/example/pruned.onnx")
     for batch in (1, 64):
         dense, pruned = latency(dense_path, batch), latency(pruned_path, batch)
-        print(f"batch {batch}: dense {dense.median_ms:.2f} ms, pruned {pruned.median_ms:.2f} ms, "
-              f"{dense.median_ms / pruned.median_ms:.2f}x faster")
+        print(
+            f"batch {batch}: dense {dense.median_ms:.2f} ms, pruned {pruned.median_ms:.2f} ms, "
+            f"{dense.median_ms / pruned.median_ms:.2f}x faster"
+        )

@@ -25,8 +25,12 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-sparsity", type=float, default=defaults.target_sparsity)
     p.add_argument("--dense-epochs", type=int, default=defaults.dense_epochs)
     p.add_argument("--prune-epochs", type=int, default=defaults.prune_epochs)
-    p.add_argument("--train-size", type=int, default=defaults.train_size,
-                   help="training images used (default: %(default)s; 0 = all 55,000)")
+    p.add_argument(
+        "--train-size",
+        type=int,
+        default=defaults.train_size,
+        help="training images used (default: %(default)s; 0 = all 55,000)",
+    )
     p.add_argument("--data", dest="data_dir", default=None, help="folder with the IDX files")
     p.add_argument("--output-dir", default=defaults.output_dir)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime / torch threads")
@@ -37,21 +41,30 @@ def _run_fit(args: argparse.Namespace) -> int:
     from lightning_accel.fit_job import PruningJobConfig, print_report, run_pruning_job
 
     settings = dict(
-        model=args.model, mode=args.mode, target_sparsity=args.target_sparsity,
-        data_dir=args.data_dir, output_dir=args.output_dir, threads=args.threads,
+        model=args.model,
+        mode=args.mode,
+        target_sparsity=args.target_sparsity,
+        data_dir=args.data_dir,
+        output_dir=args.output_dir,
+        threads=args.threads,
     )
     if args.quick:
         cfg = PruningJobConfig.quick(**settings)
     else:
         cfg = PruningJobConfig(
-            **settings, dense_epochs=args.dense_epochs, prune_epochs=args.prune_epochs,
+            **settings,
+            dense_epochs=args.dense_epochs,
+            prune_epochs=args.prune_epochs,
             train_size=args.train_size or None,
         )
     started = time.perf_counter()
     rows = run_pruning_job(cfg)
     print()
     print_report(rows)
-    print(f"\nfinished in {time.perf_counter() - started:.0f} s; summary: {cfg.output_dir}/summary.json")
+    print(
+        f"\nfinished in {time.perf_counter() - started:.0f} s; "
+        f"summary: {cfg.output_dir}/summary.json"
+    )
     return 0
 
 

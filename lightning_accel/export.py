@@ -87,7 +87,11 @@ def to_onnx(
             program.save(tmp_name, external_data=False)
             os.replace(tmp_name, path)
     except Exception as err:
-        where = f" in layer {stack[-1]!r} ({type(exportable.get_submodule(stack[-1])).__name__})" if stack and stack[-1] else ""
+        where = (
+            f" in layer {stack[-1]!r} ({type(exportable.get_submodule(stack[-1])).__name__})"
+            if stack and stack[-1]
+            else ""
+        )
         raise RuntimeError(
             f"ONNX export of {type(model).__name__} failed{where}: {_root_cause(err)}. Make the "
             "forward pass traceable by torch.export (no Python control flow on tensor values)."

@@ -67,7 +67,11 @@ class PruningJobConfig:
     def quick(cls, **overrides: Any) -> PruningJobConfig:
         """A one-minute version: small subsets, one dense epoch, two pruning epochs."""
         settings: dict[str, Any] = dict(
-            dense_epochs=1, prune_epochs=2, train_size=2048, test_size=1000, latency_runs=20,
+            dense_epochs=1,
+            prune_epochs=2,
+            train_size=2048,
+            test_size=1000,
+            latency_runs=20,
             val_size=1000,
         )
         return cls(**{**settings, **overrides})
@@ -101,7 +105,9 @@ def fine_tune_copy(dense: ClassificationModule, epochs: int, lr: float) -> Class
     return module
 
 
-def test_accuracy(trainer: pl.Trainer, module: ClassificationModule, data: pl.LightningDataModule) -> float:
+def test_accuracy(
+    trainer: pl.Trainer, module: ClassificationModule, data: pl.LightningDataModule
+) -> float:
     """Top-1 accuracy on the test split, in percent."""
     results = trainer.test(module, datamodule=data, verbose=False)
     return 100.0 * float(results[0]["test/acc"])
@@ -127,8 +133,11 @@ def run_pruning_job(cfg: PruningJobConfig, progress: bool = True) -> list[ModelR
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
     out = Path(cfg.output_dir)
     data = FashionMNISTDataModule(
-        cfg.data_dir, batch_size=cfg.batch_size, val_size=cfg.val_size,
-        train_size=cfg.train_size, test_size=cfg.test_size,
+        cfg.data_dir,
+        batch_size=cfg.batch_size,
+        val_size=cfg.val_size,
+        train_size=cfg.train_size,
+        test_size=cfg.test_size,
     )
     data.prepare_data()
     dense = ClassificationModule(cfg.model, lr=cfg.lr, cosine_epochs=cfg.dense_epochs)
@@ -143,11 +152,23 @@ def run_pruning_job(cfg: PruningJobConfig, progress: bool = True) -> list[ModelR
 
     example = dense.example_input_array
     rows = [
-        measure_model(f"dense ({cfg.dense_epochs} ep)", dense.model, dense_acc, example,
-                      out / "dense.onnx", threads=cfg.threads, runs=cfg.latency_runs),
         measure_model(
-            f"{cfg.mode} {cfg.target_sparsity:.0%} (+{cfg.prune_epochs} ep)", pruned.model,
-            pruned_acc, example, out / "pruned.onnx", threads=cfg.threads, runs=cfg.latency_runs,
+            f"dense ({cfg.dense_epochs} ep)",
+            dense.model,
+            dense_acc,
+            example,
+            out / "dense.onnx",
+            threads=cfg.threads,
+            runs=cfg.latency_runs,
+        ),
+        measure_model(
+            f"{cfg.mode} {cfg.target_sparsity:.0%} (+{cfg.prune_epochs} ep)",
+            pruned.model,
+            pruned_acc,
+            example,
+            out / "pruned.onnx",
+            threads=cfg.threads,
+            runs=cfg.latency_runs,
         ),
     ]
     write_summary(out / "summary.json", rows, {"config": asdict(cfg)})

@@ -78,7 +78,9 @@ class ClassificationModule(CompressionCheckpointMixin, pl.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.test_accuracy, "test")
 
-    def _evaluate(self, batch: tuple[Tensor, Tensor], metric: MulticlassAccuracy, stage: str) -> None:
+    def _evaluate(
+        self, batch: tuple[Tensor, Tensor], metric: MulticlassAccuracy, stage: str
+    ) -> None:
         x, y = batch
         logits = self(x)
         metric(logits, y)
@@ -89,7 +91,11 @@ class ClassificationModule(CompressionCheckpointMixin, pl.LightningModule):
         hp = self.hparams
         if hp.optimizer == "sgd":
             opt: torch.optim.Optimizer = torch.optim.SGD(
-                self.parameters(), lr=hp.lr, momentum=0.9, nesterov=True, weight_decay=hp.weight_decay
+                self.parameters(),
+                lr=hp.lr,
+                momentum=0.9,
+                nesterov=True,
+                weight_decay=hp.weight_decay,
             )
         else:
             opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from lightning_accel.benchmark import latency
 from lightning_accel.export import to_onnx
 from lightning_accel.model_stats import model_stats
+from lightning_accel.utilities.files import atomic_write
 
 
 @dataclass
@@ -95,5 +96,4 @@ def format_table(rows: list[ModelReport], baseline: ModelReport) -> str:
 
 def write_summary(path: Path, rows: list[ModelReport], extra: dict[str, Any]) -> None:
     """Write the rows and run settings as JSON."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**extra, "models": [asdict(r) for r in rows]}, indent=2))
+    atomic_write(path, json.dumps({**extra, "models": [asdict(r) for r in rows]}, indent=2))

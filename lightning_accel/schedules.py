@@ -18,7 +18,8 @@ SparsitySchedule = Callable[[float, float, float], float]
 def cubic_sparsity(progress: float, initial: float, final: float) -> float:
     """Zhu & Gupta (2017), "To prune, or not to prune", eq. 1.
 
-    ``s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt)) ** 3`` with ``progress = (t - t0) / (n * dt)``.
+    ``s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt)) ** 3``,
+    with ``progress = (t - t0) / (n * dt)``.
     Prunes fast while many redundant weights remain and slowly near the target.
 
     Example:

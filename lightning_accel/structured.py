@@ -37,8 +37,19 @@ def unsupported_layers(model: nn.Module) -> list[str]:
     import torch_pruning as tp  # imported here: it pulls in timm (and W&B) when installed
 
     t = tp.ops.OPTYPE
-    sliceable = {t.CONV, t.DEPTHWISE_CONV, t.LINEAR, t.BN, t.PRELU, t.LN, t.GN, t.IN, t.EMBED, t.MHA,
-                 t.LSTM}
+    sliceable = {
+        t.CONV,
+        t.DEPTHWISE_CONV,
+        t.LINEAR,
+        t.BN,
+        t.PRELU,
+        t.LN,
+        t.GN,
+        t.IN,
+        t.EMBED,
+        t.MHA,
+        t.LSTM,
+    }
     names = []
     for name, module in model.named_modules():
         if not any(True for _ in module.parameters(recurse=False)):
@@ -116,7 +127,9 @@ def prune_channels(
         )
         pruner.DG.verbose = False
         pruner.step()
-    return [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in pruner.pruning_history()]
+    return [
+        [str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in pruner.pruning_history()
+    ]
 
 
 def out_channels(module: nn.Module) -> int:

@@ -75,12 +75,15 @@ def log_epoch_table(run: Any, rows: Sequence[dict[str, Any]], latency_key: str) 
 
     columns = sorted({key for row in rows for key in row}, key=lambda k: (k != "epoch", k))
     table = wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])
-    chart = wandb.plot.scatter(table, x=latency_key, y="val/acc",
-                               title="accuracy vs latency, one point per epoch")
+    chart = wandb.plot.scatter(
+        table, x=latency_key, y="val/acc", title="accuracy vs latency, one point per epoch"
+    )
     run.log({"compress/epoch_table": table, "compress/accuracy_vs_latency": chart})
 
 
-def log_export_to_wandb(trainer: pl.Trainer, summary: dict[str, Any], files: Sequence[Path]) -> None:
+def log_export_to_wandb(
+    trainer: pl.Trainer, summary: dict[str, Any], files: Sequence[Path]
+) -> None:
     """Put the final speedups in the run summary and the exported files in a model artifact."""
     run = wandb_run(trainer)
     if run is None:

@@ -58,7 +58,9 @@ class Verification:
         )
 
 
-def compare_outputs(reference: np.ndarray, candidate: np.ndarray, precision: str = "fp32") -> Verification:
+def compare_outputs(
+    reference: np.ndarray, candidate: np.ndarray, precision: str = "fp32"
+) -> Verification:
     """Compare logits of a runtime (``candidate``) with PyTorch's (``reference``).
 
     Raises:
@@ -74,7 +76,9 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, precision: str
     error = float(np.abs(reference - candidate).max()) if reference.size else 0.0
     spread = float(reference.max() - reference.min()) if reference.size else 1.0
     relative = error / max(spread, 1e-12)
-    agreement = float((reference.argmax(-1) == candidate.argmax(-1)).mean()) if reference.size else 1.0
+    agreement = (
+        float((reference.argmax(-1) == candidate.argmax(-1)).mean()) if reference.size else 1.0
+    )
     return Verification(
         precision=precision,
         samples=int(reference.shape[0]),

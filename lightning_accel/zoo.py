@@ -52,7 +52,11 @@ class SmallCNN(nn.Sequential):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16) -> None:
         def block(c_in: int, c_out: int) -> list[nn.Module]:
-            return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+            return [
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(),
+            ]
 
         super().__init__(
             *block(in_channels, width),
@@ -71,12 +75,13 @@ class SmallCNN(nn.Sequential):
 
 @register_model("small_cnn")
 def small_cnn(num_classes: int, in_channels: int) -> nn.Module:
+    """Three conv-BN-ReLU blocks for quick experiments."""
     return SmallCNN(num_classes, in_channels)
 
 
 @register_model("resnet18")
 def resnet18(num_classes: int, in_channels: int) -> nn.Module:
-    """torchvision ResNet-18 with a 3x3 stride-1 stem; the max-pool then halves 28x28 to 14x14."""
+    """Torchvision ResNet-18 with a 3x3 stride-1 stem; the max-pool then halves 28x28 to 14x14."""
     models = require("torchvision", "The resnet18 model").models
     model = models.resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -85,8 +90,10 @@ def resnet18(num_classes: int, in_channels: int) -> nn.Module:
 
 @register_model("mobilenet_v2")
 def mobilenet_v2(num_classes: int, in_channels: int) -> nn.Module:
-    """torchvision MobileNetV2 with a stride-1 stem, so 28x28 inputs end at 2x2, not 1x1."""
+    """Torchvision MobileNetV2 with a stride-1 stem, so 28x28 inputs end at 2x2, not 1x1."""
     models = require("torchvision", "The mobilenet_v2 model").models
     model = models.mobilenet_v2(weights=None, num_classes=num_classes)
-    model.features[0][0] = nn.Conv2d(in_channels, 32, kernel_size=3, stride=1, padding=1, bias=False)
+    model.features[0][0] = nn.Conv2d(
+        in_channels, 32, kernel_size=3, stride=1, padding=1, bias=False
+    )
     return model

@@ -19,9 +19,16 @@ if __name__ == "__main__":
     module = ClassificationModule("small_cnn", input_size=8, lr=0.05)
     pruning = GradualPruning(0.5, mode=mode, end_epoch=2, update_every_n_steps=3)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, callbacks=[pruning],
-        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=3,
+        callbacks=[pruning],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     trainer.fit(module, datamodule=DigitsDataModule())
     torch.save(
@@ -30,7 +37,9 @@ if __name__ == "__main__":
             "masks": {k: (v == 0) for k, v in module.state_dict().items() if k.endswith("weight")},
             "weights": module.state_dict(),
             "sparsity": pruning.applied_sparsity,
-            "optimizer_params": sum(p.numel() for g in trainer.optimizers[0].param_groups for p in g["params"]),
+            "optimizer_params": sum(
+                p.numel() for g in trainer.optimizers[0].param_groups for p in g["params"]
+            ),
         },
         out_dir / f"rank{trainer.global_rank}.pt",
     )

@@ -26,16 +26,23 @@ def test_onnxruntime_saves_its_optimized_graph_and_runs_like_torch(small_onnx, t
     assert compiled.info["integer_kernels"] == {}  # a float model runs no integer kernels
     assert compiled.info["operators"]["Conv"] == 4
     x = torch.randn(3, 1, 28, 28)
-    np.testing.assert_allclose(compiled.run(x.numpy()), model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        compiled.run(x.numpy()), model(x).detach().numpy(), rtol=1e-4, atol=1e-5
+    )
     assert compiled.latency(1, runs=5).median_ms > 0
 
 
 def test_unknown_backend_lists_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match=r"Unknown backend 'openvino' in backends; choose from \['onnxruntime', 'tensorrt'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown backend 'openvino' in backends; choose from \['onnxruntime', 'tensorrt'\]",
+    ):
         check_backends(("onnxruntime", "openvino"))
 
 
-@pytest.mark.skipif(tensorrt_problem() is None, reason="TensorRT is available: the missing-path error cannot occur")
+@pytest.mark.skipif(
+    tensorrt_problem() is None, reason="TensorRT is available: the missing-path error cannot occur"
+)
 def test_tensorrt_without_package_or_gpu_names_what_is_missing(small_onnx, tmp_path) -> None:
     _, path = small_onnx
     with pytest.raises(RuntimeError, match="TensorRT backend unavailable: .*(tensorrt|NVIDIA GPU)"):
@@ -46,7 +53,9 @@ def test_tensorrt_without_package_or_gpu_names_what_is_missing(small_onnx, tmp_p
 
 
 def test_2_4_weights_are_detected_in_the_onnx_graph(tmp_path) -> None:
-    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)
+    ).eval()
     dense = to_onnx(model, torch.randn(1, 16), tmp_path / "dense.onnx")
     with torch.no_grad():
         for layer in (model[0], model[2]):

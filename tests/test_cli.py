@@ -11,12 +11,17 @@ from lightning_accel.cli import main
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "lightning_accel.cli", *args],
-        capture_output=True, text=True, cwd=cwd, timeout=900,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=900,
     )
 
 
 def test_quick_fit_trains_prunes_exports_and_reports_a_speedup(tmp_path) -> None:
-    result = _cli("fit", "--quick", "--output-dir", str(tmp_path / "run"), "--threads", "2", cwd=tmp_path)
+    result = _cli(
+        "fit", "--quick", "--output-dir", str(tmp_path / "run"), "--threads", "2", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| model | top-1 % |" in result.stdout and "speedup @b64" in result.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -10,7 +10,9 @@ from lightning_accel.data.idx import read_idx
 
 
 def _write_idx(path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
     with gzip.open(path, "wb") as f:
         f.write(header + array.astype(np.uint8).tobytes())
 

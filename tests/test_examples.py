@@ -6,8 +6,13 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
 def test_own_module_example_loads_pruned_checkpoints_three_ways(tmp_path) -> None:
-    result = subprocess.run([sys.executable, str(EXAMPLES / "own_module_checkpoints.py")],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "own_module_checkpoints.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "conv widths: [32, 32]" in result.stdout  # second conv 64 -> 32; the stem stays dense
     assert "same outputs: True" in result.stdout

@@ -45,7 +45,9 @@ def test_untraceable_model_fails_clearly_without_leaving_a_partial_file(tmp_path
             return x
 
     model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.ReLU(), Branchy()), nn.Linear(4, 2))
-    with pytest.raises(RuntimeError, match=r"failed in layer '1.1' \(Branchy\): .*data-dependent.*control flow"):
+    with pytest.raises(
+        RuntimeError, match=r"failed in layer '1.1' \(Branchy\): .*data-dependent.*control flow"
+    ):
         to_onnx(model, torch.randn(1, 4), tmp_path / "m.onnx")
     assert not any(hook for m in model.modules() for hook in m._forward_hooks.values())
     assert list(tmp_path.iterdir()) == []

@@ -33,4 +33,10 @@ def test_ignore_pattern_that_matches_nothing_is_an_error() -> None:
 
 def test_model_with_no_prunable_layer_is_an_error() -> None:
     with pytest.raises(ValueError, match="found no layer to compress"):
-        select_layers(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), torch.randn(1, 4), [], True, "GradualPruning")
+        select_layers(
+            nn.Sequential(nn.Flatten(), nn.Linear(4, 2)),
+            torch.randn(1, 4),
+            [],
+            True,
+            "GradualPruning",
+        )

@@ -19,8 +19,9 @@ def test_cubic_prunes_fast_early_and_reaches_target_exactly() -> None:
 
 
 def test_step_schedule_places_updates_and_reaches_target_at_end_epoch() -> None:
-    schedule = StepSchedule(start_epoch=1, end_epoch=3, steps_per_epoch=10, every_n_steps=5,
-                            initial=0.0, final=0.5)
+    schedule = StepSchedule(
+        start_epoch=1, end_epoch=3, steps_per_epoch=10, every_n_steps=5, initial=0.0, final=0.5
+    )
     updates = [step for step in range(50) if schedule.is_update_step(step)]
     assert updates == [10, 15, 20, 25, 30]
     assert schedule.sparsity_at(9) == 0.0
@@ -35,5 +36,7 @@ def test_step_schedule_defaults_to_once_per_epoch() -> None:
 
 
 def test_unknown_schedule_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match=r"schedule must be one of \['constant', 'cubic', 'linear'\]"):
+    with pytest.raises(
+        ValueError, match=r"schedule must be one of \['constant', 'cubic', 'linear'\]"
+    ):
         get_schedule("exponential")

@@ -8,7 +8,12 @@ def test_global_masks_zero_exactly_the_smallest_weights() -> None:
     weights = {"a": torch.randn(8, 4), "b": torch.randn(16, 4, 3, 3) * 3}
     masks = magnitude_masks(weights, 0.8, "global")
     flat = torch.cat([w.abs().flatten() for w in weights.values()])
-    kept = torch.cat([w.abs().flatten()[m.flatten()] for w, m in zip(weights.values(), masks.values())])
+    kept = torch.cat(
+        [
+            w.abs().flatten()[m.flatten()]
+            for w, m in zip(weights.values(), masks.values(), strict=True)
+        ]
+    )
     assert kept.numel() == flat.numel() - round(0.8 * flat.numel())
     assert kept.min() >= flat.sort().values[round(0.8 * flat.numel()) - 1]
     # Global ranking prunes the small-magnitude layer harder.
@@ -35,7 +40,9 @@ def test_2_4_mask_keeps_two_largest_of_every_four_inputs(shape: tuple[int, ...])
     groups = mask.movedim(1, -1).reshape(-1, 4)
     assert (groups.sum(dim=1) == 2).all()
     values = weight.abs().movedim(1, -1).reshape(-1, 4)
-    assert (values[groups].view(-1, 2).min(1).values >= values[~groups].view(-1, 2).max(1).values).all()
+    assert (
+        values[groups].view(-1, 2).min(1).values >= values[~groups].view(-1, 2).max(1).values
+    ).all()
 
 
 def test_2_4_refuses_input_dim_not_multiple_of_four() -> None:

@@ -44,7 +44,9 @@ def test_layer_with_raw_parameters_is_refused_before_any_change() -> None:
 
     model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.Conv2d(8, 8, 3), LayerScale(8), nn.Conv2d(8, 4, 3))
     before = copy.deepcopy(model.state_dict())
-    with pytest.raises(ValueError, match=r"cannot handle layer '2' \(LayerScale\).*mode='unstructured'"):
+    with pytest.raises(
+        ValueError, match=r"cannot handle layer '2' \(LayerScale\).*mode='unstructured'"
+    ):
         prune_channels(model, torch.randn(1, 1, 12, 12), ["1"], 0.5)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 

@@ -27,7 +27,9 @@ def test_tolerances_are_ordered_by_precision() -> None:
 
 
 def test_shape_mismatch_and_unknown_precision_are_errors() -> None:
-    with pytest.raises(ValueError, match=r"runtime output shape \(2, 5\) differs from PyTorch's \(2, 10\)"):
+    with pytest.raises(
+        ValueError, match=r"runtime output shape \(2, 5\) differs from PyTorch's \(2, 10\)"
+    ):
         compare_outputs(np.zeros((2, 10)), np.zeros((2, 5)))
     with pytest.raises(ValueError, match="precision must be one of"):
         compare_outputs(np.zeros((2, 10)), np.zeros((2, 10)), "int4")

@@ -13,12 +13,16 @@ def test_zoo_models_take_28x28_images(name: str, in_channels: int) -> None:
 
 
 def test_unknown_model_lists_the_available_ones() -> None:
-    with pytest.raises(ValueError, match="Unknown model 'resnet19'. Available: mobilenet_v2, resnet18, small_cnn"):
+    with pytest.raises(
+        ValueError, match="Unknown model 'resnet19'. Available: mobilenet_v2, resnet18, small_cnn"
+    ):
         build("resnet19")
 
 
 def test_classification_module_wraps_any_module_and_trains_a_step(digits) -> None:
-    module = ClassificationModule(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)), input_size=8)
+    module = ClassificationModule(
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)), input_size=8
+    )
     x, y = next(iter(digits.train_dataloader()))
     optimizer = module.configure_optimizers()
     loss_before = torch.nn.functional.cross_entropy(module(x), y)

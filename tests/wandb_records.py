@@ -39,7 +39,10 @@ def read_records(path: Path) -> list[Any]:
 def history_rows(records: list[Any]) -> list[dict[str, Any]]:
     """Logged history rows as dicts of decoded values."""
     return [
-        {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+        {
+            item.key or "/".join(item.nested_key): json.loads(item.value_json)
+            for item in r.history.item
+        }
         for r in records
         if r.WhichOneof("record_type") == "history"
     ]

@@ -45,7 +45,9 @@ def _compile_tensorrt(onnx_path: Path, out_dir: Path, **kwargs: object) -> Compi
 BACKENDS: dict[str, Compiler] = {"onnxruntime": _compile_onnxruntime, "tensorrt": _compile_tensorrt}
 
 
-def check_backends(backends: tuple[str, ...] | list[str], argument: str = "backends") -> tuple[str, ...]:
+def check_backends(
+    backends: tuple[str, ...] | list[str], argument: str = "backends"
+) -> tuple[str, ...]:
     """Validate backend names.
 
     Raises:
@@ -57,7 +59,9 @@ def check_backends(backends: tuple[str, ...] | list[str], argument: str = "backe
         raise ValueError(f"{argument} must name at least one of {sorted(BACKENDS)}")
     for name in backends:
         if name not in BACKENDS:
-            raise ValueError(f"Unknown backend {name!r} in {argument}; choose from {sorted(BACKENDS)}")
+            raise ValueError(
+                f"Unknown backend {name!r} in {argument}; choose from {sorted(BACKENDS)}"
+            )
     return tuple(backends)
 
 

@@ -11,7 +11,14 @@ import numpy as np
 from lightning_accel.benchmark import Latency, latency, ort_session
 
 # Kernels that show a quantized model really runs on integer arithmetic.
-INTEGER_KERNELS = ("QLinearConv", "QLinearAdd", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger")
+INTEGER_KERNELS = (
+    "QLinearConv",
+    "QLinearAdd",
+    "QGemm",
+    "QLinearMatMul",
+    "ConvInteger",
+    "MatMulInteger",
+)
 
 
 def operator_counts(onnx_path: Path) -> dict[str, int]:
@@ -34,7 +41,9 @@ class OnnxRuntimeModel:
     info: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._session = ort_session(self.onnx_path, self.threads, optimized_path=self.optimized_path)
+        self._session = ort_session(
+            self.onnx_path, self.threads, optimized_path=self.optimized_path
+        )
         self._input = self._session.get_inputs()[0].name
         counts = operator_counts(self.optimized_path)
         self.artifacts = {"onnx": self.onnx_path, "optimized": self.optimized_path}
@@ -50,7 +59,9 @@ class OnnxRuntimeModel:
         return latency(self.onnx_path, batch_size, threads=self.threads, runs=runs, min_seconds=1.0)
 
 
-def compile_onnxruntime(onnx_path: Path, out_dir: Path, threads: int | None = None) -> OnnxRuntimeModel:
+def compile_onnxruntime(
+    onnx_path: Path, out_dir: Path, threads: int | None = None
+) -> OnnxRuntimeModel:
     """Build a CPU session with all graph optimizations and save the optimized graph."""
     out_dir.mkdir(parents=True, exist_ok=True)
     optimized = out_dir / f"{Path(onnx_path).stem}.ort.onnx"

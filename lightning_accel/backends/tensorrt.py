@@ -8,9 +8,7 @@ Device memory comes from torch, so no extra CUDA bindings are needed.
 
 from __future__ import annotations
 
-import os
 import statistics
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from lightning_accel.benchmark import Latency
+from lightning_accel.utilities.files import atomic_write
 from lightning_accel.utilities.imports import _TENSORRT_AVAILABLE
 
 MAX_BATCH = 256
@@ -29,7 +28,9 @@ def tensorrt_problem() -> str | None:
 
     missing = []
     if not _TENSORRT_AVAILABLE:
-        missing.append("the `tensorrt` package is not installed (pip install 'lightning-accel[tensorrt]')")
+        missing.append(
+            "the `tensorrt` package is not installed (pip install 'lightning-accel[tensorrt]')"
+        )
     if not torch.cuda.is_available():
         missing.append("no NVIDIA GPU is visible to torch (torch.cuda.is_available() is False)")
     return "; ".join(missing) or None
@@ -125,17 +126,10 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} ({precision})")
-    _atomic_write(engine_path, bytes(serialized))
+    atomic_write(engine_path, bytes(serialized))
     if timing_cache is not None:
-        _atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
+        atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
     return engine_path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -150,7 +144,9 @@ class TensorRTModel:
     def __post_init__(self) -> None:
         trt = require_tensorrt()
         self._logger = trt.Logger(trt.Logger.WARNING)
-        self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(self.engine_path.read_bytes())
+        self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(
+            self.engine_path.read_bytes()
+        )
         self._context = self._engine.create_execution_context()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -161,8 +157,9 @@ class TensorRTModel:
         import torch
 
         self._context.set_input_shape(self._input, tuple(inputs.shape))
-        output = torch.empty(tuple(self._context.get_tensor_shape(self._output)),
-                             dtype=torch.float32, device="cuda")
+        output = torch.empty(
+            tuple(self._context.get_tensor_shape(self._output)), dtype=torch.float32, device="cuda"
+        )
         self._context.set_tensor_address(self._input, inputs.data_ptr())
         self._context.set_tensor_address(self._output, output.data_ptr())
         self._context.execute_async_v3(torch.cuda.current_stream().cuda_stream)
@@ -192,8 +189,13 @@ class TensorRTModel:
             end.synchronize()
             times.append(start.elapsed_time(end))
         times.sort()
-        return Latency(median_ms=statistics.median(times), p90_ms=times[int(0.9 * (len(times) - 1))],
-                       batch_size=batch_size, threads=0, runs=runs)
+        return Latency(
+            median_ms=statistics.median(times),
+            p90_ms=times[int(0.9 * (len(times) - 1))],
+            batch_size=batch_size,
+            threads=0,
+            runs=runs,
+        )
 
 
 def compile_tensorrt(
@@ -202,9 +204,17 @@ def compile_tensorrt(
     """Build (with a timing cache in ``out_dir``) and load a TensorRT engine."""
     require_tensorrt()
     out_dir.mkdir(parents=True, exist_ok=True)
-    engine = build_engine(onnx_path, out_dir / f"{Path(onnx_path).stem}.engine", precision,
-                          timing_cache=out_dir / "timing.cache")
+    engine = build_engine(
+        onnx_path,
+        out_dir / f"{Path(onnx_path).stem}.engine",
+        precision,
+        timing_cache=out_dir / "timing.cache",
+    )
     model = TensorRTModel(engine)
-    model.info = {"precision": precision if precision != "auto" else
-                  ("int8" if has_qdq(onnx_path) else "fp16"), "sparse_2_4": has_2_4_weights(onnx_path)}
+    model.info = {
+        "precision": precision
+        if precision != "auto"
+        else ("int8" if has_qdq(onnx_path) else "fp16"),
+        "sparse_2_4": has_2_4_weights(onnx_path),
+    }
     return model

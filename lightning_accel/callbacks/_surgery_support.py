@@ -25,9 +25,10 @@ def rebuild_optimizers(trainer: pl.Trainer) -> None:
         strategy._register_ddp_hooks()
     scheduler_states = [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs]
     strategy.setup_optimizers(trainer)
-    for cfg, state in zip(trainer.lr_scheduler_configs, scheduler_states):
+    for cfg, state in zip(trainer.lr_scheduler_configs, scheduler_states, strict=True):
         cfg.scheduler.load_state_dict(state)
-        for group, lr in zip(cfg.scheduler.optimizer.param_groups, cfg.scheduler.get_last_lr()):
+        groups = cfg.scheduler.optimizer.param_groups
+        for group, lr in zip(groups, cfg.scheduler.get_last_lr(), strict=True):
             group["lr"] = lr
 
 

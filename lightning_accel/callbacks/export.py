@@ -25,6 +25,7 @@ from lightning_accel.export import to_onnx
 from lightning_accel.model_stats import model_stats
 from lightning_accel.tracking import log_export_to_wandb
 from lightning_accel.utilities.copying import detached_copy
+from lightning_accel.utilities.files import atomic_write
 from lightning_accel.verify import compare_outputs
 
 ExportPrecision = Literal["auto", "fp32", "fp16", "int8"]
@@ -54,7 +55,8 @@ class ExportOnFitEnd(Callback):
         latency_runs: Timed runs per latency figure.
 
     Example:
-        >>> trainer = L.Trainer(callbacks=[GradualPruning(0.5), ExportOnFitEnd("export")])  # doctest: +SKIP
+        >>> export = ExportOnFitEnd("export", backends=("onnxruntime",))
+        >>> trainer = L.Trainer(callbacks=[GradualPruning(0.5), export])  # doctest: +SKIP
     """
 
     def __init__(
@@ -71,14 +73,17 @@ class ExportOnFitEnd(Callback):
         threads: int | None = None,
         latency_runs: int = 50,
     ) -> None:
-        self.backends = check_backends(tuple(backends) if not isinstance(backends, str) else (backends,))
+        self.backends = check_backends(
+            tuple(backends) if not isinstance(backends, str) else (backends,)
+        )
         if not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes):
             raise ValueError(f"batch_sizes must be positive integers; got {tuple(batch_sizes)}")
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {_PRECISIONS}; got {precision!r}")
         if on_verification_failure not in ("error", "warn"):
             raise ValueError(
-                f"on_verification_failure must be 'error' or 'warn'; got {on_verification_failure!r}"
+                "on_verification_failure must be 'error' or 'warn'; "
+                f"got {on_verification_failure!r}"
             )
         if input_shape is not None and (len(input_shape) < 2 or any(d < 1 for d in input_shape)):
             raise ValueError(
@@ -108,8 +113,8 @@ class ExportOnFitEnd(Callback):
             _check_accepts(pl_module, self.input_shape)
         if "tensorrt" in self.backends and tensorrt_problem():
             rank_zero_warn(
-                f"ExportOnFitEnd: TensorRT cannot run here ({tensorrt_problem()}); training goes on, "
-                "the ONNX file and checkpoint will be written, then the TensorRT step will fail."
+                f"ExportOnFitEnd: TensorRT cannot run here ({tensorrt_problem()}); training goes "
+                "on, the ONNX file and checkpoint will be written, then the TensorRT step fails."
             )
 
     @override
@@ -127,8 +132,8 @@ class ExportOnFitEnd(Callback):
             failures = self._export(trainer, pl_module)
         except Exception as err:
             raise RuntimeError(
-                f"ExportOnFitEnd failed: {err}\nThe trained model is safe in {checkpoint}; reload it "
-                "with YourModule.load_from_checkpoint(...) and export again once fixed."
+                f"ExportOnFitEnd failed: {err}\nThe trained model is safe in {checkpoint}; "
+                "reload it with YourModule.load_from_checkpoint(...) and export again once fixed."
             ) from err
         if failures:
             raise RuntimeError(
@@ -154,7 +159,10 @@ class ExportOnFitEnd(Callback):
 
         self.summary = {
             "accuracy": _metric(trainer, "val/acc"),
-            "model": {**model_stats(final, example).as_dict(), "onnx_bytes": model_onnx.stat().st_size},
+            "model": {
+                **model_stats(final, example).as_dict(),
+                "onnx_bytes": model_onnx.stat().st_size,
+            },
             "backends": {},
             "timings": timings,
         }
@@ -166,14 +174,15 @@ class ExportOnFitEnd(Callback):
         failures = []
         for backend in self.backends:
             try:
-                entry, problem = self._run_backend(backend, model_onnx, baseline_onnx, batches,
-                                                   reference, quantized, timings)
+                entry, problem = self._run_backend(
+                    backend, model_onnx, baseline_onnx, batches, reference, quantized, timings
+                )
             except RuntimeError as err:  # e.g. TensorRT missing: the other backends still report
                 entry, problem = {"error": str(err)}, str(err)
             self.summary["backends"][backend] = entry
             if problem:
                 failures.append(problem)
-        _write_json(self.dirpath / "summary.json", self.summary)
+        atomic_write(self.dirpath / "summary.json", json.dumps(self.summary, indent=2, default=str))
         rank_zero_info(format_summary(self.summary))
         log_export_to_wandb(trainer, self.summary, [model_onnx, self.dirpath / "summary.json"])
         return failures
@@ -189,8 +198,10 @@ class ExportOnFitEnd(Callback):
         timings: dict[str, float],
     ) -> tuple[dict[str, Any], str | None]:
         compiled = compile_model(backend, model_onnx, self.dirpath / backend, threads=self.threads)
-        entry: dict[str, Any] = {"info": compiled.info,
-                                 "artifacts": {k: str(v) for k, v in compiled.artifacts.items()}}
+        entry: dict[str, Any] = {
+            "info": compiled.info,
+            "artifacts": {k: str(v) for k, v in compiled.artifacts.items()},
+        }
         problem = None
         if self.verify:
             started = time.perf_counter()
@@ -207,8 +218,9 @@ class ExportOnFitEnd(Callback):
                     rank_zero_warn(message)
         if self.benchmark and baseline_onnx is not None:
             started = time.perf_counter()
-            baseline = compile_model(backend, baseline_onnx, self.dirpath / backend / "baseline",
-                                     threads=self.threads)
+            baseline = compile_model(
+                backend, baseline_onnx, self.dirpath / backend / "baseline", threads=self.threads
+            )
             entry["latency"] = {}
             for batch_size in self.batch_sizes:
                 model_ms = compiled.latency(batch_size, self.latency_runs).median_ms
@@ -229,7 +241,9 @@ class ExportOnFitEnd(Callback):
             return "int8"
         return "fp16" if backend == "tensorrt" else "fp32"
 
-    def _validation_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Tensor]:
+    def _validation_inputs(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> list[Tensor]:
         """Real validation batches, or zeros of ``input_shape`` when there is no validation data."""
         loaders = trainer.val_dataloaders
         if isinstance(loaders, (list, tuple)):
@@ -284,21 +298,15 @@ def _check_accepts(pl_module: pl.LightningModule, input_shape: tuple[int, ...]) 
         pl_module.train(was_training)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
-
-
 def format_summary(summary: dict[str, Any]) -> str:
     """The export summary as a Markdown table: one row per backend and batch size."""
     model, base = summary["model"], summary.get("baseline", {})
     accuracy = summary.get("accuracy")
     lines = [
         f"accuracy: {accuracy:.4f}" if accuracy is not None else "accuracy: n/a",
-        f"params: {model['params']:,} (baseline {base.get('params', 0):,}); MACs: {model['macs']:,} "
-        f"(baseline {base.get('macs', 0):,}); ONNX: {model['onnx_bytes'] / 1e6:.2f} MB "
+        f"params: {model['params']:,} (baseline {base.get('params', 0):,}); "
+        f"MACs: {model['macs']:,} (baseline {base.get('macs', 0):,}); "
+        f"ONNX: {model['onnx_bytes'] / 1e6:.2f} MB "
         f"(baseline {base.get('onnx_bytes', 0) / 1e6:.2f} MB)",
         "| backend | batch | model ms | baseline ms | speedup | verification |",
         "|---|---|---|---|---|---|",

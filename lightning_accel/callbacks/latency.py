@@ -20,7 +20,6 @@ from lightning_accel.model_stats import model_stats
 from lightning_accel.tracking import define_epoch_axis, log_epoch_table, wandb_run
 
 
-
 class LatencyMonitor(Callback):
     """Log the latency of the model *as it is at that epoch*, with its compression applied.
 
@@ -49,7 +48,8 @@ class LatencyMonitor(Callback):
         (self.backend,) = check_backends((backend,), "backend")
         if every_n_epochs < 1 or runs < 1:
             raise ValueError(
-                f"every_n_epochs and runs must be >= 1; got every_n_epochs={every_n_epochs}, runs={runs}"
+                "every_n_epochs and runs must be >= 1; "
+                f"got every_n_epochs={every_n_epochs}, runs={runs}"
             )
         if not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes):
             raise ValueError(f"batch_sizes must be positive integers; got {tuple(batch_sizes)}")
@@ -76,7 +76,11 @@ class LatencyMonitor(Callback):
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if trainer.sanity_checking or not trainer.is_global_zero or (epoch + 1) % self.every_n_epochs:
+        if (
+            trainer.sanity_checking
+            or not trainer.is_global_zero
+            or (epoch + 1) % self.every_n_epochs
+        ):
             return
         metrics = self.measure(trainer, pl_module)
         for logger in trainer.loggers:

@@ -69,7 +69,8 @@ class GradualPruning(Callback):
         round_to: Structured only: keep channel counts a multiple of this.
 
     Example:
-        >>> trainer = L.Trainer(max_epochs=6, callbacks=[GradualPruning(0.5, end_epoch=4)])  # doctest: +SKIP
+        >>> pruning = GradualPruning(0.5, mode="structured", end_epoch=4)
+        >>> trainer = L.Trainer(max_epochs=6, callbacks=[pruning])  # doctest: +SKIP
     """
 
     def __init__(
@@ -145,7 +146,8 @@ class GradualPruning(Callback):
         if self.end_epoch <= self.start_epoch:
             raise ValueError(
                 f"end_epoch must be after start_epoch; got start_epoch={self.start_epoch}, "
-                f"end_epoch={self.end_epoch}. Example: GradualPruning(0.5, start_epoch=1, end_epoch=5)"
+                f"end_epoch={self.end_epoch}. "
+                "Example: GradualPruning(0.5, start_epoch=1, end_epoch=5)"
             )
         if self.mode == "structured" and not isinstance(pl_module, CompressionCheckpointMixin):
             rank_zero_warn(
@@ -202,7 +204,11 @@ class GradualPruning(Callback):
 
     @override
     def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
         batch_idx: int,
     ) -> None:
         if self._masks:
@@ -262,12 +268,18 @@ class GradualPruning(Callback):
         self._initial_widths = dict(state_dict.get("initial_widths", {}))
 
     # ----------------------------------------------------------------- pruning
-    def _prune_to(self, trainer: pl.Trainer, pl_module: pl.LightningModule, sparsity: float) -> None:
+    def _prune_to(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, sparsity: float
+    ) -> None:
         assert self._example is not None
         if self.mode == "structured":
             history = prune_channels(
-                pl_module, self._example, self._layers, self._channel_ratios(pl_module, sparsity),
-                global_scope=self.scope == "global", round_to=self.round_to,
+                pl_module,
+                self._example,
+                self._layers,
+                self._channel_ratios(pl_module, sparsity),
+                global_scope=self.scope == "global",
+                round_to=self.round_to,
             )
             record_surgery(
                 pl_module, "channel_pruning", input_shape=list(self._example.shape), history=history
@@ -283,7 +295,9 @@ class GradualPruning(Callback):
             apply_masks(modules, self._masks)
         self.applied_sparsity = sparsity
 
-    def _channel_ratios(self, pl_module: pl.LightningModule, sparsity: float) -> float | dict[str, float]:
+    def _channel_ratios(
+        self, pl_module: pl.LightningModule, sparsity: float
+    ) -> float | dict[str, float]:
         """Ratios of current channels to remove so widths reach (1 - sparsity) of the initial."""
         if self.scope == "layer":
             return ratios_to_widths(pl_module, self._initial_widths, sparsity)
@@ -297,7 +311,9 @@ class GradualPruning(Callback):
         fitting = [name for name, mod in modules.items() if mod.weight.shape[1] % 4 == 0]
         skipped = sorted(set(layers) - set(fitting))
         if skipped:
-            rank_zero_info(f"GradualPruning(2:4): input dim not a multiple of 4, kept dense: {skipped}")
+            rank_zero_info(
+                f"GradualPruning(2:4): input dim not a multiple of 4, kept dense: {skipped}"
+            )
         if not fitting:
             raise ValueError(
                 "GradualPruning(mode='2:4') found no layer whose input dimension is a multiple "

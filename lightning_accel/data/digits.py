@@ -55,8 +55,9 @@ class DigitsDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, self.batch_size, shuffle=True, drop_last=True,
-                          generator=generator)
+        return DataLoader(
+            self.train_set, self.batch_size, shuffle=True, drop_last=True, generator=generator
+        )
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup() first"

@@ -24,8 +24,16 @@ _FILES = {
 }
 MEAN, STD = 0.2860, 0.3530  # over the 60,000 training images
 CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 
 
@@ -42,7 +50,9 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     raise FileNotFoundError(f"Fashion-MNIST not found in {candidates[0]}. {INSTALL_HINT}")
 
 
-def load_split(split: str, data_dir: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_split(
+    split: str, data_dir: str | os.PathLike | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalized images ``[N, 1, 28, 28]`` (float32) and labels ``[N]`` (int64) of one split."""
     if split not in _FILES:
         raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
@@ -137,8 +147,14 @@ class FashionMNISTDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers, generator=generator)
+        return DataLoader(
+            self.train_set,
+            self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.num_workers,
+            generator=generator,
+        )
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup() first"

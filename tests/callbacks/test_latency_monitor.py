@@ -16,10 +16,15 @@ from tests.wandb_records import history_rows, read_records, record_types, run_fi
 def test_latency_and_size_are_logged_every_epoch_and_follow_pruning(digits, tmp_path) -> None:
     logger = CSVLogger(tmp_path, name="csv")
     monitor = LatencyMonitor(batch_sizes=(1, 16), threads=1, runs=10)
-    trainer = quiet_trainer(tmp_path, max_epochs=3, logger=logger,
-                            callbacks=[GradualPruning(0.5, end_epoch=2), monitor])
+    trainer = quiet_trainer(
+        tmp_path, max_epochs=3, logger=logger, callbacks=[GradualPruning(0.5, end_epoch=2), monitor]
+    )
     trainer.fit(small_module(), datamodule=digits)
-    rows = [r for r in csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")) if r.get("latency/onnxruntime/b1_ms")]
+    rows = [
+        r
+        for r in csv.DictReader(open(Path(logger.log_dir) / "metrics.csv"))
+        if r.get("latency/onnxruntime/b1_ms")
+    ]
     assert [int(float(r["epoch"])) for r in rows] == [0, 1, 2]
     assert all(float(r["latency/onnxruntime/b16_ms"]) > 0 for r in rows)
     assert float(rows[-1]["model/params"]) < float(rows[0]["model/params"])
@@ -31,27 +36,37 @@ def test_latency_and_size_are_logged_every_epoch_and_follow_pruning(digits, tmp_
 def test_works_with_tensorboard_and_without_logger(digits, tmp_path) -> None:
     for logger in (TensorBoardLogger(tmp_path, name="tb"), False):
         monitor = LatencyMonitor(threads=1, runs=5, every_n_epochs=2)
-        quiet_trainer(tmp_path, max_epochs=2, logger=logger, callbacks=[monitor]).fit(small_module(), datamodule=digits)
+        quiet_trainer(tmp_path, max_epochs=2, logger=logger, callbacks=[monitor]).fit(
+            small_module(), datamodule=digits
+        )
         assert [row["epoch"] for row in monitor.history] == [1]
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(backend="coreml"), "Unknown backend 'coreml'"),
-    (dict(every_n_epochs=0), "every_n_epochs and runs must be >= 1"),
-    (dict(batch_sizes=()), "batch_sizes must be positive integers"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(backend="coreml"), "Unknown backend 'coreml'"),
+        (dict(every_n_epochs=0), "every_n_epochs and runs must be >= 1"),
+        (dict(batch_sizes=()), "batch_sizes must be positive integers"),
+    ],
+)
 def test_invalid_arguments_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         LatencyMonitor(**kwargs)
 
 
-def test_wandb_offline_run_holds_epoch_axis_table_summary_and_artifact(digits, tmp_path, monkeypatch) -> None:
+def test_wandb_offline_run_holds_epoch_axis_table_summary_and_artifact(
+    digits, tmp_path, monkeypatch
+) -> None:
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc credentials
     monkeypatch.setenv("WANDB_SILENT", "true")
     logger = wandb_logger("lightning-accel-test", save_dir=tmp_path / "runs")
-    callbacks = [GradualPruning(0.5, end_epoch=1), LatencyMonitor(threads=1, runs=5),
-                 ExportOnFitEnd(tmp_path / "export", threads=1, latency_runs=5, batch_sizes=(1,))]
+    callbacks = [
+        GradualPruning(0.5, end_epoch=1),
+        LatencyMonitor(threads=1, runs=5),
+        ExportOnFitEnd(tmp_path / "export", threads=1, latency_runs=5, batch_sizes=(1,)),
+    ]
     try:
         trainer = quiet_trainer(tmp_path, max_epochs=2, logger=logger, callbacks=callbacks)
         trainer.fit(small_module(), datamodule=digits)
@@ -73,7 +88,9 @@ def test_wandb_offline_run_holds_epoch_axis_table_summary_and_artifact(digits, t
     assert summary["speedup/onnxruntime/b1"] > 0
     assert summary["verification/onnxruntime/passed"] is True
     assert "artifact" in record_types(records)
-    artifacts = {r.artifact.name: r.artifact for r in records if r.WhichOneof("record_type") == "artifact"}
+    artifacts = {
+        r.artifact.name: r.artifact for r in records if r.WhichOneof("record_type") == "artifact"
+    }
     artifact = artifacts[f"model-{run_id}"]
     assert artifact.type == "model"
     assert {"model.onnx", "summary.json"} <= {entry.path for entry in artifact.manifest.contents}

@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_accel import ClassificationModule, GradualPruning, restore_compression
+from lightning_accel import ClassificationModule, GradualPruning
 from tests.conftest import quiet_trainer, small_module
 
 
@@ -22,11 +22,17 @@ def _fit(module, data, callback, tmp_path, epochs=3, **trainer_kwargs):
     [
         (dict(target_sparsity=1.0), r"target_sparsity must be in \[0, 1\); got 1.0"),
         (dict(target_sparsity=-0.1), r"target_sparsity must be in \[0, 1\); got -0.1"),
-        (dict(target_sparsity=0.5, start_epoch=3, end_epoch=3), "end_epoch must be after start_epoch"),
+        (
+            dict(target_sparsity=0.5, start_epoch=3, end_epoch=3),
+            "end_epoch must be after start_epoch",
+        ),
         (dict(target_sparsity=0.5, mode="channel"), "mode must be one of"),
         (dict(target_sparsity=0.5, schedule="exp"), "schedule must be one of"),
         (dict(target_sparsity=0.7, mode="2:4"), "target_sparsity must be 0.5"),
-        (dict(target_sparsity=0.5, update_every_n_steps=0), "update_every_n_steps must be a positive"),
+        (
+            dict(target_sparsity=0.5, update_every_n_steps=0),
+            "update_every_n_steps must be a positive",
+        ),
         (dict(target_sparsity=0.5, scope="net"), "scope must be one of"),
     ],
 )
@@ -38,7 +44,9 @@ def test_invalid_arguments_are_refused_at_construction(kwargs: dict, message: st
 def test_schedule_that_cannot_finish_is_refused_before_training(digits, tmp_path) -> None:
     module = small_module()
     before = copy.deepcopy(module.state_dict())
-    with pytest.raises(ValueError, match=r"cannot finish.*end_epoch=3.*max_epochs=3.*end_epoch <= 2"):
+    with pytest.raises(
+        ValueError, match=r"cannot finish.*end_epoch=3.*max_epochs=3.*end_epoch <= 2"
+    ):
         _fit(module, digits, GradualPruning(0.5, end_epoch=3), tmp_path, epochs=3)
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
 
@@ -86,12 +94,18 @@ class _OptimizerProbe(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         params = {id(p) for p in pl_module.parameters()}
-        in_optimizer = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+        in_optimizer = {
+            id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]
+        }
         assert params == in_optimizer
         self.before = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        changed = [not torch.equal(self.before[n], p) for n, p in pl_module.named_parameters() if "weight" in n]
+        changed = [
+            not torch.equal(self.before[n], p)
+            for n, p in pl_module.named_parameters()
+            if "weight" in n
+        ]
         assert all(changed), "some parameters were not updated by the optimizer"
         self.checked += 1
 
@@ -138,7 +152,13 @@ def test_unstructured_reaches_exact_sparsity_with_a_clean_state_dict(digits, tmp
 
 def test_layer_scope_prunes_every_layer_to_the_target(digits, tmp_path) -> None:
     module = small_module()
-    _fit(module, digits, GradualPruning(0.6, mode="unstructured", scope="layer", end_epoch=1), tmp_path, epochs=2)
+    _fit(
+        module,
+        digits,
+        GradualPruning(0.6, mode="unstructured", scope="layer", end_epoch=1),
+        tmp_path,
+        epochs=2,
+    )
     for i in (4, 8, 11):
         assert float((module.model[i].weight == 0).float().mean()) == pytest.approx(0.6, abs=2e-3)
 
@@ -153,11 +173,15 @@ def test_2_4_pattern_holds_after_training(digits, tmp_path) -> None:
 
 def test_unstructured_accuracy_survives_high_sparsity(digits, tmp_path) -> None:
     module = small_module()
-    trainer = _fit(module, digits, GradualPruning(0.8, mode="unstructured", end_epoch=3), tmp_path, epochs=5)
+    trainer = _fit(
+        module, digits, GradualPruning(0.8, mode="unstructured", end_epoch=3), tmp_path, epochs=5
+    )
     assert trainer.callback_metrics["val/acc"] > 0.9
 
 
-def test_layer_structured_pruning_cannot_handle_is_refused_before_any_change(digits, tmp_path) -> None:
+def test_layer_structured_pruning_cannot_handle_is_refused_before_any_change(
+    digits, tmp_path
+) -> None:
     class LayerScale(torch.nn.Module):
         def __init__(self, channels: int) -> None:
             super().__init__()
@@ -167,8 +191,12 @@ def test_layer_structured_pruning_cannot_handle_is_refused_before_any_change(dig
             return x * self.gamma
 
     net = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Conv2d(8, 16, 3, padding=1), LayerScale(16),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10),
+        torch.nn.Conv2d(1, 8, 3, padding=1),
+        torch.nn.Conv2d(8, 16, 3, padding=1),
+        LayerScale(16),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16, 10),
     )
     module = ClassificationModule(net, input_size=8)
     before = copy.deepcopy(module.state_dict())

@@ -13,12 +13,23 @@ from lightning_accel.zoo import SmallCNN
 from tests.conftest import quiet_trainer, small_module
 
 
-def _train_with_checkpoints(data, tmp_path: Path, mode: str = "structured", epochs: int = 4, ckpt_path=None, module=None):
+def _train_with_checkpoints(
+    data, tmp_path: Path, mode: str = "structured", epochs: int = 4, ckpt_path=None, module=None
+):
     module = module or small_module()
-    pruning = GradualPruning(0.8 if mode == "unstructured" else 0.5, mode=mode, end_epoch=3, update_every_n_steps=5)
-    checkpoints = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1, every_n_epochs=1)
-    trainer = quiet_trainer(tmp_path, max_epochs=epochs, callbacks=[pruning, checkpoints],
-                            enable_checkpointing=True, deterministic=True)
+    pruning = GradualPruning(
+        0.8 if mode == "unstructured" else 0.5, mode=mode, end_epoch=3, update_every_n_steps=5
+    )
+    checkpoints = ModelCheckpoint(
+        dirpath=tmp_path, filename="{epoch}", save_top_k=-1, every_n_epochs=1
+    )
+    trainer = quiet_trainer(
+        tmp_path,
+        max_epochs=epochs,
+        callbacks=[pruning, checkpoints],
+        enable_checkpointing=True,
+        deterministic=True,
+    )
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return module, pruning
 
@@ -74,7 +85,11 @@ def test_resume_mid_schedule_ends_with_the_same_architecture(pruned_run, tmp_pat
 def test_unstructured_resume_keeps_the_masks(digits, tmp_path) -> None:
     _train_with_checkpoints(digits, tmp_path / "a", mode="unstructured", epochs=4)
     resumed, pruning = _train_with_checkpoints(
-        digits, tmp_path / "b", mode="unstructured", epochs=4, ckpt_path=tmp_path / "a" / "epoch=1.ckpt"
+        digits,
+        tmp_path / "b",
+        mode="unstructured",
+        epochs=4,
+        ckpt_path=tmp_path / "a" / "epoch=1.ckpt",
     )
     weights = [resumed.model[i].weight for i in (4, 8, 11)]
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
@@ -87,13 +102,22 @@ def test_checkpoint_from_another_architecture_is_refused_and_model_kept(pruned_r
     checkpoint = torch.load(tmp_path / "epoch=3.ckpt", weights_only=True)
     other = ClassificationModule(SmallCNN(width=8), input_size=8)
     before = copy.deepcopy(other.state_dict())
-    with pytest.raises(ValueError, match="Cannot restore this checkpoint into ClassificationModule|comes from another architecture"):
+    with pytest.raises(
+        ValueError,
+        match="Cannot restore this checkpoint into ClassificationModule|comes from another architecture",
+    ):
         restore_compression(other, checkpoint)
-    assert {k: v.shape for k, v in other.state_dict().items()} == {k: v.shape for k, v in before.items()}
+    assert {k: v.shape for k, v in other.state_dict().items()} == {
+        k: v.shape for k, v in before.items()
+    }
     assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
 
 
 def test_load_from_checkpoint_into_another_architecture_names_the_fix(pruned_run) -> None:
     _, tmp_path, _, _ = pruned_run
-    with pytest.raises(ValueError, match="Build the same architecture the checkpoint was trained with"):
-        ClassificationModule.load_from_checkpoint(tmp_path / "epoch=3.ckpt", model="resnet18", input_size=8)
+    with pytest.raises(
+        ValueError, match="Build the same architecture the checkpoint was trained with"
+    ):
+        ClassificationModule.load_from_checkpoint(
+            tmp_path / "epoch=3.ckpt", model="resnet18", input_size=8
+        )

@@ -14,8 +14,14 @@ SCRIPT = Path(__file__).parents[1] / "ddp_pruning_run.py"
 @pytest.mark.parametrize("mode", ["structured", "unstructured"])
 def test_ranks_end_with_identical_shapes_and_masks(tmp_path, mode: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
-    subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), mode], check=True, env=env,
-                   cwd=tmp_path, timeout=600, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path), mode],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+        capture_output=True,
+    )
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0["shapes"] == rank1["shapes"]
     assert rank0["sparsity"] == rank1["sparsity"] == pytest.approx(0.5)
@@ -23,7 +29,11 @@ def test_ranks_end_with_identical_shapes_and_masks(tmp_path, mode: str) -> None:
         assert torch.equal(mask, rank1["masks"][name]), name
     for name, weight in rank0["weights"].items():
         torch.testing.assert_close(weight, rank1["weights"][name])  # DDP kept them in sync
-    params = sum(v.numel() for k, v in rank0["weights"].items() if "running" not in k and "num_batches" not in k)
+    params = sum(
+        v.numel()
+        for k, v in rank0["weights"].items()
+        if "running" not in k and "num_batches" not in k
+    )
     assert rank0["optimizer_params"] == params  # the rebuilt optimizer holds the pruned params
     if mode == "structured":
         assert rank0["shapes"]["model.4.weight"][0] == 16

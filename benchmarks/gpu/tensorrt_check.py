@@ -1,0 +1,103 @@
+"""Check the TensorRT path on a real NVIDIA GPU and compare it with ONNX Runtime.
+
+Builds engines for ResNet-18 (Fashion-MNIST stem): dense, 50% structured-pruned and 2:4-pruned;
+verifies each against PyTorch on the same inputs and times it next to ONNX Runtime (CPU).
+Weights are random: this checks the runtime path and speed, not accuracy.
+
+    pip install -e ".[zoo,tensorrt]"
+    python benchmarks/gpu/tensorrt_check.py --out runs/gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lightning_accel.backends import compile_model
+from lightning_accel.backends.tensorrt import tensorrt_problem
+from lightning_accel.export import to_onnx
+from lightning_accel.layers import select_layers
+from lightning_accel.sparsity import n_m_mask
+from lightning_accel.structured import prune_channels
+from lightning_accel.verify import compare_outputs
+from lightning_accel.zoo import build
+
+
+def variants() -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    example = torch.randn(1, 1, 28, 28)
+    dense = build("resnet18").eval()
+    structured = build("resnet18").eval()
+    prune_channels(structured, example, select_layers(structured, example, [], True, "check"), 0.5)
+    two_four = build("resnet18").eval()
+    with torch.no_grad():
+        for name in select_layers(two_four, example, [], True, "check"):
+            layer = two_four.get_submodule(name)
+            if layer.weight.shape[1] % 4 == 0:
+                layer.weight.mul_(n_m_mask(layer.weight))
+    return {"dense": dense, "structured 50%": structured, "2:4": two_four}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/gpu")
+    parser.add_argument("--batch-sizes", default="1,64,256")
+    args = parser.parse_args()
+    problem = tensorrt_problem()
+    if problem:
+        raise SystemExit(f"TensorRT cannot run here: {problem}")
+    out = Path(args.out)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    x = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    results, rows = {}, []
+    for name, model in variants().items():
+        slug = name.split()[0].replace(":", "_")
+        onnx_path = to_onnx(model, x[:1], out / f"{slug}.onnx")
+        with torch.no_grad():
+            reference = model(x).numpy()
+        ort = compile_model("onnxruntime", onnx_path, out / "ort")
+        entry = {}
+        for precision in ("fp32", "fp16"):
+            trt = compile_model(
+                "tensorrt", onnx_path, out / f"trt_{precision}", precision=precision
+            )
+            check = compare_outputs(reference, trt.run(x.numpy()), precision)
+            entry[precision] = {
+                "verification": check.as_dict(),
+                "sparse_2_4": trt.info.get("sparse_2_4"),
+                "latency_ms": {b: trt.latency(b).median_ms for b in batch_sizes},
+            }
+            rows.append(
+                (name, f"TensorRT {precision}", check.passed, entry[precision]["latency_ms"])
+            )
+        entry["onnxruntime_cpu"] = {b: ort.latency(b, runs=20).median_ms for b in batch_sizes}
+        rows.append((name, "ONNX Runtime CPU", True, entry["onnxruntime_cpu"]))
+        results[name] = entry
+    dense_fp16 = results["dense"]["fp16"]["latency_ms"]
+    print(
+        "| model | runtime | verified | "
+        + " | ".join(f"ms @b{b}" for b in batch_sizes)
+        + " | "
+        + " | ".join(f"vs dense fp16 @b{b}" for b in batch_sizes)
+        + " |"
+    )
+    print("|---|---|---|" + "---|" * 2 * len(batch_sizes))
+    for name, runtime, ok, ms in rows:
+        cells = [f"{ms[b]:.3f}" for b in batch_sizes] + [
+            f"{dense_fp16[b] / ms[b]:.2f}x" for b in batch_sizes
+        ]
+        print(f"| {name} | {runtime} | {ok} | " + " | ".join(cells) + " |")
+    print(f"GPU: {torch.cuda.get_device_name()}")
+    (out / "tensorrt_check.json").write_text(json.dumps(results, indent=2, default=float))
+    assert all(
+        e[p]["verification"]["passed"] for e in results.values() for p in ("fp32", "fp16")
+    ), "a TensorRT engine disagreed with PyTorch"
+    np.testing.assert_array_less(0, [dense_fp16[b] for b in batch_sizes])
+
+
+if __name__ == "__main__":
+    main()
