@@ -35,9 +35,34 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", default=defaults.output_dir)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime / torch threads")
     p.add_argument("--quick", action="store_true", help="a one-minute version on small subsets")
+    p.add_argument(
+        "--recipe",
+        default=None,
+        help="run a recipe file (see `lightning-accel recipes`) instead of the main job",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. callbacks.pruning.target_sparsity=0.7",
+    )
+    p.add_argument(
+        "--logger",
+        choices=["wandb", "csv", "none"],
+        default="csv",
+        help="with --recipe: where metrics go (wandb logs offline without credentials)",
+    )
+
+
+def _recipes_parser(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("recipes", help="list the bundled recipes with one-line descriptions")
 
 
 def _run_fit(args: argparse.Namespace) -> int:
+    if args.recipe:
+        return _run_recipe(args)
     from lightning_accel.fit_job import PruningJobConfig, print_report, run_pruning_job
 
     settings = dict(
@@ -68,6 +93,28 @@ def _run_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_recipe(args: argparse.Namespace) -> int:
+    from lightning_accel.recipe_run import run_recipe, summary_table
+
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    summary = run_recipe(
+        args.recipe, overrides, quick=args.quick, logger=args.logger, output_dir=args.output_dir
+    )
+    print()
+    print(summary_table(summary))
+    return 0
+
+
+def _list_recipes() -> int:
+    from lightning_accel.recipe import bundled_recipes, description_of
+
+    for path in bundled_recipes():
+        print(f"{path.stem:20s} {description_of(path.read_text())}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``lightning-accel``; returns the exit code."""
     parser = argparse.ArgumentParser(
@@ -75,8 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _fit_parser(sub)
+    _recipes_parser(sub)
     args = parser.parse_args(argv)
     try:
+        if args.command == "recipes":
+            return _list_recipes()
         return _run_fit(args)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         print(f"lightning-accel: error: {err}", file=sys.stderr)

@@ -97,3 +97,30 @@ def mobilenet_v2(num_classes: int, in_channels: int) -> nn.Module:
         in_channels, 32, kernel_size=3, stride=1, padding=1, bias=False
     )
     return model
+
+
+@register_model("resnet50")
+def resnet50(num_classes: int, in_channels: int) -> nn.Module:
+    """Torchvision ResNet-50 with the same 28x28 stem as :func:`resnet18`."""
+    models = require("torchvision", "The resnet50 model").models
+    model = models.resnet50(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    return model
+
+
+@register_model("mobilenet_v3_small")
+def mobilenet_v3_small(num_classes: int, in_channels: int) -> nn.Module:
+    """Torchvision MobileNetV3-Small with a stride-1 stem."""
+    models = require("torchvision", "The mobilenet_v3_small model").models
+    model = models.mobilenet_v3_small(weights=None, num_classes=num_classes)
+    model.features[0][0] = nn.Conv2d(in_channels, 16, 3, stride=1, padding=1, bias=False)
+    return model
+
+
+@register_model("efficientnet_b0")
+def efficientnet_b0(num_classes: int, in_channels: int) -> nn.Module:
+    """Torchvision EfficientNet-B0 with a stride-1 stem."""
+    models = require("torchvision", "The efficientnet_b0 model").models
+    model = models.efficientnet_b0(weights=None, num_classes=num_classes)
+    model.features[0][0] = nn.Conv2d(in_channels, 32, 3, stride=1, padding=1, bias=False)
+    return model

@@ -1,0 +1,93 @@
+"""Running a recipe: the Trainer, a logger, a quick mode for smoke runs, and the final table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import CSVLogger, Logger
+
+from lightning_accel.callbacks.export import ExportOnFitEnd, format_summary
+from lightning_accel.recipe import Recipe
+
+LoggerName = Literal["wandb", "csv", "none"]
+
+
+def quick_overrides(recipe: Recipe, output_dir: Path) -> list[str]:
+    """Overrides that shrink a recipe to a smoke run of a minute or less."""
+    overrides = [
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=4",
+        "trainer.limit_val_batches=2",
+        "trainer.enable_checkpointing=false",
+    ]
+    if "cosine_epochs" in recipe.config["model"].get("init_args", {}):
+        overrides.append("model.cosine_epochs=2")
+    if recipe.callback_config("pruning") is not None:
+        overrides += [
+            "callbacks.pruning.start_epoch=0",
+            "callbacks.pruning.end_epoch=1",
+            "callbacks.pruning.update_every_n_steps=null",
+        ]
+    if recipe.callback_config("latency") is not None:
+        overrides.append("callbacks.latency.runs=3")
+    if recipe.callback_config("export") is not None:
+        overrides += [
+            "callbacks.export.latency_runs=5",
+            "callbacks.export.batch_sizes=[1]",
+            "callbacks.export.verify_batches=1",
+            f"callbacks.export.dirpath={output_dir / 'export'}",
+        ]
+    return overrides
+
+
+def make_logger(kind: LoggerName, output_dir: Path, name: str) -> Logger | bool:
+    """A W&B (offline without credentials), CSV or no logger."""
+    if kind == "wandb":
+        from lightning_accel.tracking import wandb_logger
+
+        return wandb_logger(save_dir=output_dir, name=name)
+    if kind == "csv":
+        return CSVLogger(output_dir, name=name)
+    return False
+
+
+def run_recipe(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    quick: bool = False,
+    logger: LoggerName = "csv",
+    output_dir: str | Path = "runs",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fit a recipe and return its export summary (empty if it has no ExportOnFitEnd).
+
+    Raises:
+        RecipeError: If the recipe or an override is invalid; nothing has run then.
+    """
+    out = Path(output_dir) / Path(path).stem
+    recipe = Recipe.from_yaml(path, overrides or [])
+    if quick:
+        recipe = Recipe.from_yaml(path, quick_overrides(recipe, out) + list(overrides or []))
+    seed = recipe.config.get("seed_everything")
+    if seed is not None:
+        pl.seed_everything(seed, workers=True)
+    callbacks = recipe.callbacks()
+    trainer = pl.Trainer(
+        **{
+            "default_root_dir": str(out),
+            "enable_progress_bar": progress,
+            **recipe.trainer_kwargs(),
+        },
+        callbacks=callbacks,
+        logger=make_logger(logger, out, Path(path).stem),
+    )
+    trainer.fit(recipe.build_model(), datamodule=recipe.datamodule())
+    export = next((c for c in callbacks if isinstance(c, ExportOnFitEnd)), None)
+    return export.summary if export is not None else {}
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """The export summary as printed by the command line."""
+    return format_summary(summary) if summary else "(this recipe exports nothing)"
