@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from lightning_accel import ClassificationModule
-from lightning_accel.zoo import build
+from lightning_accel.zoo import MODELS, build
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "small_cnn"])
+@pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("in_channels", [1, 3])
 def test_zoo_models_take_28x28_images(name: str, in_channels: int) -> None:
     model = build(name, num_classes=7, in_channels=in_channels).eval()
@@ -13,9 +13,8 @@ def test_zoo_models_take_28x28_images(name: str, in_channels: int) -> None:
 
 
 def test_unknown_model_lists_the_available_ones() -> None:
-    with pytest.raises(
-        ValueError, match="Unknown model 'resnet19'. Available: mobilenet_v2, resnet18, small_cnn"
-    ):
+    names = ", ".join(sorted(MODELS))
+    with pytest.raises(ValueError, match=f"Unknown model 'resnet19'. Available: {names}"):
         build("resnet19")
 
 
