@@ -60,6 +60,57 @@ def _recipes_parser(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("recipes", help="list the bundled recipes with one-line descriptions")
 
 
+def _add_timing_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=[1, 64], help="default: %(default)s"
+    )
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs (default: %(default)s)")
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint, compile, verify and time it against its uncompressed baseline",
+        description=(
+            "Rebuild a checkpoint (pruning replayed), export it to ONNX, compile it for each "
+            "backend, verify it against PyTorch and time it next to the uncompressed "
+            "architecture. Exit code 0: all passed; 1: a backend failed or verification "
+            "disagreed (files are still written); 2: bad input."
+        ),
+    )
+    p.add_argument("checkpoint", help="a .ckpt file written by Lightning")
+    p.add_argument(
+        "--backend",
+        dest="backends",
+        action="append",
+        choices=["onnxruntime", "tensorrt"],
+        help="repeat for several (default: onnxruntime)",
+    )
+    p.add_argument("--output-dir", default="export", help="default: %(default)s")
+    p.add_argument(
+        "--module",
+        default="lightning_accel.ClassificationModule",
+        help="the checkpoint's LightningModule class (default: %(default)s)",
+    )
+    p.add_argument("--data", dest="data_dir", default=None, help="Fashion-MNIST IDX folder")
+    p.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch")
+    p.add_argument("--no-baseline", action="store_true", help="skip the baseline and timing")
+    _add_timing_arguments(p)
+
+
+def _bench_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time an ONNX model (median of many runs), optionally against a baseline",
+        description="Time an ONNX model on a backend after warm-up: median, p90, throughput.",
+    )
+    p.add_argument("onnx", help="the model file")
+    p.add_argument("--baseline", default=None, help="another ONNX file timed the same way")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    _add_timing_arguments(p)
+
+
 def _run_fit(args: argparse.Namespace) -> int:
     if args.recipe:
         return _run_recipe(args)
@@ -107,6 +158,70 @@ def _run_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(message: str) -> None:
+    print(f"[lightning-accel] {message} ...", file=sys.stderr, flush=True)
+
+
+def _check_timing(args: argparse.Namespace) -> None:
+    if any(b < 1 for b in args.batch_sizes) or args.runs < 1:
+        raise ValueError(
+            f"--batch-sizes and --runs must be >= 1; got {args.batch_sizes} and {args.runs}"
+        )
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lightning_accel.checkpoint_export import export_checkpoint
+    from lightning_accel.comparison import ComparisonSettings, format_summary
+
+    _check_timing(args)
+    settings = ComparisonSettings(
+        backends=tuple(args.backends or ["onnxruntime"]),
+        batch_sizes=tuple(args.batch_sizes),
+        verify=not args.no_verify,
+        benchmark=not args.no_baseline,
+        threads=args.threads,
+        latency_runs=args.runs,
+    )
+    outcome = export_checkpoint(
+        args.checkpoint,
+        Path(args.output_dir),
+        settings,
+        module_class=args.module,
+        data_dir=args.data_dir,
+        baseline=not args.no_baseline,
+        progress=_progress,
+    )
+    print(format_summary(outcome.summary))
+    print(f"\nsummary: {Path(args.output_dir) / 'summary.json'}")
+    for problem in outcome.errors + outcome.mismatches:
+        print(f"lightning-accel: {problem}", file=sys.stderr)
+    return 1 if outcome.errors or outcome.mismatches else 0
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from lightning_accel.comparison import bench_onnx, format_bench
+
+    _check_timing(args)
+    with tempfile.TemporaryDirectory(prefix="lightning-accel-bench-") as tmp:
+        rows = bench_onnx(
+            Path(args.onnx),
+            Path(args.baseline) if args.baseline else None,
+            args.backend,
+            Path(tmp),
+            batch_sizes=args.batch_sizes,
+            threads=args.threads,
+            runs=args.runs,
+            progress=_progress,
+        )
+    print(format_bench(rows, args.backend))
+    return 0
+
+
 def _list_recipes() -> int:
     from lightning_accel.recipe import bundled_recipes, description_of
 
@@ -123,14 +238,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _fit_parser(sub)
     _recipes_parser(sub)
+    _export_parser(sub)
+    _bench_parser(sub)
     args = parser.parse_args(argv)
+    commands = {
+        "fit": _run_fit,
+        "recipes": lambda _: _list_recipes(),
+        "export": _run_export,
+        "bench": _run_bench,
+    }
     try:
-        if args.command == "recipes":
-            return _list_recipes()
-        return _run_fit(args)
+        return commands[args.command](args)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         print(f"lightning-accel: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # a runtime failed (e.g. TensorRT without a GPU)
+        print(f"lightning-accel: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import CSVLogger, Logger
 
-from lightning_accel.callbacks.export import ExportOnFitEnd, format_summary
+from lightning_accel.callbacks.export import ExportOnFitEnd
+from lightning_accel.comparison import format_summary
 from lightning_accel.recipe import Recipe
 
 LoggerName = Literal["wandb", "csv", "none"]
