@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -47,6 +48,18 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a recipe key, e.g. callbacks.pruning.target_sparsity=0.7",
+    )
+    p.add_argument(
+        "positional_overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="with --recipe: more overrides, as W&B's ${args_no_hyphens} passes them",
+    )
+    p.add_argument(
+        "--latency-budget-ms",
+        type=float,
+        default=None,
+        help="with --recipe: batch-1 latency budget of the logged sweep/objective",
     )
     p.add_argument(
         "--logger",
@@ -114,6 +127,11 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
 def _run_fit(args: argparse.Namespace) -> int:
     if args.recipe:
         return _run_recipe(args)
+    if args.positional_overrides or args.overrides or args.latency_budget_ms is not None:
+        raise ValueError(
+            "KEY=VALUE overrides, --set and --latency-budget-ms apply to recipes: add "
+            "--recipe FILE (see `lightning-accel recipes`)."
+        )
     from lightning_accel.fit_job import PruningJobConfig, print_report, run_pruning_job
 
     settings = dict(
@@ -147,15 +165,69 @@ def _run_fit(args: argparse.Namespace) -> int:
 def _run_recipe(args: argparse.Namespace) -> int:
     from lightning_accel.recipe_run import run_recipe, summary_table
 
-    overrides = list(args.overrides)
+    overrides = list(args.overrides) + list(args.positional_overrides)
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
+    if args.latency_budget_ms is not None and args.latency_budget_ms <= 0:
+        raise ValueError(f"--latency-budget-ms must be > 0; got {args.latency_budget_ms}")
     summary = run_recipe(
-        args.recipe, overrides, quick=args.quick, logger=args.logger, output_dir=args.output_dir
+        args.recipe,
+        overrides,
+        quick=args.quick,
+        logger=args.logger,
+        output_dir=args.output_dir,
+        latency_budget_ms=args.latency_budget_ms,
     )
     print()
     print(summary_table(summary))
     return 0
+
+
+def _sweep_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="run a W&B sweep over recipe keys (--local: without a W&B server)",
+        description=(
+            "Run a sweep file from recipes/sweeps/. With W&B credentials it creates the sweep "
+            "and runs W&B's agent; with --local it runs the trials here (grid and random; "
+            "bayes through W&B's sweeps engine), each an offline W&B run. Ends with the table "
+            "of trials and the accuracy-vs-latency Pareto front. Exit code 0: at least one "
+            "trial finished; 1: none did; 2: bad input."
+        ),
+    )
+    p.add_argument("config", help="a sweep file, e.g. recipes/sweeps/resnet18_sparsity_grid.yaml")
+    p.add_argument("--count", type=int, default=None, help="trials (default: the whole grid)")
+    p.add_argument("--local", action="store_true", help="run here, without the W&B server")
+    p.add_argument("--quick", action="store_true", help="each trial as a smoke run (fit --quick)")
+    p.add_argument("--output-dir", default="runs/sweeps", help="default: %(default)s")
+    p.add_argument("--project", default="lightning-accel", help="W&B project")
+    p.add_argument("--seed", type=int, default=0, help="seed of random search")
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lightning_accel.sweeps.config import SweepConfig
+    from lightning_accel.sweeps.results import format_trials, log_sweep_to_wandb, mark_pareto_front
+    from lightning_accel.sweeps.runner import fetch_agent_trials, run_local, run_with_agent
+
+    sweep = SweepConfig.from_yaml(args.config)
+    out = Path(args.output_dir) / sweep.path.stem
+    if args.local:
+        trials = run_local(
+            sweep, args.count, out, quick=args.quick, seed=args.seed, progress=_progress
+        )
+    else:
+        sweep_id = run_with_agent(sweep, args.count, args.project)
+        trials = fetch_agent_trials(sweep, sweep_id, args.project)
+    front = mark_pareto_front(trials)
+    print(format_trials(trials, sweep.metric))
+    print(f"\nPareto front (accuracy vs batch-1 latency): trials {[t.number for t in front]}")
+    (out / "sweep.json").parent.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps([t.as_dict() for t in trials], indent=2))
+    run_dir = log_sweep_to_wandb(trials, sweep.path.stem, out, args.project)
+    print(f"trials: {out / 'sweep.json'}; W&B summary run: {run_dir}")
+    return 0 if front else 1
 
 
 def _progress(message: str) -> None:
@@ -240,12 +312,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     _recipes_parser(sub)
     _export_parser(sub)
     _bench_parser(sub)
+    _sweep_parser(sub)
     args = parser.parse_args(argv)
     commands = {
         "fit": _run_fit,
         "recipes": lambda _: _list_recipes(),
         "export": _run_export,
         "bench": _run_bench,
+        "sweep": _run_sweep,
     }
     try:
         return commands[args.command](args)

@@ -63,6 +63,11 @@ class ClassificationModule(CompressionCheckpointMixin, pl.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
+    @staticmethod
+    def logged_metrics() -> tuple[str, ...]:
+        """The metric names training and validation log."""
+        return ("train/loss", "train/acc", "val/loss", "val/acc")
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         logits = self(x)

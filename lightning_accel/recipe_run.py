@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from lightning_accel.callbacks.export import ExportOnFitEnd
+from lightning_accel.callbacks.latency import LatencyMonitor
 from lightning_accel.comparison import format_summary
 from lightning_accel.recipe import Recipe
+from lightning_accel.sweeps.objective import trial_result
+from lightning_accel.utilities.files import atomic_write
 
 LoggerName = Literal["wandb", "csv", "none"]
 
@@ -38,7 +43,6 @@ def quick_overrides(recipe: Recipe, output_dir: Path) -> list[str]:
             "callbacks.export.latency_runs=5",
             "callbacks.export.batch_sizes=[1]",
             "callbacks.export.verify_batches=1",
-            f"callbacks.export.dirpath={output_dir / 'export'}",
         ]
     return overrides
 
@@ -61,16 +65,25 @@ def run_recipe(
     logger: LoggerName = "csv",
     output_dir: str | Path = "runs",
     progress: bool = True,
+    latency_budget_ms: float | None = None,
 ) -> dict[str, Any]:
     """Fit a recipe and return its export summary (empty if it has no ExportOnFitEnd).
+
+    Everything the run writes goes under ``output_dir/<recipe name>``; the export folder is
+    ``export`` there unless an override moves it. When the recipe exports, the trial's
+    ``sweep/*`` metrics (accuracy, batch-1 latency, objective under ``latency_budget_ms``) are
+    logged and written to ``trial.json``.
 
     Raises:
         RecipeError: If the recipe or an override is invalid; nothing has run then.
     """
     out = Path(output_dir) / Path(path).stem
     recipe = Recipe.from_yaml(path, overrides or [])
-    if quick:
-        recipe = Recipe.from_yaml(path, quick_overrides(recipe, out) + list(overrides or []))
+    placed = (
+        [f"callbacks.export.dirpath={out / 'export'}"] if recipe.callback_config("export") else []
+    )
+    extra = quick_overrides(recipe, out) if quick else []
+    recipe = Recipe.from_yaml(path, placed + extra + list(overrides or []))
     seed = recipe.config.get("seed_everything")
     if seed is not None:
         pl.seed_everything(seed, workers=True)
@@ -86,7 +99,25 @@ def run_recipe(
     )
     trainer.fit(recipe.build_model(), datamodule=recipe.datamodule())
     export = next((c for c in callbacks if isinstance(c, ExportOnFitEnd)), None)
-    return export.summary if export is not None else {}
+    summary = export.summary if export is not None else {}
+    if summary.get("backends", {}).get("onnxruntime", {}).get("latency", {}).get("1"):
+        result = trial_result(summary, latency_budget_ms)
+        for each in trainer.loggers:
+            each.log_metrics(result, step=trainer.global_step)
+        final = {**last_logged_values(trainer, callbacks), **result}
+        atomic_write(out / "trial.json", json.dumps({**final, "overrides": overrides or []}))
+    return summary
+
+
+def last_logged_values(trainer: pl.Trainer, callbacks: list[Callback]) -> dict[str, float]:
+    """The last value of every scalar metric the run logged (module, callbacks, latency)."""
+    values = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    for callback in callbacks:
+        if isinstance(callback, LatencyMonitor) and callback.history:
+            values.update(
+                {k: float(v) for k, v in callback.history[-1].items() if isinstance(v, float)}
+            )
+    return values
 
 
 def summary_table(summary: dict[str, Any]) -> str:

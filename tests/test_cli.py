@@ -48,3 +48,10 @@ def test_help_lists_the_fit_command() -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
+
+
+def test_overrides_without_a_recipe_exit_2_and_name_the_fix(capsys) -> None:
+    assert main(["fit", "--quick", "model.lr=0.1"]) == 2
+    assert "add --recipe FILE" in capsys.readouterr().err
+    assert main(["fit", "--recipe", "recipes/small_cnn.yaml", "--latency-budget-ms", "0"]) == 2
+    assert "--latency-budget-ms must be > 0" in capsys.readouterr().err

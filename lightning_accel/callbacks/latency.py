@@ -59,6 +59,12 @@ class LatencyMonitor(Callback):
         self.runs = runs
         self.history: list[dict[str, Any]] = []
 
+    def logged_metrics(self) -> tuple[str, ...]:
+        """The metric names this callback logs at each monitored epoch."""
+        latency = tuple(f"latency/{self.backend}/b{b}_ms" for b in self.batch_sizes)
+        model = ("model/onnx_bytes", "model/params", "model/nonzero_params", "model/macs")
+        return (*latency, *model, "latency/monitor_s")
+
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.backend == "tensorrt" and tensorrt_problem():

@@ -215,6 +215,11 @@ class GradualPruning(Callback):
             # The optimizer step moved pruned weights off zero; put them back.
             apply_masks(layer_modules(pl_module, list(self._masks)), self._masks)
 
+    def logged_metrics(self) -> tuple[str, ...]:
+        """The metric names this callback logs every epoch."""
+        names = ("compress/sparsity", "model/params", "model/nonzero_params", "model/macs")
+        return names if self.mode == "structured" else (*names, "compress/weight_sparsity")
+
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self._example is not None

@@ -1,0 +1,1 @@
+"""W&B sweeps over recipe keys: configs, search, a local runner, and the Pareto front."""

@@ -1,0 +1,198 @@
+"""Sweep files: W&B sweep configs whose parameters are recipe keys, validated before any trial.
+
+A sweep file is a plain W&B sweep configuration, so ``wandb sweep FILE`` accepts it as is. The
+trial command names the recipe, the logger and the latency budget::
+
+    method: grid
+    metric: {name: sweep/objective, goal: maximize}
+    parameters:
+      callbacks.pruning.target_sparsity: {values: [0.3, 0.5, 0.7]}
+    command: [lightning-accel, fit, --recipe, recipes/resnet18.yaml, --logger, wandb,
+              --latency-budget-ms, "1.0", ${args_no_hyphens}]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lightning_accel.recipe import Recipe, RecipeError
+from lightning_accel.sweeps.objective import TRIAL_METRICS
+
+METHODS = ("grid", "random", "bayes")
+GOALS = ("maximize", "minimize")
+_KEYS = {
+    "program", "command", "method", "metric", "parameters", "name", "description",
+    "project", "entity", "early_terminate", "run_cap",
+}  # fmt: skip
+_DISTRIBUTION_KEYS = {"values", "value", "min", "max", "distribution", "q", "mu", "sigma"}
+
+
+class SweepError(ValueError):
+    """A sweep file that cannot run; the message names the file, the key and the fix."""
+
+
+@dataclass
+class SweepConfig:
+    """A validated sweep file.
+
+    Attributes:
+        path: The YAML file.
+        config: The W&B sweep configuration, as written.
+        recipe: The recipe each trial fits.
+        fit_args: The trial command's ``fit`` options other than ``--recipe``.
+        latency_budget_ms: The budget of ``sweep/objective``, if the command sets one.
+    """
+
+    path: Path
+    config: dict[str, Any] = field(repr=False)
+    recipe: Path
+    fit_args: list[str]
+    latency_budget_ms: float | None
+
+    @property
+    def method(self) -> str:
+        return self.config["method"]
+
+    @property
+    def metric(self) -> str:
+        return self.config["metric"]["name"]
+
+    @property
+    def goal(self) -> str:
+        return self.config["metric"].get("goal", "minimize")
+
+    @property
+    def parameters(self) -> dict[str, dict[str, Any]]:
+        return self.config["parameters"]
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> SweepConfig:
+        """Read and validate a sweep file against W&B's keys and the recipe it sweeps.
+
+        Raises:
+            SweepError: Naming the file, the key, the bad value and what is allowed.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise SweepError(f"Sweep file {path} does not exist.")
+        try:
+            config = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise SweepError(f"{path} is not valid YAML: {err}") from err
+        if not isinstance(config, dict):
+            raise SweepError(f"{path} must hold a mapping of W&B sweep keys (method, metric, ...)")
+        unknown = sorted(set(config) - _KEYS)
+        if unknown:
+            raise SweepError(f"{path}: unknown keys {unknown}; W&B sweeps allow {sorted(_KEYS)}")
+        if config.get("method") not in METHODS:
+            raise SweepError(
+                f"{path}: method must be one of {METHODS}; got {config.get('method')!r}"
+            )
+        metric = config.get("metric")
+        if not isinstance(metric, dict) or not isinstance(metric.get("name"), str):
+            raise SweepError(f"{path}: metric must be a mapping with a name and a goal")
+        if metric.get("goal", "minimize") not in GOALS:
+            raise SweepError(f"{path}: metric.goal must be one of {GOALS}; got {metric['goal']!r}")
+        recipe, fit_args, budget = _parse_command(path, config.get("command"))
+        sweep = cls(path, config, recipe, fit_args, budget)
+        sweep._check_parameters()
+        sweep._check_metric()
+        return sweep
+
+    def overrides(self, values: dict[str, Any]) -> list[str]:
+        """A trial's parameter values as recipe overrides, ``key=value``."""
+        return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+
+    def _check_parameters(self) -> None:
+        parameters = self.config.get("parameters")
+        if not isinstance(parameters, dict) or not parameters:
+            raise SweepError(f"{self.path}: parameters must map recipe keys to value specs")
+        for key, spec in parameters.items():
+            if not isinstance(spec, dict) or not (set(spec) & {"values", "value", "min"}):
+                raise SweepError(
+                    f"{self.path}: parameters.{key} must give values: [...], value: x or "
+                    f"min/max; got {spec!r}"
+                )
+            unknown = sorted(set(spec) - _DISTRIBUTION_KEYS)
+            if unknown:
+                raise SweepError(
+                    f"{self.path}: parameters.{key} has unknown keys {unknown}; "
+                    f"allowed: {sorted(_DISTRIBUTION_KEYS)}"
+                )
+            if self.method == "grid" and "values" not in spec and "value" not in spec:
+                raise SweepError(
+                    f"{self.path}: parameters.{key}: a grid sweep needs values: [...] "
+                    "(min/max ranges need method: random or bayes)"
+                )
+            for value in _edge_values(spec):
+                try:
+                    Recipe.from_yaml(self.recipe, self.overrides({key: value}))
+                except RecipeError as err:
+                    raise SweepError(
+                        f"{self.path}: parameter {key}={value!r} does not fit recipe "
+                        f"{self.recipe}: {err}"
+                    ) from err
+
+    def _check_metric(self) -> None:
+        logged = metrics_logged_by(Recipe.from_yaml(self.recipe))
+        if self.metric not in logged:
+            raise SweepError(
+                f"{self.path}: metric {self.metric!r} is logged by nothing in {self.recipe}; "
+                f"choose one of {sorted(logged)}"
+            )
+
+
+def metrics_logged_by(recipe: Recipe) -> set[str]:
+    """Every metric a run of ``recipe`` logs: its module's, its callbacks' and the trial's."""
+    logged = set(TRIAL_METRICS)
+    for part in (recipe.build_model(), *recipe.callbacks()):
+        names = getattr(part, "logged_metrics", None)
+        if callable(names):
+            logged.update(names())
+    return logged
+
+
+def _edge_values(spec: dict[str, Any]) -> list[Any]:
+    if "values" in spec:
+        return list(spec["values"])
+    if "value" in spec:
+        return [spec["value"]]
+    return [spec["min"], spec["max"]]
+
+
+def _parse_command(path: Path, command: Any) -> tuple[Path, list[str], float | None]:
+    """The recipe, the other ``fit`` options and the latency budget of the trial command."""
+    example = (
+        "command: [lightning-accel, fit, --recipe, recipes/resnet18.yaml, --logger, wandb, "
+        "${args_no_hyphens}]"
+    )
+    if not isinstance(command, list) or "fit" not in command:
+        raise SweepError(f"{path}: command must run `lightning-accel fit`, e.g. {example}")
+    tokens = [str(t) for t in command[command.index("fit") + 1 :] if not str(t).startswith("${")]
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    parser.add_argument("--recipe")
+    parser.add_argument("--latency-budget-ms", type=float)
+    known, rest = parser.parse_known_args(tokens)
+    if not known.recipe:
+        raise SweepError(f"{path}: command names no --recipe, e.g. {example}")
+    recipe = _find(Path(known.recipe), path)
+    if recipe is None:
+        raise SweepError(f"{path}: the command's recipe {known.recipe} does not exist")
+    budget = known.latency_budget_ms
+    if budget is not None and budget <= 0:
+        raise SweepError(f"{path}: --latency-budget-ms must be > 0; got {budget}")
+    return recipe, rest, budget
+
+
+def _find(recipe: Path, sweep_file: Path) -> Path | None:
+    """The recipe relative to the working folder, else to a folder above the sweep file."""
+    for base in (Path.cwd(), *sweep_file.resolve().parents):
+        if (base / recipe).is_file():
+            return (base / recipe).resolve()
+    return None

@@ -1,0 +1,163 @@
+"""Running a sweep: locally (no W&B server; each trial an offline W&B run) or with W&B's agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lightning_accel.sweeps.config import SweepConfig
+from lightning_accel.sweeps.results import Trial
+from lightning_accel.sweeps.search import bayes_point, grid_points, random_point
+
+
+def trial_command(
+    sweep: SweepConfig, values: dict[str, Any], folder: Path, quick: bool
+) -> list[str]:
+    """The ``lightning-accel fit`` command line of one trial, run by this Python."""
+    command = [sys.executable, "-m", "lightning_accel.cli", "fit", "--recipe", str(sweep.recipe)]
+    command += sweep.fit_args + ["--output-dir", str(folder)]
+    if sweep.latency_budget_ms is not None:
+        command += ["--latency-budget-ms", str(sweep.latency_budget_ms)]
+    if quick:
+        command.append("--quick")
+    return command + sweep.overrides(values)
+
+
+def run_trial(sweep: SweepConfig, trial: Trial, folder: Path, quick: bool) -> Trial:
+    """Fit one trial in a fresh process and fill in its result or its error.
+
+    A fresh process keeps W&B's per-process state from leaking between trials. The trial's
+    output goes to ``folder/trial.log``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "WANDB_SILENT": "true", "WANDB_DIR": str(folder)}
+    started = time.perf_counter()
+    with open(folder / "trial.log", "w") as log:
+        completed = subprocess.run(
+            trial_command(sweep, trial.values, folder, quick),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+    trial.seconds = time.perf_counter() - started
+    trial.folder = str(folder)
+    result_file = folder / sweep.recipe.stem / "trial.json"
+    if completed.returncode == 0 and result_file.is_file():
+        trial.result = {
+            k: v for k, v in json.loads(result_file.read_text()).items() if k != "overrides"
+        }
+    else:
+        tail = (folder / "trial.log").read_text().strip().splitlines()[-1:] or [""]
+        trial.error = f"exit {completed.returncode}: {tail[0]} (log: {folder / 'trial.log'})"
+    return trial
+
+
+def run_local(
+    sweep: SweepConfig,
+    count: int | None,
+    output_dir: Path,
+    quick: bool = False,
+    seed: int = 0,
+    progress: Callable[[str], None] = print,
+) -> list[Trial]:
+    """Run a sweep here, without a W&B server: grid and random always, bayes with ``sweeps``.
+
+    Args:
+        sweep: The validated sweep file.
+        count: Trials to run; ``None`` runs the whole grid (required for random and bayes).
+        output_dir: Each trial writes under ``output_dir/trial-<n>``.
+        quick: Run each trial as a smoke run (``fit --quick``).
+        seed: Seed of random search.
+        progress: Called with one line per trial.
+
+    Raises:
+        ValueError: If ``count`` is missing for random or bayes, or below 1.
+    """
+    if count is not None and count < 1:
+        raise ValueError(f"--count must be >= 1; got {count}")
+    if count is None and sweep.method != "grid":
+        raise ValueError(f"A {sweep.method} sweep never ends by itself: pass --count N.")
+    grid = grid_points(sweep) if sweep.method == "grid" else []
+    total = min(count or len(grid), len(grid)) if grid else count
+    assert total is not None
+    rng = random.Random(seed)
+    trials: list[Trial] = []
+    for number in range(total):
+        if sweep.method == "grid":
+            values = grid[number]
+        elif sweep.method == "random":
+            values = random_point(sweep, rng)
+        else:
+            values = bayes_point(sweep, [(t.values, _metric(t, sweep.metric)) for t in trials])
+        progress(f"trial {number + 1}/{total}: {sweep.overrides(values)}")
+        trial = run_trial(sweep, Trial(number, values), output_dir / f"trial-{number}", quick)
+        progress(
+            f"trial {number + 1}/{total}: "
+            + (f"{sweep.metric}={_metric(trial, sweep.metric)}" if trial.result else trial.error)
+        )
+        trials.append(trial)
+    return trials
+
+
+def run_with_agent(sweep: SweepConfig, count: int | None, project: str) -> str:
+    """Create the sweep on the W&B server and run W&B's agent here for ``count`` trials.
+
+    Returns the sweep id. Needs W&B credentials and ``lightning-accel`` on ``PATH`` (the agent
+    runs the file's ``command``).
+
+    Raises:
+        RuntimeError: Without credentials (use ``--local``) or when the agent fails.
+    """
+    import wandb
+
+    from lightning_accel.tracking import has_wandb_credentials
+
+    if not has_wandb_credentials():
+        raise RuntimeError(
+            "No W&B credentials (WANDB_API_KEY or `wandb login`): the W&B agent needs the "
+            "server. Run the same file without one: lightning-accel sweep FILE --local --count N"
+        )
+    if shutil.which("lightning-accel") is None:
+        raise RuntimeError("The W&B agent runs `lightning-accel`, which is not on PATH.")
+    sweep_id = wandb.sweep(sweep.config, project=project)
+    agent = ["wandb", "agent", "--project", project, sweep_id]
+    if count is not None:
+        agent[2:2] = ["--count", str(count)]
+    if subprocess.run(agent, stdin=subprocess.DEVNULL).returncode != 0:
+        raise RuntimeError(f"`{' '.join(agent)}` failed; see its output above.")
+    return sweep_id
+
+
+def fetch_agent_trials(sweep: SweepConfig, sweep_id: str, project: str) -> list[Trial]:
+    """The finished runs of a W&B sweep, read back through W&B's public API."""
+    import wandb
+
+    api = wandb.Api()
+    remote = api.sweep(f"{api.default_entity}/{project}/{sweep_id}")
+    trials = []
+    for number, run in enumerate(remote.runs):
+        values = {k: run.config.get(k) for k in sweep.parameters}
+        summary = {k: run.summary.get(k) for k in ("sweep/objective", "sweep/accuracy")}
+        if summary["sweep/accuracy"] is None:
+            trials.append(Trial(number, values, error=f"run {run.id} logged no sweep/accuracy"))
+            continue
+        result = {k: float(run.summary[k]) for k in run.summary.keys() if k.startswith("sweep/")}
+        trials.append(Trial(number, values, result=result, folder=run.url))
+    return trials
+
+
+def _metric(trial: Trial, name: str) -> float | None:
+    if trial.result is None:
+        return None
+    if name in trial.result:
+        return trial.result[name]
+    return None
