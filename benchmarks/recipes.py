@@ -8,12 +8,14 @@ final model against the model captured at fit start, measured in the same proces
 
     .venv/bin/python benchmarks/recipes.py                         # every recipe (over an hour)
     .venv/bin/python benchmarks/recipes.py resnet18 --quick       # smoke run
+    .venv/bin/python benchmarks/recipes.py --set data.train_size=6000   # smaller data, all recipes
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -44,17 +46,20 @@ def main() -> None:
     parser.add_argument("names", nargs="*", help="recipe names (default: all)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--output-dir", default="runs/bench_recipes")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override applied to every recipe, e.g. data.train_size=6000",
+    )  # fmt: skip
     args = parser.parse_args()
     out = Path(args.output_dir)
     paths = [p for p in bundled_recipes() if not args.names or p.stem in args.names]
     rows = []
     for path in paths:
+        started = time.perf_counter()
         base = Recipe.from_yaml(path)
-        overrides = (
-            quick_overrides(base, out / path.stem)
-            if args.quick
-            else [f"callbacks.export.dirpath={out / path.stem / 'export'}"]
-        )
+        overrides = [f"callbacks.export.dirpath={out / path.stem / 'export'}"]
+        overrides += quick_overrides(base, out / path.stem) if args.quick else []
+        overrides += args.overrides
         dense_acc, _ = fit_and_test(Recipe.from_yaml(path, overrides), keep_compression=False)
         final_acc, summary = fit_and_test(Recipe.from_yaml(path, overrides), keep_compression=True)
         latency = summary["backends"]["onnxruntime"]["latency"]
@@ -72,7 +77,8 @@ def main() -> None:
             )
         )
         print(
-            f"{path.stem}: dense {dense_acc:.2f}%, final {final_acc:.2f}%, {row['speedup']:.2f}x",
+            f"{path.stem}: dense {dense_acc:.2f}%, final {final_acc:.2f}%, {row['speedup']:.2f}x "
+            f"({time.perf_counter() - started:.0f} s)",
             flush=True,
         )
     print("\n| recipe | dense top-1 % | final top-1 % | batch | dense ms | final ms | speedup |")

@@ -1,8 +1,10 @@
 """Structured (channel) pruning through torch-pruning's dependency graph.
 
 Removing a channel removes it from every coupled layer (BatchNorm, residual adds, depthwise
-convs), so the model and its exported graph really shrink. Each call returns a *history*
-of plain lists (layer name, out/in, indices) that :func:`replay_channel_pruning` reapplies.
+convs), so the model and its exported graph really shrink. In attention blocks (timm's ViT
+and any module with a ``qkv`` projection, ``num_heads`` and ``head_dim``) whole heads go,
+and MLP hidden widths shrink like conv channels. Each call returns a *history* of plain lists
+(layer name, out/in, indices) that :func:`replay_channel_pruning` reapplies.
 """
 
 from __future__ import annotations
@@ -18,6 +20,36 @@ from lightning_accel.layers import WEIGHTED_LAYERS
 
 PruningHistory = list[list]  # [[module_name, is_out_channel_pruning, [indices]], ...]
 
+# Raw nn.Parameters of a ViT's embedding; safe while the embedding width itself stays.
+_EMBEDDING_PARAMETERS = {"cls_token", "pos_embed", "reg_token", "dist_token"}
+
+
+def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Multi-head attention blocks by the name of their ``qkv`` projection.
+
+    Recognizes timm's ``Attention`` and look-alikes: a fused ``qkv`` ``nn.Linear`` plus
+    ``num_heads`` and ``head_dim`` attributes.
+    """
+    found = {}
+    for name, module in model.named_modules():
+        qkv = getattr(module, "qkv", None)
+        if (
+            isinstance(qkv, nn.Linear)
+            and hasattr(module, "num_heads")
+            and hasattr(module, "head_dim")
+        ):
+            found[f"{name}.qkv" if name else "qkv"] = module
+    return found
+
+
+def sync_attention_heads(model: nn.Module) -> None:
+    """After heads are removed, make each attention block's head count match its ``qkv``."""
+    for attention in attention_modules(model).values():
+        heads = attention.qkv.out_features // (3 * attention.head_dim)
+        attention.num_heads = heads
+        if hasattr(attention, "attn_dim"):
+            attention.attn_dim = heads * attention.head_dim
+
 
 @contextmanager
 def _tracing_mode(model: nn.Module) -> Iterator[None]:
@@ -32,8 +64,12 @@ def _tracing_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def unsupported_layers(model: nn.Module) -> list[str]:
-    """Modules holding parameters that torch-pruning has no pruning rule for."""
+def unsupported_layers(model: nn.Module, prunable: Sequence[str] | None = None) -> list[str]:
+    """Modules holding parameters that torch-pruning has no pruning rule for.
+
+    A ViT's own embedding parameters (``cls_token``, ``pos_embed``) are fine as long as its
+    patch embedding, and so the embedding width, is not pruned.
+    """
     import torch_pruning as tp  # imported here: it pulls in timm (and W&B) when installed
 
     t = tp.ops.OPTYPE
@@ -50,22 +86,35 @@ def unsupported_layers(model: nn.Module) -> list[str]:
         t.MHA,
         t.LSTM,
     }
+    keep_width = set(prunable or ())
     names = []
     for name, module in model.named_modules():
-        if not any(True for _ in module.parameters(recurse=False)):
+        own = {n for n, _ in module.named_parameters(recurse=False)}
+        if not own:
             continue
+        if own <= _EMBEDDING_PARAMETERS and hasattr(module, "patch_embed"):
+            patch = f"{name}.patch_embed.proj" if name else "patch_embed.proj"
+            if prunable is not None and patch not in keep_width:
+                continue
         if tp.ops.module2type(module) not in sliceable:
             names.append(name or type(module).__name__)
     return names
 
 
-def check_structured_support(model: nn.Module) -> None:
+def check_structured_support(
+    model: nn.Module, prunable: Sequence[str] | None = None, global_scope: bool = False
+) -> None:
     """Refuse models with layers whose channels torch-pruning cannot follow.
 
     Raises:
         ValueError: Naming the first such layer and the alternatives.
     """
-    unsupported = unsupported_layers(model)
+    if global_scope and set(attention_modules(model)) & set(prunable or ()):
+        raise ValueError(
+            "Structured pruning with scope='global' cannot rank attention heads against "
+            "channels. Use scope='layer' (heads and MLP widths shrink by the same fraction)."
+        )
+    unsupported = unsupported_layers(model, prunable)
     if unsupported:
         module = model.get_submodule(unsupported[0]) if unsupported[0] else model
         raise ValueError(
@@ -105,7 +154,7 @@ def prune_channels(
     """
     import torch_pruning as tp
 
-    check_structured_support(model)
+    check_structured_support(model, prunable, global_scope)
     keep = set(prunable)
     per_layer = dict(ratio) if isinstance(ratio, Mapping) else {}
     ignored = [
@@ -113,6 +162,8 @@ def prune_channels(
         for name, module in model.named_modules()
         if isinstance(module, WEIGHTED_LAYERS) and name not in keep
     ]
+    attention = attention_modules(model)
+    heads = {n: r for n, r in per_layer.items() if n in attention}
     with _tracing_mode(model):
         pruner = tp.pruner.MetaPruner(
             model,
@@ -124,9 +175,15 @@ def prune_channels(
             max_pruning_ratio=0.95,
             ignored_layers=ignored,
             round_to=round_to,
+            # whole heads go from qkv (never single dims: the head size stays)
+            num_heads={m.qkv: m.num_heads for m in attention.values()},
+            prune_num_heads=bool(heads),
+            prune_head_dims=False,
+            head_pruning_ratio_dict={model.get_submodule(n): r for n, r in heads.items()} or None,
         )
         pruner.DG.verbose = False
         pruner.step()
+    sync_attention_heads(model)
     return [
         [str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in pruner.pruning_history()
     ]
@@ -143,15 +200,28 @@ def ratios_to_widths(
     """Per-layer ratios that bring each layer to ``(1 - sparsity)`` of its initial width.
 
     Computed from the initial widths rather than step by step, so rounding never accumulates
-    over many pruning steps.
+    over many pruning steps. Attention ``qkv`` layers count in whole heads.
     """
+    attention = attention_modules(model)
     ratios = {}
     for name, initial in initial_widths.items():
         current = out_channels(model.get_submodule(name))
+        if name in attention:
+            ratios[name] = _head_ratio(attention[name], initial, current, sparsity)
+            continue
         target = max(1, round(initial * (1.0 - sparsity)))
         # torch-pruning keeps int(current * (1 - ratio)) channels; +0.5 guards float round-off.
         ratios[name] = max(0.0, 1.0 - (target + 0.5) / current)
     return ratios
+
+
+def _head_ratio(attention: nn.Module, initial: int, current: int, sparsity: float) -> float:
+    """The head-pruning ratio that leaves ``round((1 - sparsity) * initial heads)`` heads."""
+    per_head = 3 * attention.head_dim
+    initial_heads, current_heads = initial // per_head, current // per_head
+    remove = current_heads - max(1, round(initial_heads * (1.0 - sparsity)))
+    # torch-pruning removes ceil(ratio * heads) heads; -0.5 guards float round-off.
+    return (remove - 0.5) / current_heads if remove > 0 else 0.0
 
 
 def replay_channel_pruning(
@@ -178,6 +248,7 @@ def replay_channel_pruning(
     with _tracing_mode(model):
         graph = tp.DependencyGraph().build_dependency(model, example_input, verbose=False)
         graph.load_pruning_history([(n, out, list(idxs)) for n, out, idxs in history])
+    sync_attention_heads(model)
 
 
 def _channels(module: nn.Module, out: bool) -> int | None:

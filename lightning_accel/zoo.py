@@ -124,3 +124,22 @@ def efficientnet_b0(num_classes: int, in_channels: int) -> nn.Module:
     model = models.efficientnet_b0(weights=None, num_classes=num_classes)
     model.features[0][0] = nn.Conv2d(in_channels, 32, 3, stride=1, padding=1, bias=False)
     return model
+
+
+@register_model("vit_tiny")
+def vit_tiny(num_classes: int, in_channels: int) -> nn.Module:
+    """A timm VisionTransformer sized for 28x28 (0.7M parameters).
+
+    4x4 patches (49 tokens and a class token), width 96, 6 blocks of 4 heads, MLP ratio 4.
+    """
+    timm = require("timm", "The vit_tiny model")
+    return timm.models.vision_transformer.VisionTransformer(
+        img_size=28,
+        patch_size=4,
+        in_chans=in_channels,
+        num_classes=num_classes,
+        embed_dim=96,
+        depth=6,
+        num_heads=4,
+        mlp_ratio=4.0,
+    )

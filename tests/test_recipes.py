@@ -20,6 +20,7 @@ def test_every_architecture_has_a_recipe_with_a_description() -> None:
         "mobilenet_v2",
         "mobilenet_v3_small",
         "efficientnet_b0",
+        "vit_tiny",
         "small_cnn",
     } <= names
     for path in bundled_recipes():

@@ -5,7 +5,12 @@ import torch
 from torch import nn
 
 from lightning_accel.layers import select_layers
-from lightning_accel.structured import prune_channels, replay_channel_pruning
+from lightning_accel.structured import (
+    out_channels,
+    prune_channels,
+    ratios_to_widths,
+    replay_channel_pruning,
+)
 from lightning_accel.zoo import build
 
 
@@ -55,3 +60,33 @@ def test_history_from_another_architecture_is_refused() -> None:
     x = torch.randn(1, 1, 28, 28)
     with pytest.raises(ValueError, match="layer 'layer4.1.conv1' does not exist"):
         replay_channel_pruning(build("small_cnn"), x, [["layer4.1.conv1", True, [0, 1]]])
+
+
+def test_vit_loses_whole_heads_and_mlp_width_and_replays_exactly() -> None:
+    pytest.importorskip("timm", reason="vit_tiny needs timm (the zoo extra)")
+    model = build("vit_tiny").eval()
+    fresh = copy.deepcopy(model)
+    x = torch.randn(3, 1, 28, 28)
+    layers = select_layers(model, x[:1], [], True, "test")
+    widths = {name: out_channels(model.get_submodule(name)) for name in layers}
+    history = []
+    for sparsity in (0.25, 0.5):  # gradual: 4 -> 3 -> 2 heads
+        history += prune_channels(model, x[:1], layers, ratios_to_widths(model, widths, sparsity))
+    for block in model.blocks:
+        assert block.attn.num_heads == 2 and block.attn.qkv.out_features == 3 * 2 * 24
+        assert block.attn.proj.in_features == 48 and block.mlp.fc1.out_features == 192
+        assert block.attn.proj.out_features == 96  # the token width, and pos_embed, stay
+    assert model.pos_embed.shape == (1, 50, 96)
+    replay_channel_pruning(fresh, x[:1], history)
+    assert fresh.blocks[0].attn.num_heads == 2
+    torch.testing.assert_close(fresh(x), model(x))
+
+
+def test_global_scope_cannot_rank_heads_against_channels() -> None:
+    pytest.importorskip("timm", reason="vit_tiny needs timm (the zoo extra)")
+    model = build("vit_tiny").eval()
+    x = torch.randn(1, 1, 28, 28)
+    layers = select_layers(model, x, [], True, "test")
+    with pytest.raises(ValueError, match="scope='global' cannot rank attention heads"):
+        prune_channels(model, x, layers, 0.5, global_scope=True)
+    assert model.blocks[0].attn.qkv.out_features == 288

@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import torch
 
@@ -35,3 +37,9 @@ def test_classification_module_wraps_any_module_and_trains_a_step(digits) -> Non
 def test_classification_module_rejects_unknown_optimizer() -> None:
     with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adamw'; got 'adam'"):
         ClassificationModule("small_cnn", optimizer="adam")
+
+
+def test_a_model_whose_library_is_missing_names_the_extra(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "timm", None)  # as if timm were not installed
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'lightning-accel\[zoo\]'"):
+        build("vit_tiny")

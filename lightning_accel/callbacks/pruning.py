@@ -163,7 +163,7 @@ class GradualPruning(Callback):
             pl_module, self._example, self.ignore, self.keep_first_and_last, "GradualPruning"
         )
         if self.mode == "structured":
-            check_structured_support(pl_module)
+            check_structured_support(pl_module, layers, self.scope == "global")
             if not self._initial_widths:  # else restored from a checkpoint, mid-schedule
                 modules = layer_modules(pl_module, layers)
                 self._initial_widths = {name: out_channels(m) for name, m in modules.items()}

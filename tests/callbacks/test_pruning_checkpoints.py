@@ -121,3 +121,32 @@ def test_load_from_checkpoint_into_another_architecture_names_the_fix(pruned_run
         ClassificationModule.load_from_checkpoint(
             tmp_path / "epoch=3.ckpt", model="resnet18", input_size=8
         )
+
+
+def test_pruned_vit_checkpoint_loads_three_ways_with_its_heads(tmp_path: Path) -> None:
+    pytest.importorskip("timm", reason="vit_tiny needs timm (the zoo extra)")
+    from lightning_accel import FashionMNISTDataModule
+
+    module = ClassificationModule("vit_tiny", lr=1e-3, optimizer="adamw")
+    pruning = GradualPruning(
+        0.5, mode="structured", start_epoch=0, end_epoch=2, update_every_n_steps=2
+    )
+    trainer = quiet_trainer(
+        tmp_path, max_epochs=3, limit_train_batches=4, limit_val_batches=1, callbacks=[pruning]
+    )
+    trainer.fit(module, datamodule=FashionMNISTDataModule(train_size=512, val_size=128))
+    assert [b.attn.num_heads for b in module.model.blocks] == [2] * 6
+    path = tmp_path / "vit.ckpt"
+    trainer.save_checkpoint(path)
+    x = torch.randn(3, 1, 28, 28)
+    expected = module.eval()(x)
+
+    loaded = ClassificationModule.load_from_checkpoint(path).eval()
+    assert loaded.model.blocks[0].attn.num_heads == 2
+    torch.testing.assert_close(loaded(x), expected)
+
+    fresh = ClassificationModule("vit_tiny").eval()
+    checkpoint = torch.load(path, weights_only=True)
+    restore_compression(fresh, checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"])
+    torch.testing.assert_close(fresh(x), expected)
