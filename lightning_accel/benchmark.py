@@ -7,6 +7,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,11 +44,11 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def ort_session(  # noqa: ANN201
+def ort_session(
     onnx_path: str | os.PathLike,
     threads: int | None = None,
     optimized_path: str | os.PathLike | None = None,
-):
+) -> Any:
     """A CPU ONNX Runtime session with full graph optimization and a fixed thread count.
 
     Args:
@@ -117,10 +118,10 @@ def latency(
     )
 
 
-def _random_input(session, batch_size: int) -> np.ndarray:  # noqa: ANN001
+def _random_input(session: Any, batch_size: int) -> np.ndarray:
     meta = session.get_inputs()[0]
-    dims = [d if isinstance(d, int) else None for d in meta.shape[1:]]
-    if any(d is None for d in dims):
+    dims = [d for d in meta.shape[1:] if isinstance(d, int)]
+    if len(dims) != len(meta.shape) - 1:
         raise ValueError(
             f"Input {meta.name!r} has dynamic non-batch dimensions {meta.shape}; export with a "
             "fixed image size."

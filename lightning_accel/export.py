@@ -80,6 +80,8 @@ def to_onnx(
                 opset_version=opset,
                 verbose=False,
             )
+        if program is None:
+            raise RuntimeError("torch.onnx.export returned no ONNX program")
         if _weight_bytes(exportable) > 0.9 * _PROTOBUF_LIMIT:
             # Too big for one protobuf: weights go to "<path>.data" beside the graph.
             program.save(path, external_data=True)

@@ -151,6 +151,7 @@ def run_pruning_job(cfg: PruningJobConfig, progress: bool = True) -> list[ModelR
     pruned_acc = test_accuracy(trainer, pruned, data)
 
     example = dense.example_input_array
+    assert isinstance(example, torch.Tensor)
     rows = [
         measure_model(
             f"dense ({cfg.dense_epochs} ep)",

@@ -93,7 +93,7 @@ class ClassificationModule(CompressionCheckpointMixin, pl.LightningModule):
         self.log(f"{stage}/acc", metric, prog_bar=True)
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
+        hp: Any = self.hparams
         if hp.optimizer == "sgd":
             opt: torch.optim.Optimizer = torch.optim.SGD(
                 self.parameters(),

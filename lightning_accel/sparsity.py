@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from lightning_accel.layers import WeightedLayer
 
 
 @torch.no_grad()
@@ -92,13 +94,13 @@ def n_m_mask(weight: Tensor, n: int = 2, m: int = 4) -> Tensor:
 
 
 @torch.no_grad()
-def apply_masks(modules: Mapping[str, nn.Module], masks: Mapping[str, Tensor]) -> None:
+def apply_masks(modules: Mapping[str, WeightedLayer], masks: Mapping[str, Tensor]) -> None:
     """Zero masked weights in place (parameter objects are kept, so optimizers stay valid)."""
     for name, mask in masks.items():
         modules[name].weight.mul_(mask.to(modules[name].weight.dtype))
 
 
-def weight_sparsity(modules: Mapping[str, nn.Module]) -> float:
+def weight_sparsity(modules: Mapping[str, WeightedLayer]) -> float:
     """Fraction of exactly-zero weights over the given layers."""
     total = sum(mod.weight.numel() for mod in modules.values())
     zeros = sum(int((mod.weight == 0).sum()) for mod in modules.values())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +25,7 @@ PruningHistory = list[list]  # [[module_name, is_out_channel_pruning, [indices]]
 _EMBEDDING_PARAMETERS = {"cls_token", "pos_embed", "reg_token", "dist_token"}
 
 
-def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
+def attention_modules(model: nn.Module) -> dict[str, Any]:
     """Multi-head attention blocks by the name of their ``qkv`` projection.
 
     Recognizes timm's ``Attention`` and look-alikes: a fused ``qkv`` ``nn.Linear`` plus
@@ -215,7 +216,7 @@ def ratios_to_widths(
     return ratios
 
 
-def _head_ratio(attention: nn.Module, initial: int, current: int, sparsity: float) -> float:
+def _head_ratio(attention: Any, initial: int, current: int, sparsity: float) -> float:
     """The head-pruning ratio that leaves ``round((1 - sparsity) * initial heads)`` heads."""
     per_head = 3 * attention.head_dim
     initial_heads, current_heads = initial // per_head, current // per_head

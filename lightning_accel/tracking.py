@@ -73,8 +73,9 @@ def log_epoch_table(run: Any, rows: Sequence[dict[str, Any]], latency_key: str) 
     """Log the per-epoch table and an accuracy-vs-latency chart (one point per epoch)."""
     import wandb
 
-    columns = sorted({key for row in rows for key in row}, key=lambda k: (k != "epoch", k))
-    table = wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])
+    names = sorted({key for row in rows for key in row}, key=lambda k: (k != "epoch", k))
+    columns: list[str | int] = list(names)
+    table = wandb.Table(columns=columns, data=[[row.get(c) for c in names] for row in rows])
     chart = wandb.plot.scatter(
         table, x=latency_key, y="val/acc", title="accuracy vs latency, one point per epoch"
     )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
+
+from lightning_accel.layers import WeightedLayer
 
 
 def rebuild_optimizers(trainer: pl.Trainer) -> None:
@@ -56,6 +58,6 @@ def example_input(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor:
     return sample[:1].to(pl_module.device)
 
 
-def layer_modules(pl_module: torch.nn.Module, names: list[str]) -> dict[str, torch.nn.Module]:
-    """Modules by name, looked up afresh (structural pruning replaces submodule parameters)."""
-    return {name: pl_module.get_submodule(name) for name in names}
+def layer_modules(pl_module: torch.nn.Module, names: list[str]) -> dict[str, WeightedLayer]:
+    """Conv/linear layers by name, looked up afresh (structural pruning replaces parameters)."""
+    return {name: cast(WeightedLayer, pl_module.get_submodule(name)) for name in names}

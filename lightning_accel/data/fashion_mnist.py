@@ -58,6 +58,7 @@ def load_split(
         raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
     folder = find_data_dir(data_dir)
     images_file, labels_file = (_find(folder, name) for name in _FILES[split])
+    assert images_file is not None and labels_file is not None  # find_data_dir checked both
     images = torch.from_numpy(read_idx(images_file).copy()).float().div_(255.0)
     labels = torch.from_numpy(read_idx(labels_file).astype("int64"))
     images = images.sub_(MEAN).div_(STD).unsqueeze(1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass
@@ -89,18 +89,23 @@ def log_sweep_to_wandb(
 
     from lightning_accel.tracking import has_wandb_credentials
 
-    mode = (
-        "online"
-        if has_wandb_credentials() and os.environ.get("WANDB_MODE") != "offline"
-        else "offline"
-    )
+    online = has_wandb_credentials() and os.environ.get("WANDB_MODE") != "offline"
+    mode: Literal["online", "offline"] = "online" if online else "offline"
     save_dir.mkdir(parents=True, exist_ok=True)
     run = wandb.init(
         project=project, name=f"{sweep_name}-summary", dir=str(save_dir), mode=mode,
         job_type="sweep-summary", reinit="finish_previous",
     )  # fmt: skip
     keys = list(trials[0].values) if trials else []
-    columns = ["trial", *keys, "accuracy", "latency_ms", "objective", "pareto", "error"]
+    columns: list[str | int] = [
+        "trial",
+        *keys,
+        "accuracy",
+        "latency_ms",
+        "objective",
+        "pareto",
+        "error",
+    ]
     rows = [
         [
             t.number,

@@ -100,10 +100,8 @@ def run_local(
             values = bayes_point(sweep, [(t.values, _metric(t, sweep.metric)) for t in trials])
         progress(f"trial {number + 1}/{total}: {sweep.overrides(values)}")
         trial = run_trial(sweep, Trial(number, values), output_dir / f"trial-{number}", quick)
-        progress(
-            f"trial {number + 1}/{total}: "
-            + (f"{sweep.metric}={_metric(trial, sweep.metric)}" if trial.result else trial.error)
-        )
+        outcome = f"{sweep.metric}={_metric(trial, sweep.metric)}" if trial.result else trial.error
+        progress(f"trial {number + 1}/{total}: {outcome}")
         trials.append(trial)
     return trials
 
