@@ -43,3 +43,9 @@ def test_a_model_whose_library_is_missing_names_the_extra(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "timm", None)  # as if timm were not installed
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'lightning-accel\[zoo\]'"):
         build("vit_tiny")
+
+
+def test_mobilenet_v3_batchnorm_statistics_keep_up_with_short_runs() -> None:
+    model = build("mobilenet_v3_small")
+    momenta = {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert momenta == {0.1}  # torchvision's 0.01 leaves eval-mode outputs at chance for ~500 steps
