@@ -137,6 +137,17 @@ def test_many_small_pruning_steps_land_exactly_on_the_target_width(digits, tmp_p
     assert widths == [16, 32, 32]  # half of 32, 64, 64: rounding does not accumulate
 
 
+def test_widths_off_multiples_of_8_warn_and_round_to_8_keeps_them_aligned(digits, tmp_path) -> None:
+    module = small_module()
+    with pytest.warns(UserWarning, match=r"not multiples of 8 .*Pass round_to=8"):
+        _fit(module, digits, GradualPruning(0.3, end_epoch=1), tmp_path, epochs=2)
+    assert any(module.model[i].weight.shape[0] % 8 for i in (4, 8, 11))
+
+    aligned = small_module()
+    _fit(aligned, digits, GradualPruning(0.3, end_epoch=1, round_to=8), tmp_path, epochs=2)
+    assert all(aligned.model[i].weight.shape[0] % 8 == 0 for i in (4, 8, 11))
+
+
 # ----------------------------------------------------------------------------- masks
 def test_unstructured_reaches_exact_sparsity_with_a_clean_state_dict(digits, tmp_path) -> None:
     module = small_module()
