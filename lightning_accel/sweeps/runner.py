@@ -100,7 +100,9 @@ def run_local(
             values = bayes_point(sweep, [(t.values, _metric(t, sweep.metric)) for t in trials])
         progress(f"trial {number + 1}/{total}: {sweep.overrides(values)}")
         trial = run_trial(sweep, Trial(number, values), output_dir / f"trial-{number}", quick)
-        outcome = f"{sweep.metric}={_metric(trial, sweep.metric)}" if trial.result else trial.error
+        value = _metric(trial, sweep.metric)
+        missing = trial.error or f"{sweep.metric} not reported"
+        outcome = f"{sweep.metric}={value:.4g}" if value is not None else missing
         progress(f"trial {number + 1}/{total}: {outcome}")
         trials.append(trial)
     return trials

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import warnings
 from typing import Any
 
 from lightning_accel.sweeps.config import SweepConfig
@@ -38,7 +39,9 @@ def bayes_point(sweep: SweepConfig, finished: list[tuple[dict[str, Any], float |
         ModuleNotFoundError: If W&B's ``sweeps`` engine is not installed, naming the command.
     """
     try:
-        import sweeps
+        with warnings.catch_warnings():  # its pydantic v1-style config warns on import
+            warnings.simplefilter("ignore")
+            import sweeps
     except ImportError as err:
         raise ModuleNotFoundError(
             f"method: bayes in a local sweep needs W&B's sweep engine: {SWEEPS_INSTALL_HINT}. "
