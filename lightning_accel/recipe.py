@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,16 @@ CALLBACK_NAMES = {
     "lightning_accel.ExportOnFitEnd": "export",
 }
 _TOP_LEVEL = ("seed_everything", "model", "data", "trainer")
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def _recipes_dir() -> Path:
+    """The checkout's ``recipes/``, else the copy a wheel installs under ``<prefix>/share``."""
+    checkout = Path(__file__).resolve().parents[1] / "recipes"
+    installed = Path(sys.prefix) / "share" / "lightning-accel" / "recipes"
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+
+
+RECIPES_DIR = _recipes_dir()
 
 
 class RecipeError(ValueError):
