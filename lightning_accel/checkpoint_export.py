@@ -120,14 +120,14 @@ def export_checkpoint(
     settings: ComparisonSettings,
     module_class: str = DEFAULT_MODULE,
     data_dir: str | None = None,
-    baseline: bool = True,
     progress: Callable[[str], None] = print,
 ) -> Comparison:
     """Export a checkpoint for each backend, verify it and time it against its baseline.
 
     Writes ``model.onnx``, ``baseline.onnx``, compiled artifacts and ``summary.json`` under
     ``dirpath``. The baseline is the same architecture before compression, freshly initialized:
-    it stands in for the dense model's latency, not its accuracy.
+    it stands in for the dense model's latency, not its accuracy, so it is built only when
+    ``settings.benchmark`` is on.
 
     Raises:
         FileNotFoundError: If the checkpoint does not exist.
@@ -147,7 +147,7 @@ def export_checkpoint(
     batches, source = verification_inputs(example, data_dir)
     out.mkdir(parents=True, exist_ok=True)
     outcome = export_and_compare(
-        trained, uncompressed if baseline else None, batches, out, settings, progress
+        trained, uncompressed if settings.benchmark else None, batches, out, settings, progress
     )
     outcome.summary = {
         "checkpoint": str(path),

@@ -223,7 +223,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     front = mark_pareto_front(trials)
     print(format_trials(trials, sweep.metric))
     print(f"\nPareto front (accuracy vs batch-1 latency): trials {[t.number for t in front]}")
-    (out / "sweep.json").parent.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps([t.as_dict() for t in trials], indent=2))
     run_dir = log_sweep_to_wandb(trials, sweep.path.stem, out, args.project)
     print(f"trials: {out / 'sweep.json'}; W&B summary run: {run_dir}")
@@ -262,7 +262,6 @@ def _run_export(args: argparse.Namespace) -> int:
         settings,
         module_class=args.module,
         data_dir=args.data_dir,
-        baseline=not args.no_baseline,
         progress=_progress,
     )
     print(format_summary(outcome.summary))

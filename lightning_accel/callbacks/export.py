@@ -73,9 +73,7 @@ class ExportOnFitEnd(Callback):
         threads: int | None = None,
         latency_runs: int = 50,
     ) -> None:
-        self.backends = check_backends(
-            tuple(backends) if not isinstance(backends, str) else (backends,)
-        )
+        checked = check_backends(tuple(backends) if not isinstance(backends, str) else (backends,))
         if not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes):
             raise ValueError(f"batch_sizes must be positive integers; got {tuple(batch_sizes)}")
         if precision not in PRECISIONS:
@@ -94,7 +92,7 @@ class ExportOnFitEnd(Callback):
         self.dirpath = Path(dirpath)
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.settings = ComparisonSettings(
-            backends=self.backends,
+            backends=checked,
             batch_sizes=tuple(batch_sizes),
             verify=verify,
             benchmark=benchmark,
@@ -114,7 +112,7 @@ class ExportOnFitEnd(Callback):
         _check_writable(self.dirpath)
         if self.input_shape is not None:
             _check_accepts(pl_module, self.input_shape)
-        if "tensorrt" in self.backends and tensorrt_problem():
+        if "tensorrt" in self.settings.backends and tensorrt_problem():
             rank_zero_warn(
                 f"ExportOnFitEnd: TensorRT cannot run here ({tensorrt_problem()}); training goes "
                 "on, the ONNX file and checkpoint will be written, then the TensorRT step fails."

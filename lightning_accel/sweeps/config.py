@@ -64,10 +64,6 @@ class SweepConfig:
         return self.config["metric"]["name"]
 
     @property
-    def goal(self) -> str:
-        return self.config["metric"].get("goal", "minimize")
-
-    @property
     def parameters(self) -> dict[str, dict[str, Any]]:
         return self.config["parameters"]
 

@@ -156,8 +156,4 @@ def fetch_agent_trials(sweep: SweepConfig, sweep_id: str, project: str) -> list[
 
 
 def _metric(trial: Trial, name: str) -> float | None:
-    if trial.result is None:
-        return None
-    if name in trial.result:
-        return trial.result[name]
-    return None
+    return trial.result.get(name) if trial.result is not None else None
