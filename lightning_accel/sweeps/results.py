@@ -132,6 +132,7 @@ def log_sweep_to_wandb(
     run.summary["sweep/finished"] = sum(t.result is not None for t in trials)
     folder = Path(run.dir).parent
     run.finish()
+    wandb.teardown()  # wandb reads its settings once per process; later runs here start clean
     return folder
 
 
