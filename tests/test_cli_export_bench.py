@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import lightning.pytorch as pl
+import onnx
 import pytest
 import torch
 
@@ -85,6 +87,9 @@ def test_export_errors_exit_2_and_name_the_fix(tmp_path: Path, capsys) -> None:
     assert main(["export", str(not_lightning), "--module", "no.such.Module"]) == 2
     assert "Cannot import the module class 'no.such.Module'" in capsys.readouterr().err
 
+    assert main(["export", str(not_lightning), "--module", "torch.nn.Linear"]) == 2
+    assert "'torch.nn.Linear' is not a LightningModule class" in capsys.readouterr().err
+
 
 def test_export_of_a_custom_module_checkpoint_says_how_to_export_from_python(
     tmp_path: Path, capsys
@@ -126,5 +131,29 @@ def test_bench_errors_exit_2(tmp_path: Path, capsys) -> None:
     junk.write_bytes(b"\x00\x01 not protobuf")
     assert main(["bench", str(junk)]) == 2
     assert "is not an ONNX model" in capsys.readouterr().err
+    empty = tmp_path / "empty.onnx"
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])), str(empty))
+    assert main(["bench", str(empty)]) == 2
+    assert "its graph has no nodes" in capsys.readouterr().err
     assert main(["bench", str(junk), "--runs", "0"]) == 2
     assert "--batch-sizes and --runs must be >= 1" in capsys.readouterr().err
+
+
+class NoExampleInput(pl.LightningModule):
+    """A module that never sets example_input_array."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.layer = torch.nn.Linear(64, width)
+
+
+def test_export_of_a_module_without_example_input_names_the_fix(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "plain.ckpt"
+    trainer = pl.Trainer(max_epochs=0, logger=False, enable_checkpointing=False)
+    trainer.strategy.connect(NoExampleInput())
+    trainer.save_checkpoint(path)
+    module = f"{__name__}.NoExampleInput"
+    assert main(["export", str(path), "--module", module, "--output-dir", str(tmp_path / "o")]) == 2
+    assert "sets no example_input_array" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before anything was written

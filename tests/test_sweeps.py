@@ -124,9 +124,15 @@ def test_local_grid_sweep_runs_two_offline_trials_and_reports_the_front(tmp_path
         (GRID.replace("[0.5, 0.9]", "[0.5, lots]"), "target_sparsity must be a number; got 'lots'"),
         (GRID.replace("{values: [0.5, 0.9]}", "{min: 0.1, max: 0.9}"), "a grid sweep needs"),
         (GRID.replace("sweep/objective", "latency/tensorrt/b1_ms"), "is logged by nothing"),
+        (GRID.replace("{name: sweep/objective, goal: maximize}", "val/acc"),
+         "metric must be a mapping with a name"),
+        (GRID.replace("goal: maximize", "goal: highest"), "metric.goal must be one of"),
+        (GRID.replace("{values: [0.5, 0.9]}", "{values: [0.5], bins: 3}"),
+         "has unknown keys ['bins']"),
+        (GRID.replace("{values: [0.5, 0.9]}", "0.5"), "must give values: [...]"),
     ],
     ids=["not-yaml", "unknown-key", "method", "not-a-recipe-key", "range", "type", "grid-range",
-         "metric"],
+         "metric", "metric-shape", "goal", "spec-key", "spec-shape"],
 )  # fmt: skip
 def test_bad_sweep_files_are_refused_before_any_trial(tmp_path, body, message, capsys) -> None:
     path = _sweep_file(tmp_path, body)
@@ -145,6 +151,20 @@ def test_command_without_recipe_and_random_without_count_are_refused(tmp_path, c
     rand = _sweep_file(tmp_path, GRID.replace("grid", "random"))
     assert main(["sweep", str(rand), "--local"]) == 2
     assert "never ends by itself: pass --count N" in capsys.readouterr().err
+
+
+def test_missing_sweep_file_and_non_positive_budget_or_count_are_refused(tmp_path, capsys):
+    with pytest.raises(SweepError, match="Sweep file .*nowhere.yaml does not exist"):
+        SweepConfig.from_yaml(tmp_path / "nowhere.yaml")
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- method\n- metric\n")
+    with pytest.raises(SweepError, match="must hold a mapping of W&B sweep keys"):
+        SweepConfig.from_yaml(listing)
+    command = f"[lightning-accel, fit, --recipe, {SMALL_CNN}, --latency-budget-ms, '0']"
+    with pytest.raises(SweepError, match="--latency-budget-ms must be > 0; got 0.0"):
+        SweepConfig.from_yaml(_sweep_file(tmp_path, GRID, command))
+    assert main(["sweep", str(_sweep_file(tmp_path, GRID)), "--local", "--count", "0"]) == 2
+    assert "--count must be >= 1; got 0" in capsys.readouterr().err
 
 
 def test_without_credentials_the_agent_mode_says_to_use_local(tmp_path, monkeypatch, capsys):
