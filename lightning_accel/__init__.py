@@ -5,7 +5,12 @@ latency measured on the target runtime. TensorRT, W&B and ONNX Runtime are impor
 they are used.
 """
 
-from lightning_accel.callbacks import ExportOnFitEnd, GradualPruning, LatencyMonitor
+from lightning_accel.callbacks import (
+    ExportOnFitEnd,
+    GradualPruning,
+    LatencyMonitor,
+    QuantizationAware,
+)
 from lightning_accel.data import DigitsDataModule, FashionMNISTDataModule
 from lightning_accel.module import ClassificationModule
 from lightning_accel.surgery import CompressionCheckpointMixin, restore_compression
@@ -20,5 +25,6 @@ __all__ = [
     "FashionMNISTDataModule",
     "GradualPruning",
     "LatencyMonitor",
+    "QuantizationAware",
     "restore_compression",
 ]

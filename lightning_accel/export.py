@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_accel.quantization.convert import convert_to_qdq, has_fake_quant
 from lightning_accel.utilities.copying import detached_copy
 
 DEFAULT_OPSET = 18
@@ -52,6 +53,8 @@ def to_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     exportable = detached_copy(model).cpu().eval()
+    if has_fake_quant(exportable):
+        exportable = convert_to_qdq(exportable)  # Q/DQ nodes the runtime fuses into int8 kernels
     sample = example_input.detach().cpu()
     if dynamic_batch and sample.shape[0] < 2:
         # torch.export specializes batch size 1, so trace with 2 to keep the dimension dynamic.

@@ -149,3 +149,10 @@ def _replay_channel_pruning(model: nn.Module, entry: dict[str, Any]) -> None:
     device = next(model.parameters()).device
     example = torch.zeros(entry["input_shape"], device=device)
     replay_channel_pruning(model, example, entry["history"])
+
+
+@register_replay("quantization_aware")
+def _replay_quantization(model: nn.Module, entry: dict[str, Any]) -> None:
+    from lightning_accel.quantization import QuantizationSpec, quantize_submodules
+
+    quantize_submodules(model, QuantizationSpec.from_dict(entry["spec"]))

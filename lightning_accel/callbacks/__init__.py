@@ -3,5 +3,6 @@
 from lightning_accel.callbacks.export import ExportOnFitEnd
 from lightning_accel.callbacks.latency import LatencyMonitor
 from lightning_accel.callbacks.pruning import GradualPruning
+from lightning_accel.callbacks.quantization import QuantizationAware
 
-__all__ = ["ExportOnFitEnd", "GradualPruning", "LatencyMonitor"]
+__all__ = ["ExportOnFitEnd", "GradualPruning", "LatencyMonitor", "QuantizationAware"]

@@ -1,0 +1,267 @@
+"""``QuantizationAware``: train against the int8 grid the target runtime will execute."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from typing_extensions import override
+
+from lightning_accel.callbacks._surgery_support import example_input, rebuild_optimizers
+from lightning_accel.layers import WEIGHTED_LAYERS, layers_in_call_order, match_patterns
+from lightning_accel.quantization.fake_quant import OBSERVERS, ActivationQuantizer, WeightQuantizer
+from lightning_accel.quantization.layers import QUANT_LAYERS
+from lightning_accel.quantization.prepare import (
+    activation_quantizers,
+    quantize_submodules,
+    quantized_layers,
+)
+from lightning_accel.quantization.spec import BACKENDS, QuantizationSpec, check_bits
+from lightning_accel.surgery import CompressionCheckpointMixin, record_surgery, save_surgery
+from lightning_accel.utilities.copying import detached_copy
+
+_FLOAT_BITS = 32
+
+
+class QuantizationAware(Callback):
+    """Quantization-aware training for ONNX Runtime or TensorRT int8 kernels.
+
+    At the start of ``start_epoch`` the network is traced (torch.fx) and its conv and linear
+    layers swapped for fake-quant versions: weights int8 per-channel symmetric, activations
+    per tensor, uint8 asymmetric for ONNX Runtime and int8 symmetric for TensorRT. Activation
+    quantizers sit where the runtime fuses Q/DQ into integer kernels (layer inputs, conv
+    outputs after BatchNorm and ReLU, residual adds). A BatchNorm after a conv trains folded
+    into it. :func:`lightning_accel.export.to_onnx` then writes Q/DQ ONNX that ONNX Runtime
+    runs as ``QLinearConv``/``QLinearAdd``/``QGemm``.
+
+    Run structured pruning first: ``GradualPruning`` must reach its target before
+    ``start_epoch`` (prune, then fine-tune the smaller model with QAT).
+
+    Args:
+        backend: ``"onnxruntime"`` or ``"tensorrt"``.
+        start_epoch: Epoch at whose start the layers are swapped.
+        freeze_observers_epoch: From this epoch, activation ranges stop moving (learned scales
+            start learning). ``None``: ranges track all of training, or, with
+            ``learnable_scales``, only during ``start_epoch``.
+        freeze_bn_epoch: From this epoch BatchNorms use their running statistics, the values
+            export folds in. ``None``: never frozen during training.
+        weight_bits: Default weight bit width (2 to 8).
+        activation_bits: Activation bit width (2 to 8).
+        layer_bits: Weight bits by glob pattern over layer names, e.g. ``{"model.layer4.*": 4}``.
+            Runtimes execute 8 bits; lower widths are trained and stored exactly inside int8.
+        ignore: Glob patterns of layers to keep in float.
+        observer: ``"ema_minmax"`` or ``"percentile"`` (0.01% tails clipped).
+        learnable_scales: Learn scales by gradient (LSQ) after the observers freeze.
+
+    Example:
+        >>> qat = QuantizationAware("onnxruntime", start_epoch=2, freeze_bn_epoch=4)
+        >>> trainer = L.Trainer(max_epochs=6, callbacks=[qat])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        backend: str = "onnxruntime",
+        start_epoch: int = 0,
+        freeze_observers_epoch: int | None = None,
+        freeze_bn_epoch: int | None = None,
+        weight_bits: int = 8,
+        activation_bits: int = 8,
+        layer_bits: Mapping[str, int] | None = None,
+        ignore: Sequence[str] = (),
+        observer: str = "ema_minmax",
+        learnable_scales: bool = False,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(
+                f"backend must be one of {BACKENDS}; got {backend!r}. "
+                "Example: QuantizationAware(backend='onnxruntime')"
+            )
+        if observer not in OBSERVERS:
+            raise ValueError(f"observer must be one of {OBSERVERS}; got {observer!r}")
+        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
+            raise ValueError(f"start_epoch must be an integer >= 0; got {start_epoch!r}")
+        for argument, epoch in (
+            ("freeze_observers_epoch", freeze_observers_epoch),
+            ("freeze_bn_epoch", freeze_bn_epoch),
+        ):
+            if epoch is not None and (not isinstance(epoch, int) or epoch < start_epoch):
+                raise ValueError(
+                    f"{argument}={epoch!r} comes before start_epoch={start_epoch}: there is "
+                    "nothing to freeze before quantization starts. Use an epoch >= start_epoch, "
+                    f"e.g. QuantizationAware(start_epoch={start_epoch}, "
+                    f"{argument}={start_epoch + 2})"
+                )
+        self.backend = backend
+        self.start_epoch = start_epoch
+        self.freeze_observers_epoch = freeze_observers_epoch
+        self.freeze_bn_epoch = freeze_bn_epoch
+        self.weight_bits = check_bits(weight_bits, "weight_bits")
+        self.activation_bits = check_bits(activation_bits, "activation_bits")
+        self.layer_bits = {
+            str(pattern): check_bits(bits, f"layer_bits[{pattern!r}]")
+            for pattern, bits in (layer_bits or {}).items()
+        }
+        self.ignore = [ignore] if isinstance(ignore, str) else list(ignore)
+        self.observer = observer
+        self.learnable_scales = bool(learnable_scales)
+        self.spec: QuantizationSpec | None = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(backend=self.backend, start_epoch=self.start_epoch)
+
+    def logged_metrics(self) -> tuple[str, ...]:
+        """The metric names this callback logs every epoch."""
+        return (
+            "compress/weight_bits",
+            "compress/quantized_layers",
+            "compress/activation_range_median",
+            "compress/activation_range_max",
+        )
+
+    # ----------------------------------------------------------------- lifecycle
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        max_epochs = trainer.max_epochs
+        if max_epochs is not None and max_epochs >= 0 and self.start_epoch >= max_epochs:
+            raise ValueError(
+                f"QuantizationAware(start_epoch={self.start_epoch}) never starts: training stops "
+                f"after max_epochs={max_epochs} (epochs 0..{max_epochs - 1}). Set start_epoch <= "
+                f"{max_epochs - 1}, leaving epochs to fine-tune, or raise max_epochs."
+            )
+        self._check_pruning_finishes_first(trainer)
+        if not isinstance(pl_module, CompressionCheckpointMixin):
+            rank_zero_warn(
+                f"{type(pl_module).__name__} does not inherit CompressionCheckpointMixin: "
+                "checkpoints of the quantized model will only load if its on_load_checkpoint "
+                "calls lightning_accel.restore_compression(self, checkpoint)."
+            )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if quantized_layers(pl_module):
+            return  # resumed from a checkpoint of the quantized model
+        self.spec = self._plan(pl_module, example_input(trainer, pl_module))
+        # Prepare a copy now, so a model that cannot be quantized fails before training.
+        quantize_submodules(detached_copy(pl_module), self.spec)
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if epoch < self.start_epoch:
+            return
+        if not quantized_layers(pl_module):
+            assert self.spec is not None  # planned in on_train_start
+            quantize_submodules(pl_module, self.spec)
+            record_surgery(pl_module, "quantization_aware", spec=self.spec.to_dict())
+            rebuild_optimizers(trainer)
+            rank_zero_info(
+                f"QuantizationAware: {len(self.spec.weight_bits)} layers and "
+                f"{len(activation_quantizers(pl_module))} activations now train on the "
+                f"{self.backend} int8 grid."
+            )
+        set_training_phase(
+            pl_module,
+            observers_enabled=self._observers_enabled(epoch),
+            bn_frozen=self.freeze_bn_epoch is not None and epoch >= self.freeze_bn_epoch,
+        )
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for name, value in quantization_metrics(pl_module).items():
+            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        save_surgery(pl_module, checkpoint)
+
+    # ----------------------------------------------------------------- planning
+    def _plan(self, pl_module: pl.LightningModule, sample: torch.Tensor) -> QuantizationSpec:
+        """Which layers get how many bits; every pattern must match a layer."""
+        order = layers_in_call_order(pl_module, sample)
+        if not order:
+            raise ValueError(
+                f"{type(pl_module).__name__} calls no Conv1d/2d/3d or Linear layer, so "
+                "QuantizationAware has nothing to quantize. Remove the callback or use a model "
+                "with conv or linear layers."
+            )
+        ignored = match_patterns(order, self.ignore, "QuantizationAware(ignore=...)")
+        selected = [name for name in order if name not in ignored]
+        if not selected:
+            raise ValueError(
+                f"QuantizationAware(ignore={self.ignore}) leaves none of the {len(order)} "
+                "conv/linear layers to quantize. Ignore fewer layers."
+            )
+        bits = dict.fromkeys(selected, self.weight_bits)
+        for pattern, width in self.layer_bits.items():
+            for name in match_patterns(selected, [pattern], "QuantizationAware(layer_bits=...)"):
+                bits[name] = width
+        return QuantizationSpec(
+            backend=self.backend,  # type: ignore[arg-type]
+            weight_bits=bits,
+            activation_bits=self.activation_bits,
+            observer=self.observer,
+            learnable=self.learnable_scales,
+        )
+
+    def _observers_enabled(self, epoch: int) -> bool:
+        if self.freeze_observers_epoch is not None:
+            return epoch < self.freeze_observers_epoch
+        return not self.learnable_scales or epoch == self.start_epoch
+
+    def _check_pruning_finishes_first(self, trainer: pl.Trainer) -> None:
+        from lightning_accel.callbacks.pruning import GradualPruning
+
+        max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            if not isinstance(callback, GradualPruning) or callback.mode != "structured":
+                continue
+            end = callback.end_epoch
+            if end is None:
+                end = max(max_epochs - 1, callback.start_epoch + 1)
+            if self.start_epoch <= end:
+                raise ValueError(
+                    f"QuantizationAware(start_epoch={self.start_epoch}) would start before "
+                    f"structured GradualPruning finishes (its target is reached at the start of "
+                    f"epoch {end}). Prune first, then quantize: set start_epoch >= {end + 1}, or "
+                    "end the pruning earlier with GradualPruning(end_epoch=...)."
+                )
+
+
+def set_training_phase(model: torch.nn.Module, observers_enabled: bool, bn_frozen: bool) -> None:
+    """Switch range observers and BatchNorm statistics of every quantized module."""
+    for module in model.modules():
+        if isinstance(module, (ActivationQuantizer, WeightQuantizer)):
+            module.observer_enabled.fill_(observers_enabled)
+        if isinstance(module, QUANT_LAYERS) and hasattr(module, "bn_frozen"):
+            module.bn_frozen.fill_(bn_frozen)
+
+
+def quantization_metrics(model: torch.nn.Module) -> dict[str, float]:
+    """Mean weight bits (float layers count 32), quantized fraction and activation ranges."""
+    weights = {n: m for n, m in model.named_modules() if isinstance(m, WEIGHTED_LAYERS)}
+    quantized = quantized_layers(model)
+    sizes = {name: layer.weight.numel() for name, layer in weights.items()}
+    bits = {
+        name: quantized[name].weight_quantizer.bits if name in quantized else _FLOAT_BITS
+        for name in weights
+    }
+    total = sum(sizes.values()) or 1
+    ranges = torch.tensor(
+        [float(q.max_val - q.min_val) for q in activation_quantizers(model).values()] or [0.0]
+    )
+    return {
+        "compress/weight_bits": sum(bits[n] * sizes[n] for n in weights) / total,
+        "compress/quantized_layers": len(quantized) / max(len(weights), 1),
+        "compress/activation_range_median": float(ranges.median()),
+        "compress/activation_range_max": float(ranges.max()),
+    }

@@ -1,0 +1,156 @@
+"""Conv and linear layers that train against fake-quantized weights.
+
+A conv followed by BatchNorm becomes one :class:`QuantConv2d` (or 1d/3d) that owns the
+BatchNorm, as in PyTorch's ``_ConvBnNd`` (Krishnamoorthi 2018, sec. 3.2): the weight is scaled
+by gamma / running_std, fake-quantized, and the scaling undone after the conv, so training sees
+the same int8 grid as the BatchNorm-folded conv that export writes. Once the BatchNorm is
+frozen it runs on its running statistics. Parameter names stay those of the original layer
+(``<name>.weight``); the BatchNorm moves to ``<name>.bn``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_accel.quantization.fake_quant import WeightQuantizer
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class _QuantConvMixin:
+    """Forward pass shared by the quantized conv classes."""
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    bn: nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d | None
+    weight_quantizer: WeightQuantizer
+    bn_frozen: Tensor
+    _conv_forward: Any
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.bn is None:
+            return self._conv_forward(x, self.weight_quantizer(self.weight), self.bias)
+        factor = bn_scale_factor(self.bn)
+        shape = [-1] + [1] * (self.weight.dim() - 1)
+        weight = self.weight_quantizer(self.weight * factor.reshape(shape))
+        out = self._conv_forward(x, weight, None) / factor.reshape([1, -1] + shape[2:])
+        if self.bias is not None:
+            out = out + self.bias.reshape([1, -1] + shape[2:])
+        bn = self.bn
+        use_batch_stats = bn.training and not bool(self.bn_frozen)
+        return F.batch_norm(
+            out,
+            bn.running_mean,
+            bn.running_var,
+            bn.weight,
+            bn.bias,
+            use_batch_stats,
+            bn.momentum if bn.momentum is not None else 0.1,
+            bn.eps,
+        )
+
+    @torch.no_grad()
+    def folded_weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
+        """Weight and bias with the BatchNorm (running statistics) folded in."""
+        if self.bn is None:
+            return self.weight.detach().clone(), None if self.bias is None else self.bias.detach()
+        bn = self.bn
+        factor = bn_scale_factor(bn)
+        weight = self.weight * factor.reshape([-1] + [1] * (self.weight.dim() - 1))
+        bias = torch.zeros_like(bn.running_mean) if self.bias is None else self.bias
+        shift = bn.bias if bn.bias is not None else torch.zeros_like(bias)
+        return weight.detach(), (shift + (bias - bn.running_mean) * factor).detach()
+
+
+def bn_scale_factor(bn: nn.Module) -> Tensor:
+    """gamma / sqrt(running_var + eps) of a BatchNorm, kept away from zero."""
+    std = torch.sqrt(bn.running_var + bn.eps)
+    factor = bn.weight / std if bn.weight is not None else 1.0 / std
+    return torch.where(factor.abs() < 1e-12, torch.full_like(factor, 1e-12), factor)
+
+
+class QuantConv1d(_QuantConvMixin, nn.Conv1d):
+    """Conv1d (with optional folded BatchNorm) on fake-quantized weights."""
+
+
+class QuantConv2d(_QuantConvMixin, nn.Conv2d):
+    """Conv2d (with optional folded BatchNorm) on fake-quantized weights."""
+
+
+class QuantConv3d(_QuantConvMixin, nn.Conv3d):
+    """Conv3d (with optional folded BatchNorm) on fake-quantized weights."""
+
+
+class QuantLinear(nn.Linear):
+    """Linear layer on fake-quantized weights."""
+
+    weight_quantizer: WeightQuantizer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight_quantizer(self.weight), self.bias)
+
+    @torch.no_grad()
+    def folded_weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
+        """Weight and bias as they are (a linear layer has no BatchNorm to fold)."""
+        return self.weight.detach().clone(), None if self.bias is None else self.bias.detach()
+
+
+QuantLayer = QuantConv1d | QuantConv2d | QuantConv3d | QuantLinear
+QUANT_LAYERS = (QuantConv1d, QuantConv2d, QuantConv3d, QuantLinear)
+_QUANT_CONV_FOR = {nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, nn.Conv3d: QuantConv3d}
+
+
+def quantize_layer(
+    layer: nn.Module, bn: nn.Module | None, bits: int, learnable: bool
+) -> QuantLayer:
+    """A quantized layer sharing ``layer``'s parameters (and owning ``bn``, for convs).
+
+    Raises:
+        TypeError: If ``layer`` is not a plain Conv1d/2d/3d or Linear.
+    """
+    weight = layer.weight
+    factory = {"device": weight.device, "dtype": weight.dtype}
+    new: QuantLayer
+    if type(layer) is nn.Linear:
+        new = QuantLinear(layer.in_features, layer.out_features, layer.bias is not None, **factory)
+    elif type(layer) in _QUANT_CONV_FOR:
+        conv: Any = layer
+        new = _QUANT_CONV_FOR[type(layer)](
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            **factory,
+        )
+        new.register_module("bn", bn)
+        new.register_buffer("bn_frozen", torch.zeros((), dtype=torch.bool, device=weight.device))
+    else:
+        raise TypeError(
+            f"{type(layer).__name__} cannot be quantized: only plain nn.Conv1d/2d/3d and "
+            "nn.Linear are. Leave it out with ignore=[...]."
+        )
+    new.weight = weight
+    new.bias = layer.bias
+    new.weight_quantizer = WeightQuantizer(weight.shape[0], bits, learnable).to(weight.device)
+    new.train(layer.training)
+    return new
+
+
+def is_batch_norm_for(module: nn.Module, layer: nn.Module) -> bool:
+    """Whether ``module`` is a BatchNorm over ``layer``'s output channels that can be folded."""
+    return (
+        isinstance(module, _BATCH_NORMS)
+        and isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+        and module.num_features == layer.out_channels
+        and module.track_running_stats
+        and module.running_var is not None
+    )

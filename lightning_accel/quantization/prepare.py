@@ -1,0 +1,213 @@
+"""Swapping a model's layers for fake-quant ones, with activation quantizers where the runtime
+fuses them (traced with torch.fx).
+
+Placement follows ONNX Runtime's QDQ fusion rules, which TensorRT's explicit quantization
+also accepts: every quantized conv or linear reads a quantized input; every quantized conv's
+output is quantized after its BatchNorm and ReLU (ONNX Runtime then drops the ReLU into the
+requantization and runs ``QLinearConv``); both inputs and the (post-ReLU) output of a residual
+add are quantized, so the add runs as ``QLinearAdd``. One quantizer serves every reader of a
+tensor, as one Q/DQ pair does in the exported graph.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from lightning_accel.quantization.fake_quant import ActivationQuantizer
+from lightning_accel.quantization.layers import (
+    QUANT_LAYERS,
+    is_batch_norm_for,
+    quantize_layer,
+)
+from lightning_accel.quantization.spec import QuantizationSpec
+
+QUANTIZER_PREFIX = "activation_quantizers"
+_RELU_MODULES = (nn.ReLU, nn.ReLU6)
+_RELU_FUNCTIONS = {F.relu, torch.relu, F.relu6}
+_ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+
+
+def quantize_submodules(root: nn.Module, spec: QuantizationSpec) -> None:
+    """Prepare every direct child of ``root`` that holds a layer of ``spec`` for QAT, in place.
+
+    Each child is traced and replaced by its quantized ``torch.fx.GraphModule``. All children
+    are prepared before any is swapped in, so a failure leaves ``root`` as it was.
+
+    Raises:
+        ValueError: If a layer sits directly on ``root``, a child cannot be traced, or a
+            layer is not called as a module in the forward pass.
+    """
+    groups: dict[str, dict[str, int]] = {}
+    for name, bits in spec.weight_bits.items():
+        child, _, rest = name.partition(".")
+        if not rest:
+            raise ValueError(
+                f"Layer {name!r} is a direct attribute of {type(root).__name__}; QAT traces the "
+                "network it belongs to. Keep the network in a submodule (e.g. self.model = ...)."
+            )
+        groups.setdefault(child, {})[rest] = bits
+    prepared = {
+        child: prepare_qat(root.get_submodule(child), layers, spec, prefix=f"{child}.")
+        for child, layers in groups.items()
+    }
+    for child, module in prepared.items():
+        setattr(root, child, module)
+
+
+def prepare_qat(
+    model: nn.Module, weight_bits: Mapping[str, int], spec: QuantizationSpec, prefix: str = ""
+) -> fx.GraphModule:
+    """A traced copy of ``model`` whose layers ``weight_bits`` names train on fake-quant.
+
+    Parameters are shared with ``model``; BatchNorms after quantized convs move into them.
+
+    Args:
+        model: The network.
+        weight_bits: Bits per layer, by module name relative to ``model``.
+        spec: Backend, activation bits, observer and scale learning.
+        prefix: Prepended to layer names in error messages.
+
+    Raises:
+        ValueError: If ``model`` cannot be traced or a named layer is not called as a module.
+    """
+    try:
+        graph_module = fx.symbolic_trace(model)
+    except Exception as err:
+        raise ValueError(
+            f"{type(model).__name__} cannot be quantized: torch.fx cannot trace it "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+            "QuantizationAware supports networks without data-dependent Python control flow "
+            "(torchvision-style CNNs); leave the rest out with ignore=[...]."
+        ) from err
+    rewriter = _Rewriter(graph_module, spec)
+    layer_nodes = rewriter.swap_layers(weight_bits)
+    missing = sorted(set(weight_bits) - {str(node.target) for node in layer_nodes})
+    if missing:
+        raise ValueError(
+            f"Layers {[prefix + name for name in missing]} are not called as modules in "
+            f"{type(model).__name__}.forward, so they cannot be quantized. Leave them out with "
+            "ignore=[...]."
+        )
+    rewriter.place_activation_quantizers(layer_nodes)
+    graph_module.graph.lint()
+    graph_module.delete_all_unused_submodules()
+    graph_module.recompile()
+    return graph_module
+
+
+class _Rewriter:
+    """Graph edits of one traced network."""
+
+    def __init__(self, graph_module: fx.GraphModule, spec: QuantizationSpec) -> None:
+        self.graph_module = graph_module
+        self.graph = graph_module.graph
+        self.spec = spec
+        self.modules = dict(graph_module.named_modules())
+        parameter = next(graph_module.parameters(), None)
+        self.device = parameter.device if parameter is not None else torch.device("cpu")
+        self.quantized: dict[fx.Node, fx.Node] = {}
+
+    def swap_layers(self, weight_bits: Mapping[str, int]) -> list[fx.Node]:
+        """Replace each named layer (and the BatchNorm after a conv) by its quantized form."""
+        layer_nodes = []
+        swapped: set[str] = set()
+        for node in list(self.graph.nodes):
+            target = str(node.target)
+            if node.op != "call_module" or target not in weight_bits:
+                continue
+            layer_nodes.append(node)
+            if target in swapped:  # a layer called twice shares one quantized module
+                continue
+            layer = self.modules[target]
+            bn_node = self._batch_norm_after(node, layer)
+            bn = self.modules[str(bn_node.target)] if bn_node is not None else None
+            quantized = quantize_layer(layer, bn, weight_bits[target], self.spec.learnable)
+            quantized.integer_bias = self.spec.integer_bias  # type: ignore[assignment]
+            _set_submodule(self.graph_module, target, quantized)
+            if bn_node is not None:  # the BatchNorm now lives at <layer>.bn
+                bn_node.replace_all_uses_with(node)
+                self.graph.erase_node(bn_node)
+                self.graph_module.delete_submodule(str(bn_node.target))
+            swapped.add(target)
+        return layer_nodes
+
+    def place_activation_quantizers(self, layer_nodes: list[fx.Node]) -> None:
+        """Quantize layer inputs, conv outputs and residual adds."""
+        for node in layer_nodes:
+            if isinstance(node.args[0], fx.Node):
+                self._quantize(node.args[0])
+            if not isinstance(self.graph_module.get_submodule(str(node.target)), nn.Linear):
+                self._quantize(self._after_relus(node))
+        for node in list(self.graph.nodes):
+            if _is_add(node):
+                for argument in node.args[:2]:
+                    self._quantize(argument)  # type: ignore[arg-type]
+                self._quantize(self._after_relus(node))
+
+    def _quantize(self, node: fx.Node) -> fx.Node:
+        if node in self.quantized:
+            return self.quantized[node]
+        name = f"{QUANTIZER_PREFIX}.{node.name}"
+        quantizer = ActivationQuantizer(
+            self.spec.activation_bits,
+            self.spec.symmetric_activations,
+            self.spec.observer,  # type: ignore[arg-type]
+            self.spec.learnable,
+        )
+        self.graph_module.add_submodule(name, quantizer.to(self.device))
+        with self.graph.inserting_after(node):
+            quantized = self.graph.call_module(name, (node,))
+        node.replace_all_uses_with(quantized, delete_user_cb=lambda user: user is not quantized)
+        self.quantized[node] = self.quantized[quantized] = quantized
+        return quantized
+
+    def _batch_norm_after(self, node: fx.Node, layer: nn.Module) -> fx.Node | None:
+        if len(node.users) != 1:
+            return None
+        (user,) = node.users
+        if user.op == "call_module" and is_batch_norm_for(self.modules[str(user.target)], layer):
+            return user
+        return None
+
+    def _after_relus(self, node: fx.Node) -> fx.Node:
+        """The last of a chain of ReLUs reading ``node`` alone: where its value is requantized."""
+        while len(node.users) == 1:
+            (user,) = node.users
+            if not self._is_relu(user):
+                break
+            node = user
+        return node
+
+    def _is_relu(self, node: fx.Node) -> bool:
+        if node.op == "call_module":
+            return isinstance(self.modules.get(str(node.target)), _RELU_MODULES)
+        if node.op == "call_function":
+            return node.target in _RELU_FUNCTIONS
+        return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def _is_add(node: fx.Node) -> bool:
+    is_add = (node.op == "call_function" and node.target in _ADD_FUNCTIONS) or (
+        node.op == "call_method" and node.target in ("add", "add_")
+    )
+    return is_add and len(node.args) >= 2 and all(isinstance(a, fx.Node) for a in node.args[:2])
+
+
+def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
+    parent, _, name = target.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)
+
+
+def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The fake-quant conv/linear layers of ``model``, by name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, QUANT_LAYERS)}
+
+
+def activation_quantizers(model: nn.Module) -> dict[str, ActivationQuantizer]:
+    """The activation quantizers of ``model``, by name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, ActivationQuantizer)}
