@@ -53,7 +53,7 @@ class QDQActivation(nn.Module):
         self.dtype = torch.int8 if symmetric else torch.uint8
         self.quant_min, self.quant_max = activation_range(RUNTIME_BITS, symmetric)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, observe: bool = True) -> Tensor:
         ops = _ops()
         args = (self.scale, self.zero_point, self.quant_min, self.quant_max, self.dtype)
         return ops.dequantize_per_tensor(ops.quantize_per_tensor(x, *args), *args)

@@ -72,8 +72,9 @@ class ActivationQuantizer(nn.Module):
         else:
             self.register_buffer("zero_point", zero_point)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if (self.training and bool(self.observer_enabled)) or not bool(self.observed):
+    def forward(self, x: Tensor, observe: bool = True) -> Tensor:
+        """Fake-quantize ``x``; ``observe=False`` for a tensor already on this grid."""
+        if observe and ((self.training and bool(self.observer_enabled)) or not bool(self.observed)):
             self._observe(x.detach())
         if self.learnable:
             return torch._fake_quantize_learnable_per_tensor_affine(

@@ -30,6 +30,11 @@ QUANTIZER_PREFIX = "activation_quantizers"
 _RELU_MODULES = (nn.ReLU, nn.ReLU6)
 _RELU_FUNCTIONS = {F.relu, torch.relu, F.relu6}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+# Ops whose output stays on their input's int8 grid: ONNX Runtime runs them on uint8 when the
+# Q/DQ around them share one scale (as its own quantizer writes them).
+_GRID_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten, nn.Identity)
+_GRID_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, torch.flatten}
+_GRID_METHODS = ("flatten", "view", "reshape")
 
 
 def quantize_submodules(root: nn.Module, spec: QuantizationSpec) -> None:
@@ -152,19 +157,33 @@ class _Rewriter:
     def _quantize(self, node: fx.Node) -> fx.Node:
         if node in self.quantized:
             return self.quantized[node]
-        name = f"{QUANTIZER_PREFIX}.{node.name}"
-        quantizer = ActivationQuantizer(
-            self.spec.activation_bits,
-            self.spec.symmetric_activations,
-            self.spec.observer,  # type: ignore[arg-type]
-            self.spec.learnable,
-        )
-        self.graph_module.add_submodule(name, quantizer.to(self.device))
+        if self._keeps_grid(node):
+            # Share the input's quantizer (no observing): the values are already on its grid.
+            source = self._quantize(node.args[0])  # type: ignore[arg-type]
+            name, kwargs = str(source.target), {"observe": False}
+        else:
+            name, kwargs = f"{QUANTIZER_PREFIX}.{node.name}", {}
+            quantizer = ActivationQuantizer(
+                self.spec.activation_bits,
+                self.spec.symmetric_activations,
+                self.spec.observer,  # type: ignore[arg-type]
+                self.spec.learnable,
+            )
+            self.graph_module.add_submodule(name, quantizer.to(self.device))
         with self.graph.inserting_after(node):
-            quantized = self.graph.call_module(name, (node,))
+            quantized = self.graph.call_module(name, (node,), kwargs)
         node.replace_all_uses_with(quantized, delete_user_cb=lambda user: user is not quantized)
         self.quantized[node] = self.quantized[quantized] = quantized
         return quantized
+
+    def _keeps_grid(self, node: fx.Node) -> bool:
+        if not node.args or not isinstance(node.args[0], fx.Node):
+            return False
+        if node.op == "call_module":
+            return isinstance(self.modules.get(str(node.target)), _GRID_MODULES)
+        if node.op == "call_function":
+            return node.target in _GRID_FUNCTIONS
+        return node.op == "call_method" and node.target in _GRID_METHODS
 
     def _batch_norm_after(self, node: fx.Node, layer: nn.Module) -> fx.Node | None:
         if len(node.users) != 1:
