@@ -1,7 +1,6 @@
-"""Quantization benchmark: fp32 vs ONNX Runtime post-training quantization vs our QAT, and
-50% structured pruning followed by QAT, on Fashion-MNIST, one run per model.
+"""Quantization benchmark: fp32, ONNX Runtime's PTQ, our QAT, and 50% pruning + QAT.
 
-Every variant starts from the same fp32 model. Post-training quantization (PTQ) is ONNX
+Fashion-MNIST, one run per model. Every variant starts from the same fp32 model. Post-training quantization (PTQ) is ONNX
 Runtime's ``quantize_static`` (QDQ, per-channel int8 weights, uint8 activations, calibrated on
 512 training images). QAT fine-tunes the fp32 model with ``QuantizationAware``; prune + QAT
 fine-tunes with ``GradualPruning`` (50% of channels, round_to=8) and then ``QuantizationAware``.

@@ -66,3 +66,15 @@ def test_digits_split_is_real_and_deterministic() -> None:
 def test_invalid_fashion_mnist_settings(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="must be >= 1"):
         FashionMNISTDataModule(**kwargs)
+
+
+def test_shuffling_depends_only_on_seed_and_epoch() -> None:
+    from lightning_accel.data.sampling import EpochShuffleSampler
+
+    first, resumed = EpochShuffleSampler(100, seed=3), EpochShuffleSampler(100, seed=3)
+    first.set_epoch(0)
+    epoch_0 = list(first)
+    first.set_epoch(2)
+    resumed.set_epoch(2)  # a run resumed at epoch 2 draws what the uninterrupted run draws
+    assert list(first) == list(resumed)
+    assert sorted(epoch_0) == list(range(100)) and list(first) != epoch_0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
@@ -242,8 +242,9 @@ def set_training_phase(model: torch.nn.Module, observers_enabled: bool, bn_froze
     for module in model.modules():
         if isinstance(module, (ActivationQuantizer, WeightQuantizer)):
             module.observer_enabled.fill_(observers_enabled)
-        if isinstance(module, QUANT_LAYERS) and hasattr(module, "bn_frozen"):
-            module.bn_frozen.fill_(bn_frozen)
+        frozen = getattr(module, "bn_frozen", None) if isinstance(module, QUANT_LAYERS) else None
+        if isinstance(frozen, torch.Tensor):
+            frozen.fill_(bn_frozen)
 
 
 def quantization_metrics(model: torch.nn.Module) -> dict[str, float]:
@@ -251,10 +252,9 @@ def quantization_metrics(model: torch.nn.Module) -> dict[str, float]:
     weights = {n: m for n, m in model.named_modules() if isinstance(m, WEIGHTED_LAYERS)}
     quantized = quantized_layers(model)
     sizes = {name: layer.weight.numel() for name, layer in weights.items()}
-    bits = {
-        name: quantized[name].weight_quantizer.bits if name in quantized else _FLOAT_BITS
-        for name in weights
-    }
+    bits: dict[str, int] = {name: _FLOAT_BITS for name in weights}
+    for name, layer in quantized.items():
+        bits[name] = cast(WeightQuantizer, layer.weight_quantizer).bits
     total = sum(sizes.values()) or 1
     ranges = torch.tensor(
         [float(q.max_val - q.min_val) for q in activation_quantizers(model).values()] or [0.0]

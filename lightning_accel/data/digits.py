@@ -6,6 +6,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_accel.data.sampling import EpochShuffleSampler
 from lightning_accel.utilities.imports import require
 
 
@@ -54,10 +55,8 @@ class DigitsDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self.train_set, self.batch_size, shuffle=True, drop_last=True, generator=generator
-        )
+        sampler = EpochShuffleSampler(len(self.train_set), self.seed)
+        return DataLoader(self.train_set, self.batch_size, sampler=sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup() first"

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_accel.data.idx import read_idx
+from lightning_accel.data.sampling import EpochShuffleSampler
 
 DATA_DIR_ENV = "LIGHTNING_ACCEL_FASHION_MNIST"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -147,14 +148,12 @@ class FashionMNISTDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
-        generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             self.train_set,
             self.batch_size,
-            shuffle=True,
+            sampler=EpochShuffleSampler(len(self.train_set), self.seed),
             drop_last=True,
             num_workers=self.num_workers,
-            generator=generator,
         )
 
     def val_dataloader(self) -> DataLoader:

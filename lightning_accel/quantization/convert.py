@@ -12,13 +12,17 @@ fewer than 8 bits run at 8 bits over the same range.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from lightning_accel.quantization.fake_quant import ActivationQuantizer, activation_range
+from lightning_accel.quantization.fake_quant import (
+    ActivationQuantizer,
+    WeightQuantizer,
+    activation_range,
+)
 from lightning_accel.quantization.layers import (
     QUANT_LAYERS,
     QuantConv1d,
@@ -81,7 +85,7 @@ class QDQLayer(nn.Module):
     def __init__(self, layer: nn.Module, input_scale: float | None) -> None:
         super().__init__()
         weight, bias = layer.folded_weight_and_bias()  # type: ignore[operator]
-        quantizer = layer.weight_quantizer
+        quantizer = cast(WeightQuantizer, layer.weight_quantizer)
         scale = (
             quantizer.scale.detach().clone()
             if quantizer.learnable
@@ -118,7 +122,7 @@ class QDQLayer(nn.Module):
             )
         if self.is_linear:
             return F.linear(x, weight, bias)
-        return self.conv._conv_forward(x, weight, bias)  # type: ignore[union-attr]
+        return self.conv._conv_forward(x, weight, bias)  # type: ignore[union-attr,operator]
 
 
 def _conv_shell(layer: Any) -> nn.Module:

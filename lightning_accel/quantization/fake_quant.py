@@ -9,6 +9,7 @@ observer initializes them, and once it is frozen the gradient moves them.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -45,6 +46,13 @@ class ActivationQuantizer(nn.Module):
         learnable: Learn the scale (and zero point) once the observer is frozen.
     """
 
+    min_val: Tensor
+    max_val: Tensor
+    observed: Tensor
+    observer_enabled: Tensor
+    scale: Tensor
+    zero_point: Tensor
+
     def __init__(
         self,
         bits: int = 8,
@@ -77,8 +85,14 @@ class ActivationQuantizer(nn.Module):
         if observe and ((self.training and bool(self.observer_enabled)) or not bool(self.observed)):
             self._observe(x.detach())
         if self.learnable:
+            _keep_in_range(self.scale, self.zero_point, self.quant_min, self.quant_max)
             return torch._fake_quantize_learnable_per_tensor_affine(
-                x, self.scale, self.zero_point, self.quant_min, self.quant_max, 1.0
+                x,
+                self.scale,
+                self.zero_point,
+                self.quant_min,
+                self.quant_max,
+                _lsq_gradient_scale(x[0].numel() if x.dim() > 1 else x.numel(), self.quant_max),
             )
         return torch.fake_quantize_per_tensor_affine(
             x, self.scale, self.zero_point.int(), self.quant_min, self.quant_max
@@ -132,6 +146,11 @@ class WeightQuantizer(nn.Module):
         learnable: Learn the per-channel scales once the observer is frozen.
     """
 
+    observed: Tensor
+    observer_enabled: Tensor
+    scale: Tensor
+    zero_point: Tensor
+
     def __init__(self, channels: int, bits: int = 8, learnable: bool = False) -> None:
         super().__init__()
         self.bits = bits
@@ -154,8 +173,15 @@ class WeightQuantizer(nn.Module):
         if bool(self.observer_enabled) or not bool(self.observed):
             self.scale.data.copy_(self.max_abs_scale(weight))
             self.observed.fill_(True)
+        _keep_in_range(self.scale, None, self.quant_min, self.quant_max)
         return torch._fake_quantize_learnable_per_channel_affine(
-            weight, self.scale, self.zero_point.float(), 0, self.quant_min, self.quant_max, 1.0
+            weight,
+            self.scale,
+            self.zero_point.float(),
+            0,
+            self.quant_min,
+            self.quant_max,
+            _lsq_gradient_scale(weight[0].numel(), self.quant_max),
         )
 
     @torch.no_grad()
@@ -166,6 +192,21 @@ class WeightQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, per-channel symmetric, learnable={self.learnable}"
+
+
+def _lsq_gradient_scale(elements: int, quant_max: int) -> float:
+    """LSQ's step-size gradient scale 1 / sqrt(N * Q_max), which keeps learned scales stable."""
+    return 1.0 / math.sqrt(max(elements, 1) * quant_max)
+
+
+@torch.no_grad()
+def _keep_in_range(
+    scale: Tensor, zero_point: Tensor | None, quant_min: int, quant_max: int
+) -> None:
+    """Keep learned scales positive and zero points inside the integer range."""
+    scale.data.clamp_(min=_MIN_SCALE)  # .data: a shared quantizer may be read twice per step
+    if zero_point is not None:
+        zero_point.data.clamp_(quant_min, quant_max)
 
 
 def _sync_across_ranks(low: Tensor, high: Tensor) -> tuple[Tensor, Tensor]:

@@ -10,7 +10,7 @@ frozen it runs on its running statistics. Parameter names stay those of the orig
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +24,9 @@ _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 class _QuantConvMixin:
     """Forward pass shared by the quantized conv classes."""
 
-    weight: nn.Parameter
-    bias: nn.Parameter | None
-    bn: nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d | None
+    weight: Tensor
+    bias: Tensor | None
+    bn: Any
     weight_quantizer: WeightQuantizer
     bn_frozen: Tensor
     _conv_forward: Any
@@ -66,8 +66,8 @@ class _QuantConvMixin:
         return weight.detach(), (shift + (bias - bn.running_mean) * factor).detach()
 
 
-def bn_scale_factor(bn: nn.Module) -> Tensor:
-    """gamma / sqrt(running_var + eps) of a BatchNorm, kept away from zero."""
+def bn_scale_factor(bn: Any) -> Tensor:
+    """Gamma / sqrt(running_var + eps) of a BatchNorm, kept away from zero."""
     std = torch.sqrt(bn.running_var + bn.eps)
     factor = bn.weight / std if bn.weight is not None else 1.0 / std
     return torch.where(factor.abs() < 1e-12, torch.full_like(factor, 1e-12), factor)
@@ -101,7 +101,11 @@ class QuantLinear(nn.Linear):
 
 QuantLayer = QuantConv1d | QuantConv2d | QuantConv3d | QuantLinear
 QUANT_LAYERS = (QuantConv1d, QuantConv2d, QuantConv3d, QuantLinear)
-_QUANT_CONV_FOR = {nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, nn.Conv3d: QuantConv3d}
+_QUANT_CONV_FOR: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Conv1d: QuantConv1d,
+    nn.Conv2d: QuantConv2d,
+    nn.Conv3d: QuantConv3d,
+}
 
 
 def quantize_layer(
@@ -112,14 +116,14 @@ def quantize_layer(
     Raises:
         TypeError: If ``layer`` is not a plain Conv1d/2d/3d or Linear.
     """
-    weight = layer.weight
+    weight = cast(Tensor, layer.weight)
     factory = {"device": weight.device, "dtype": weight.dtype}
-    new: QuantLayer
+    new: Any
+    conv: Any = layer
     if type(layer) is nn.Linear:
-        new = QuantLinear(layer.in_features, layer.out_features, layer.bias is not None, **factory)
+        new = QuantLinear(conv.in_features, conv.out_features, conv.bias is not None, **factory)
     elif type(layer) in _QUANT_CONV_FOR:
-        conv: Any = layer
-        new = _QUANT_CONV_FOR[type(layer)](
+        new = _QUANT_CONV_FOR[type(layer)](  # type: ignore[index]
             conv.in_channels,
             conv.out_channels,
             conv.kernel_size,
@@ -139,7 +143,7 @@ def quantize_layer(
             "nn.Linear are. Leave it out with ignore=[...]."
         )
     new.weight = weight
-    new.bias = layer.bias
+    new.bias = conv.bias
     new.weight_quantizer = WeightQuantizer(weight.shape[0], bits, learnable).to(weight.device)
     new.train(layer.training)
     return new

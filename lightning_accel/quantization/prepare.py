@@ -1,5 +1,4 @@
-"""Swapping a model's layers for fake-quant ones, with activation quantizers where the runtime
-fuses them (traced with torch.fx).
+"""Swapping a model's layers for fake-quant ones and placing activation quantizers (torch.fx).
 
 Placement follows ONNX Runtime's QDQ fusion rules, which TensorRT's explicit quantization
 also accepts: every quantized conv or linear reads a quantized input; every quantized conv's
@@ -162,7 +161,7 @@ class _Rewriter:
             source = self._quantize(node.args[0])  # type: ignore[arg-type]
             name, kwargs = str(source.target), {"observe": False}
         else:
-            name, kwargs = f"{QUANTIZER_PREFIX}.{node.name}", {}
+            name, kwargs = f"{QUANTIZER_PREFIX}.{node.name}", {}  # type: ignore[dict-item]
             quantizer = ActivationQuantizer(
                 self.spec.activation_bits,
                 self.spec.symmetric_activations,
@@ -171,7 +170,7 @@ class _Rewriter:
             )
             self.graph_module.add_submodule(name, quantizer.to(self.device))
         with self.graph.inserting_after(node):
-            quantized = self.graph.call_module(name, (node,), kwargs)
+            quantized = self.graph.call_module(name, (node,), kwargs)  # type: ignore[arg-type]
         node.replace_all_uses_with(quantized, delete_user_cb=lambda user: user is not quantized)
         self.quantized[node] = self.quantized[quantized] = quantized
         return quantized
