@@ -2,8 +2,9 @@
 
 Fashion-MNIST, one run per model. Every variant starts from the same fp32 model. Post-training
 quantization (PTQ) is ONNX Runtime's ``quantize_static`` (QDQ, per-channel int8 weights, uint8
-activations, calibrated on 512 training images). QAT fine-tunes the fp32 model with ``QuantizationAware``; prune + QAT
-fine-tunes with ``GradualPruning`` (50% of channels, round_to=8) and then ``QuantizationAware``.
+activations, calibrated on 512 training images). QAT fine-tunes the fp32 model with
+``QuantizationAware``; prune + QAT fine-tunes with ``GradualPruning`` (50% of channels,
+round_to=8) and then ``QuantizationAware``.
 Accuracy is measured on the full test set in ONNX Runtime, on the exported model itself.
 Latency is ONNX Runtime on the CPU, measured in this process one model after another.
 
