@@ -34,6 +34,7 @@ def model_stats(model: nn.Module, example_input: Tensor) -> ModelStats:
     """
     import torch_pruning as tp  # imported here: it pulls in timm when installed
 
+    _count_quantized_layers_as_their_float_kind()
     was_training = model.training
     model.eval()
     try:
@@ -43,3 +44,24 @@ def model_stats(model: nn.Module, example_input: Tensor) -> ModelStats:
         model.train(was_training)
     nonzero = sum(int((p != 0).sum()) for p in model.parameters())
     return ModelStats(params=int(params), nonzero_params=nonzero, macs=int(macs))
+
+
+def _count_quantized_layers_as_their_float_kind() -> None:
+    """Teach torch-pruning's op counter (which matches exact types) the fake-quant layers."""
+    from torch_pruning.utils import op_counter
+
+    from lightning_accel.quantization.layers import (
+        QuantConv1d,
+        QuantConv2d,
+        QuantConv3d,
+        QuantLinear,
+    )
+
+    kinds = {
+        QuantConv1d: nn.Conv1d,
+        QuantConv2d: nn.Conv2d,
+        QuantConv3d: nn.Conv3d,
+        QuantLinear: nn.Linear,
+    }
+    for quantized, float_kind in kinds.items():
+        op_counter.MODULES_MAPPING.setdefault(quantized, op_counter.MODULES_MAPPING[float_kind])

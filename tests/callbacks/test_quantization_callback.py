@@ -211,3 +211,21 @@ def test_fit_with_qat_writes_no_files_of_its_own(digits, tmp_path: Path) -> None
         small_module(), datamodule=digits
     )
     assert not any(tmp_path.iterdir())
+
+
+def test_export_hook_verifies_the_int8_model_against_the_fp32_baseline(digits, tmp_path) -> None:
+    import json
+
+    from lightning_accel import ExportOnFitEnd
+
+    export = ExportOnFitEnd(tmp_path / "export", batch_sizes=(64,), threads=2, latency_runs=10)
+    quiet_trainer(tmp_path, max_epochs=2, callbacks=[QuantizationAware(start_epoch=1), export]).fit(
+        small_module(), datamodule=digits
+    )
+    summary = json.loads((tmp_path / "export" / "summary.json").read_text())
+    ort = summary["backends"]["onnxruntime"]
+    assert ort["info"]["integer_kernels"] == {"QLinearConv": 4, "QGemm": 1}
+    assert ort["verification"]["precision"] == "int8" and ort["verification"]["passed"]
+    # Same layers, now quantized: MACs match the baseline's but for the folded BatchNorms.
+    assert summary["model"]["macs"] == pytest.approx(summary["baseline"]["macs"], rel=0.05)
+    assert summary["model"]["onnx_bytes"] < 0.6 * summary["baseline"]["onnx_bytes"]
