@@ -33,6 +33,7 @@ CALLBACK_NAMES = {
     "lightning_accel.GradualPruning": "pruning",
     "lightning_accel.LatencyMonitor": "latency",
     "lightning_accel.ExportOnFitEnd": "export",
+    "lightning_accel.QuantizationAware": "quantization",
 }
 _TOP_LEVEL = ("seed_everything", "model", "data", "trainer")
 

@@ -33,7 +33,12 @@ def test_every_architecture_has_a_recipe_with_a_description() -> None:
 def test_recipe_quick_fit_exports_and_verifies(path: Path, tmp_path) -> None:
     summary = run_recipe(path, quick=True, logger="none", output_dir=tmp_path, progress=False)
     ort = summary["backends"]["onnxruntime"]
-    assert ort["verification"]["passed"]
+    if Recipe.from_yaml(path).callback_config("quantization") is None:
+        assert ort["verification"]["passed"]
+    else:  # an int8 model after a dozen batches: near-tied logits, so a few may flip
+        assert ort["verification"]["precision"] == "int8"
+        assert ort["verification"]["top1_agreement"] >= 0.9
+        assert ort["info"]["integer_kernels"]["QLinearConv"] == 20
     assert ort["latency"]["1"]["speedup"] > 0
     assert (tmp_path / path.stem / "export" / "model.onnx").is_file()
     (pruning,) = [c for c in Recipe.from_yaml(path).callbacks() if isinstance(c, GradualPruning)]
