@@ -63,6 +63,7 @@ def measure(name: str, onnx_path: Path, labels: np.ndarray, loader, args) -> dic
     counts = operator_counts(optimized)
     row = {
         "name": name,
+        "file": onnx_path.name,
         "accuracy": 100.0 * float((predictions == labels).mean()),
         "onnx_mb": onnx_path.stat().st_size / 1e6,
         "integer_kernels": {op: counts[op] for op in INTEGER_KERNELS if op in counts},
@@ -187,6 +188,23 @@ def format_results(result: dict) -> str:
     return "\n".join(lines)
 
 
+def remeasure(args) -> None:  # noqa: ANN001
+    """Time the saved ONNX files again (e.g. on a quiet machine) and reprint the tables."""
+    path = Path(args.output_dir) / "results.json"
+    saved = json.loads(path.read_text())
+    files = ("fp32.onnx", "ptq.onnx", "qat.onnx", "prune_qat.onnx")
+    for result in saved["results"]:
+        for row, default in zip(result["rows"], files, strict=True):
+            onnx_path = Path(args.output_dir) / result["model"] / row.get("file", default)
+            row["latency_ms"] = {
+                b: latency(onnx_path, b, threads=args.threads, runs=100, min_seconds=2.0).median_ms
+                for b in (1, 64)
+            }
+        print(format_results(result) + "\n")
+    saved["remeasured"] = True
+    path.write_text(json.dumps(saved, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"])
@@ -198,7 +216,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output-dir", default="runs/bench_quantization")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--remeasure", action="store_true", help="only re-time the ONNX files of a finished run"
+    )
     args = parser.parse_args()
+    if args.remeasure:
+        remeasure(args)
+        return
     if args.quick:
         args.train_size, args.dense_epochs, args.qat_epochs, args.prune_epochs = 1024, 1, 2, 2
     torch.set_num_threads(args.threads)

@@ -6,6 +6,7 @@ they are used.
 """
 
 from lightning_accel.callbacks import (
+    Binarize,
     ExportOnFitEnd,
     GradualPruning,
     LatencyMonitor,
@@ -18,6 +19,7 @@ from lightning_accel.surgery import CompressionCheckpointMixin, restore_compress
 __version__ = "0.1.0"
 
 __all__ = [
+    "Binarize",
     "ClassificationModule",
     "CompressionCheckpointMixin",
     "DigitsDataModule",

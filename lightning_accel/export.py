@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_accel.binarization.convert import convert_binary_layers, has_binary_layers
 from lightning_accel.quantization.convert import convert_to_qdq, has_fake_quant
 from lightning_accel.utilities.copying import detached_copy
 
@@ -26,6 +27,7 @@ def to_onnx(
     path: str | os.PathLike,
     dynamic_batch: bool = True,
     opset: int = DEFAULT_OPSET,
+    binary_as_int8: bool = True,
 ) -> Path:
     """Export ``model`` to a self-contained ONNX file with the dynamo exporter.
 
@@ -39,6 +41,8 @@ def to_onnx(
         path: Where to write the ``.onnx`` file; parent folders are created.
         dynamic_batch: Export the batch dimension as dynamic.
         opset: ONNX opset version.
+        binary_as_int8: Export fully binarized layers as int8 Q/DQ, which ONNX Runtime runs as
+            ``QLinearConv`` (no runtime has 1-bit kernels); ``False`` keeps them float (exact).
 
     Returns:
         The path written.
@@ -55,6 +59,8 @@ def to_onnx(
     exportable = detached_copy(model).cpu().eval()
     if has_fake_quant(exportable):
         exportable = convert_to_qdq(exportable)  # Q/DQ nodes the runtime fuses into int8 kernels
+    if has_binary_layers(exportable):
+        exportable = convert_binary_layers(exportable, int8=binary_as_int8)
     sample = example_input.detach().cpu()
     if dynamic_batch and sample.shape[0] < 2:
         # torch.export specializes batch size 1, so trace with 2 to keep the dimension dynamic.

@@ -34,6 +34,7 @@ CALLBACK_NAMES = {
     "lightning_accel.LatencyMonitor": "latency",
     "lightning_accel.ExportOnFitEnd": "export",
     "lightning_accel.QuantizationAware": "quantization",
+    "lightning_accel.Binarize": "binarization",
 }
 _TOP_LEVEL = ("seed_everything", "model", "data", "trainer")
 

@@ -156,3 +156,10 @@ def _replay_quantization(model: nn.Module, entry: dict[str, Any]) -> None:
     from lightning_accel.quantization import QuantizationSpec, quantize_submodules
 
     quantize_submodules(model, QuantizationSpec.from_dict(entry["spec"]))
+
+
+@register_replay("binarization")
+def _replay_binarization(model: nn.Module, entry: dict[str, Any]) -> None:
+    from lightning_accel.callbacks.binarization import _swap
+
+    _swap(model, entry["layers"], entry)

@@ -185,6 +185,10 @@ class QuantizationAware(Callback):
         save_surgery(pl_module, checkpoint)
 
     # ----------------------------------------------------------------- planning
+    def planned_layers(self, pl_module: pl.LightningModule, sample: torch.Tensor) -> list[str]:
+        """The layers this callback will quantize on ``pl_module``."""
+        return list(self._plan(pl_module, sample).weight_bits)
+
     def _plan(self, pl_module: pl.LightningModule, sample: torch.Tensor) -> QuantizationSpec:
         """Which layers get how many bits; every pattern must match a layer."""
         order = layers_in_call_order(pl_module, sample)

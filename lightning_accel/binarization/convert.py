@@ -1,0 +1,139 @@
+"""Binary layers in their export forms: float (exact) or int8 Q/DQ (ONNX Runtime's kernels).
+
+Neither ONNX Runtime nor TensorRT has 1-bit kernels. Binary inputs (±1) times weights ±α are
+exactly representable in int8 Q/DQ: inputs as uint8 with scale 1 and zero point 1 (0 and 2
+stand for -1 and +1), weights as int8 ±1 with per-channel scale α. ONNX Runtime then runs each
+binarized layer as ``QLinearConv``; the output is requantized to uint8 over the range observed
+in training, the one rounding the int8 form adds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_accel.binarization.functions import hard_sign, weight_scale
+from lightning_accel.binarization.layers import BINARY_LAYERS, BinaryLinear
+from lightning_accel.quantization.convert import QDQActivation, _ops
+
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+def has_binary_layers(model: nn.Module) -> bool:
+    """Whether ``model`` holds binarized layers."""
+    return any(isinstance(m, BINARY_LAYERS) for m in model.modules())
+
+
+class _ExportedBinaryLayer(nn.Module):
+    """Shared geometry: a conv shell (weightless) or a linear marker."""
+
+    def __init__(self, layer: Any) -> None:
+        super().__init__()
+        self.is_linear = isinstance(layer, BinaryLinear)
+        self.conv = None if self.is_linear else _conv_shell(layer)
+        self.progress = float(layer.progress)
+        self.binary_activations = bool(layer.binary_activations)
+
+    def _layer(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self.is_linear:
+            return F.linear(x, weight, bias)
+        return self.conv._conv_forward(x, weight, bias)  # type: ignore[union-attr,operator]
+
+
+class FloatBinaryLayer(_ExportedBinaryLayer):
+    """A binary layer as float ops: sign of the input, constant α·sign(W) weights."""
+
+    weight: Tensor
+    bias: Tensor | None
+
+    def __init__(self, layer: Any) -> None:
+        super().__init__(layer)
+        weight = layer.weight.detach()
+        if layer.binary_weights:
+            binary = weight_scale(weight, layer.scaling) * hard_sign(weight)
+            weight = weight + self.progress * (binary - weight)
+        self.register_buffer("weight", weight.clone())
+        self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.binary_activations:
+            x = x + self.progress * (_sign(x) - x)
+        return self._layer(x, self.weight, self.bias)
+
+
+class Int8BinaryLayer(_ExportedBinaryLayer):
+    """A fully binarized layer as Q/DQ: uint8 ±1 inputs, int8 ±1 weights with scale α."""
+
+    def __init__(self, layer: Any) -> None:
+        super().__init__(layer)
+        weight = layer.weight.detach()
+        scale = weight_scale(weight, layer.scaling).reshape(-1).expand(weight.shape[0])
+        self.register_buffer("weight_int8", hard_sign(weight).to(torch.int8))
+        self.register_buffer("weight_scale", scale.float().contiguous().clone())
+        self.register_buffer("zero_point", torch.zeros(weight.shape[0], dtype=torch.int64))
+        self.register_buffer("bias_int32", None)
+        if layer.bias is not None:  # bias scale = input scale (1) x weight scale
+            self.bias_int32 = torch.round(layer.bias.detach() / self.weight_scale).to(torch.int32)
+        self.input_qdq = QDQActivation(1.0, 1, symmetric=False)
+        low, high = float(layer.output_min), float(layer.output_max)
+        out_scale = max(max(high, 0.0) - min(low, 0.0), 1e-8) / 255
+        self.output_qdq = QDQActivation(out_scale, round(-min(low, 0.0) / out_scale), False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        ops = _ops()
+        weight = ops.dequantize_per_channel(
+            self.weight_int8, self.weight_scale, self.zero_point, 0, -127, 127, torch.int8
+        )
+        bias = None
+        if self.bias_int32 is not None:
+            bias = ops.dequantize_per_channel(
+                self.bias_int32, self.weight_scale, self.zero_point, 0, *_INT32, torch.int32
+            )
+        return self.output_qdq(self._layer(self.input_qdq(_sign(x)), weight, bias))
+
+
+def _sign(x: Tensor) -> Tensor:
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+def _conv_shell(layer: Any) -> nn.Module:
+    kind = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[layer.weight.dim() - 2]
+    shell = kind(
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        layer.groups,
+        False,
+        layer.padding_mode,
+        device="meta",
+    )
+    shell.register_parameter("weight", None)
+    return shell
+
+
+def convert_binary_layers(model: nn.Module, int8: bool) -> nn.Module:
+    """Replace binary layers of ``model`` (in place; call it on a copy) by their export forms.
+
+    With ``int8``, layers with binary weights *and* inputs, fully binarized, become Q/DQ
+    (``QLinearConv`` in ONNX Runtime); the others stay float.
+    """
+    replacements: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, BINARY_LAYERS):
+            exact_int8 = (
+                int8
+                and module.binary_weights
+                and module.binary_activations
+                and float(module.progress) >= 1
+            )
+            replacements[name] = Int8BinaryLayer(module) if exact_int8 else FloatBinaryLayer(module)
+    for name, replacement in replacements.items():
+        parent, _, attribute = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attribute, replacement)
+    return model

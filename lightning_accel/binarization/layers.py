@@ -1,0 +1,156 @@
+"""Conv and linear layers on binary weights and/or binary inputs, with latent real weights.
+
+``progress`` (a buffer, 0 to 1) moves a layer from real to binary: the layer computes with
+``(1 - p)·W + p·α·sign(W)`` and reads ``(1 - p)·x + p·sign(x)``. At ``p = 1`` it is exactly
+binary. BatchNorm, residual shortcuts and everything outside the layer stay real-valued.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_accel.binarization.functions import binarize_activation, binarize_weight
+
+_EMA = 0.01
+
+
+class _BinaryMixin:
+    """Binarization shared by the binary layer classes."""
+
+    weight: Tensor
+    bias: Any
+    training: bool
+    progress: Tensor
+    binary_weights: bool
+    binary_activations: bool
+    scaling: str | None
+    estimator: str
+
+    output_min: Tensor
+    output_max: Tensor
+    observed: Tensor
+
+    @torch.no_grad()
+    def observe_output(self, out: Tensor) -> Tensor:
+        """Track the output range (EMA), which int8 export needs for its requantization."""
+        if self.training or not bool(self.observed):
+            low, high = out.min().float(), out.max().float()
+            if bool(self.observed):
+                low = self.output_min + _EMA * (low - self.output_min)
+                high = self.output_max + _EMA * (high - self.output_max)
+            self.output_min.copy_(low)
+            self.output_max.copy_(high)
+            self.observed.fill_(True)
+        return out
+
+    def effective_input(self, x: Tensor) -> Tensor:
+        if not self.binary_activations:
+            return x
+        binary = binarize_activation(x, self.estimator)
+        return _blend(x, binary, self.progress)
+
+    def effective_weight(self) -> Tensor:
+        if not self.binary_weights:
+            return self.weight
+        return _blend(self.weight, binarize_weight(self.weight, self.scaling), self.progress)
+
+    def extra_repr(self) -> str:
+        return (
+            super().extra_repr()  # type: ignore[misc]
+            + f", binary_weights={self.binary_weights}, binary_activations="
+            f"{self.binary_activations}, scaling={self.scaling}, ste={self.estimator}"
+        )
+
+
+def _blend(real: Tensor, binary: Tensor, progress: Tensor) -> Tensor:
+    if bool(progress >= 1):
+        return binary
+    return real + progress * (binary - real)
+
+
+class BinaryConv1d(_BinaryMixin, nn.Conv1d):
+    """Conv1d with binarized weights and/or inputs."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self._conv_forward(self.effective_input(x), self.effective_weight(), self.bias)
+        return self.observe_output(out)
+
+
+class BinaryConv2d(_BinaryMixin, nn.Conv2d):
+    """Conv2d with binarized weights and/or inputs."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self._conv_forward(self.effective_input(x), self.effective_weight(), self.bias)
+        return self.observe_output(out)
+
+
+class BinaryConv3d(_BinaryMixin, nn.Conv3d):
+    """Conv3d with binarized weights and/or inputs."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self._conv_forward(self.effective_input(x), self.effective_weight(), self.bias)
+        return self.observe_output(out)
+
+
+class BinaryLinear(_BinaryMixin, nn.Linear):
+    """Linear layer with binarized weights and/or inputs."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.linear(self.effective_input(x), self.effective_weight(), self.bias)
+        return self.observe_output(out)
+
+
+BINARY_LAYERS = (BinaryConv1d, BinaryConv2d, BinaryConv3d, BinaryLinear)
+_BINARY_FOR: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Conv1d: BinaryConv1d,
+    nn.Conv2d: BinaryConv2d,
+    nn.Conv3d: BinaryConv3d,
+    nn.Linear: BinaryLinear,
+}
+
+
+def binarize_layer(
+    layer: nn.Module, weights: bool, activations: bool, scaling: str | None, estimator: str
+) -> nn.Module:
+    """A binary layer sharing ``layer``'s parameters.
+
+    Raises:
+        TypeError: If ``layer`` is not a plain Conv1d/2d/3d or Linear.
+    """
+    if type(layer) not in _BINARY_FOR:
+        raise TypeError(
+            f"{type(layer).__name__} cannot be binarized: only plain nn.Conv1d/2d/3d and "
+            "nn.Linear can (a layer QuantizationAware already swapped cannot). Leave it out "
+            "with ignore=[...]."
+        )
+    old: Any = layer
+    weight = cast(Tensor, old.weight)
+    factory = {"device": weight.device, "dtype": weight.dtype}
+    new: Any
+    if type(layer) is nn.Linear:
+        new = BinaryLinear(old.in_features, old.out_features, old.bias is not None, **factory)
+    else:
+        new = _BINARY_FOR[type(layer)](
+            old.in_channels,
+            old.out_channels,
+            old.kernel_size,
+            old.stride,
+            old.padding,
+            old.dilation,
+            old.groups,
+            old.bias is not None,
+            old.padding_mode,
+            **factory,
+        )
+    new.weight, new.bias = weight, old.bias
+    new.binary_weights, new.binary_activations = weights, activations
+    new.scaling, new.estimator = scaling, estimator
+    for name, value in (("progress", 0.0), ("output_min", 0.0), ("output_max", 0.0)):
+        new.register_buffer(name, torch.tensor(value, device=weight.device))
+    new.register_buffer("observed", torch.zeros((), dtype=torch.bool, device=weight.device))
+    new.train(layer.training)
+    return cast(nn.Module, new)
