@@ -36,6 +36,12 @@ class _ExportedBinaryLayer(nn.Module):
         self.conv = None if self.is_linear else _conv_shell(layer)
         self.progress = float(layer.progress)
         self.binary_activations = bool(layer.binary_activations)
+        self.register_buffer("shift", layer.activation_shift.detach().clone())
+
+    def _binary_input(self, x: Tensor) -> Tensor:
+        """sign(x - β), ±1."""
+        shifted = x - self.shift.reshape([1, -1] + [1] * (x.dim() - 2))
+        return torch.where(shifted >= 0, 1.0, -1.0).to(x.dtype)
 
     def _layer(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if self.is_linear:
@@ -60,7 +66,7 @@ class FloatBinaryLayer(_ExportedBinaryLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.binary_activations:
-            x = x + self.progress * (_sign(x) - x)
+            x = x + self.progress * (self._binary_input(x) - x)
         return self._layer(x, self.weight, self.bias)
 
 
@@ -92,11 +98,7 @@ class Int8BinaryLayer(_ExportedBinaryLayer):
             bias = ops.dequantize_per_channel(
                 self.bias_int32, self.weight_scale, self.zero_point, 0, *_INT32, torch.int32
             )
-        return self.output_qdq(self._layer(self.input_qdq(_sign(x)), weight, bias))
-
-
-def _sign(x: Tensor) -> Tensor:
-    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+        return self.output_qdq(self._layer(self.input_qdq(self._binary_input(x)), weight, bias))
 
 
 def _conv_shell(layer: Any) -> nn.Module:

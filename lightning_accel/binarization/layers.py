@@ -1,8 +1,12 @@
 """Conv and linear layers on binary weights and/or binary inputs, with latent real weights.
 
 ``progress`` (a buffer, 0 to 1) moves a layer from real to binary: the layer computes with
-``(1 - p)·W + p·α·sign(W)`` and reads ``(1 - p)·x + p·sign(x)``. At ``p = 1`` it is exactly
+``(1 - p)·W + p·α·sign(W)`` and reads ``(1 - p)·x + p·sign(x - β)``. At ``p = 1`` it is exactly
 binary. BatchNorm, residual shortcuts and everything outside the layer stay real-valued.
+
+β is a learned per-channel threshold (ReActNet's RSign, Liu et al. 2020), initialized to the
+channel means of the first training batch. Without it, inputs that follow a ReLU, which are
+all >= 0, would binarize to +1 everywhere.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ class _BinaryMixin:
     output_min: Tensor
     output_max: Tensor
     observed: Tensor
+    activation_shift: Tensor
+    shift_initialized: Tensor
 
     @torch.no_grad()
     def observe_output(self, out: Tensor) -> Tensor:
@@ -50,7 +56,13 @@ class _BinaryMixin:
     def effective_input(self, x: Tensor) -> Tensor:
         if not self.binary_activations:
             return x
-        binary = binarize_activation(x, self.estimator)
+        shift = self.activation_shift
+        if self.training and not bool(self.shift_initialized):
+            with torch.no_grad():  # start at the channel means: half the inputs on each side
+                shift.copy_(x.detach().transpose(0, 1).flatten(1).mean(1))
+                self.shift_initialized.fill_(True)
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        binary = binarize_activation(x - shift.reshape(shape), self.estimator)
         return _blend(x, binary, self.progress)
 
     def effective_weight(self) -> Tensor:
@@ -151,6 +163,10 @@ def binarize_layer(
     new.scaling, new.estimator = scaling, estimator
     for name, value in (("progress", 0.0), ("output_min", 0.0), ("output_max", 0.0)):
         new.register_buffer(name, torch.tensor(value, device=weight.device))
-    new.register_buffer("observed", torch.zeros((), dtype=torch.bool, device=weight.device))
+    flag = torch.zeros((), dtype=torch.bool, device=weight.device)
+    new.register_buffer("observed", flag.clone())
+    new.register_buffer("shift_initialized", flag.clone())
+    inputs = old.in_features if type(layer) is nn.Linear else old.in_channels
+    new.activation_shift = nn.Parameter(torch.zeros(inputs, **factory), requires_grad=activations)
     new.train(layer.training)
     return cast(nn.Module, new)
