@@ -30,6 +30,8 @@ def has_binary_layers(model: nn.Module) -> bool:
 class _ExportedBinaryLayer(nn.Module):
     """Shared geometry: a conv shell (weightless) or a linear marker."""
 
+    shift: Tensor
+
     def __init__(self, layer: Any) -> None:
         super().__init__()
         self.is_linear = isinstance(layer, BinaryLinear)

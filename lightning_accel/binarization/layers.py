@@ -167,6 +167,7 @@ def binarize_layer(
     new.register_buffer("observed", flag.clone())
     new.register_buffer("shift_initialized", flag.clone())
     inputs = old.in_features if type(layer) is nn.Linear else old.in_channels
-    new.activation_shift = nn.Parameter(torch.zeros(inputs, **factory), requires_grad=activations)
+    shift = torch.zeros(int(inputs), device=weight.device, dtype=weight.dtype)
+    new.activation_shift = nn.Parameter(shift, requires_grad=activations)
     new.train(layer.training)
     return cast(nn.Module, new)

@@ -1,6 +1,5 @@
 """Binarize during fit: schedule, logging, export (float and int8), packing, checkpoints, errors."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
