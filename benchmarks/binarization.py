@@ -1,0 +1,185 @@
+"""Binarization benchmark: fp32, binary weights, binary weights + activations (two schedules).
+
+Fashion-MNIST, one run per model. Every variant fine-tunes the same fp32 model for the same
+epochs; binary weights and activations are switched on at once or progressively. Accuracy is
+PyTorch's on the full test set (the float export computes the same); the int8 export's accuracy
+is measured in ONNX Runtime. Sizes: the packed 1-bit file (``save_packed``) against the fp32
+state dict. Latency is ONNX Runtime on the CPU, measured in this process one model after
+another.
+
+    .venv/bin/python benchmarks/binarization.py            # ~30 min on 2 CPU cores
+    .venv/bin/python benchmarks/binarization.py --quick    # ~3 min smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from lightning_accel import Binarize, ClassificationModule, FashionMNISTDataModule
+from lightning_accel.backends.onnxruntime import compile_onnxruntime
+from lightning_accel.benchmark import latency
+from lightning_accel.binarization import save_packed
+from lightning_accel.export import to_onnx
+from lightning_accel.fit_job import fine_tune_copy, make_trainer, test_accuracy
+
+
+def timed(onnx_path: Path, threads: int) -> dict[int, float]:
+    return {
+        b: latency(onnx_path, b, threads=threads, runs=50, min_seconds=1.0).median_ms
+        for b in (1, 64)
+    }
+
+
+def onnx_accuracy(onnx_path: Path, out_dir: Path, data, threads: int) -> tuple[float, dict]:  # noqa: ANN001
+    compiled = compile_onnxruntime(onnx_path, out_dir, threads=threads)
+    hits = total = 0
+    for x, y in data.test_dataloader():
+        hits += int((compiled.run(x.numpy()).argmax(1) == y.numpy()).sum())
+        total += len(y)
+    return 100.0 * hits / total, compiled.info["integer_kernels"]
+
+
+def run_model(model_name: str, data, args) -> dict:  # noqa: ANN001
+    out = Path(args.output_dir) / model_name
+    example = torch.zeros(1, 1, 28, 28)
+    started = time.perf_counter()
+    pl.seed_everything(0, workers=True)
+    dense = ClassificationModule(model_name, lr=args.lr, cosine_epochs=args.dense_epochs)
+    trainer = make_trainer(args.dense_epochs, [], out, "fp32", progress=False)
+    trainer.fit(dense, datamodule=data)
+    fp32_onnx = to_onnx(dense.model, example, out / "fp32.onnx")
+    rows = [
+        {
+            "name": "fp32",
+            "accuracy": test_accuracy(trainer, dense, data),
+            "file_mb": sum(t.numel() * 4 for t in dense.model.state_dict().values()) / 1e6,
+            "float_ms": timed(fp32_onnx, args.threads),
+        }
+    ]
+    ramp = max(args.fine_tune_epochs - 2, 1)
+    variants = {
+        "weights binary": dict(activations=False),
+        "weights + activations, at once": dict(),
+        f"weights + activations, progressive ({ramp} epochs)": dict(end_epoch=ramp),
+    }
+    for index, (name, kwargs) in enumerate(variants.items(), start=1):
+        pl.seed_everything(index, workers=True)
+        module = fine_tune_copy(dense, args.fine_tune_epochs, args.lr / 5)
+        binarize = Binarize(scaling="channel", ste=args.ste, **kwargs)  # type: ignore[arg-type]
+        trainer = make_trainer(args.fine_tune_epochs, [binarize], out, f"v{index}", progress=False)
+        trainer.fit(module, datamodule=data)
+        row = {"name": name, "accuracy": test_accuracy(trainer, module, data)}
+        packed = save_packed(module.model, out / f"v{index}.packed")
+        row["file_mb"] = packed.file_bytes / 1e6
+        row["binary_ratio"] = packed.binary_ratio
+        float_onnx = to_onnx(
+            module.model, example, out / f"v{index}.float.onnx", binary_as_int8=False
+        )
+        row["float_ms"] = timed(float_onnx, args.threads)
+        if binarize.activations:
+            int8_onnx = to_onnx(module.model, example, out / f"v{index}.int8.onnx")
+            row["int8_accuracy"], row["int8_kernels"] = onnx_accuracy(
+                int8_onnx, out / f"v{index}", data, args.threads
+            )
+            row["int8_ms"] = timed(int8_onnx, args.threads)
+        rows.append(row)
+        print(f"  {name}: {row}", flush=True)
+    return {"model": model_name, "rows": rows, "seconds": time.perf_counter() - started}
+
+
+def format_results(result: dict) -> str:
+    rows, base = result["rows"], result["rows"][0]
+    b1, b64 = base["float_ms"][1], base["float_ms"][64]
+    lines = [
+        f"**{result['model']}**",
+        "",
+        "| variant | top-1 % | Δ | file MB (packed) | binary-layer size ratio "
+        "| float ms @b1 / @b64 | int8 top-1 % | int8 ms @b1 / @b64 | int8 speedup @b1 / @b64 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        f1, f64 = row["float_ms"][1], row["float_ms"][64]
+        int8 = "–", "–", "–"
+        if "int8_ms" in row:
+            i1, i64 = row["int8_ms"][1], row["int8_ms"][64]
+            int8 = (
+                f"{row['int8_accuracy']:.2f}",
+                f"{i1:.2f} / {i64:.2f}",
+                f"{b1 / i1:.2f}x / {b64 / i64:.2f}x",
+            )
+        ratio = f"{row['binary_ratio']:.1f}x" if "binary_ratio" in row else "–"
+        lines.append(
+            f"| {row['name']} | {row['accuracy']:.2f} | {row['accuracy'] - base['accuracy']:+.2f} "
+            f"| {row['file_mb']:.2f} | {ratio} | {f1:.2f} / {f64:.2f} | {int8[0]} | {int8[1]} "
+            f"| {int8[2]} |"
+        )
+    lines.append(f"\n{result['seconds']:.0f} s.")
+    return "\n".join(lines)
+
+
+def remeasure(args) -> None:  # noqa: ANN001
+    """Time the saved ONNX files again (e.g. on a quiet machine) and reprint the tables."""
+    path = Path(args.output_dir) / "results.json"
+    saved = json.loads(path.read_text())
+    for result in saved["results"]:
+        out = Path(args.output_dir) / result["model"]
+        for index, row in enumerate(result["rows"]):
+            stem = "fp32" if index == 0 else f"v{index}.float"
+            row["float_ms"] = timed(out / f"{stem}.onnx", args.threads)
+            if "int8_ms" in row:
+                row["int8_ms"] = timed(out / f"v{index}.int8.onnx", args.threads)
+        print(format_results(result) + "\n")
+    saved["remeasured"] = True
+    path.write_text(json.dumps(saved, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["resnet18", "small_cnn"])
+    parser.add_argument("--train-size", type=int, default=10_000)
+    parser.add_argument("--dense-epochs", type=int, default=3)
+    parser.add_argument("--fine-tune-epochs", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--ste", default="approx_sign")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output-dir", default="runs/bench_binarization")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--remeasure", action="store_true", help="only re-time the ONNX files")
+    args = parser.parse_args()
+    if args.remeasure:
+        remeasure(args)
+        return
+    if args.quick:
+        args.train_size, args.dense_epochs, args.fine_tune_epochs = 1024, 1, 3
+    torch.set_num_threads(args.threads)
+    data = FashionMNISTDataModule(
+        train_size=args.train_size, val_size=2000, test_size=2000 if args.quick else None
+    )
+    data.setup()
+    results = []
+    for model_name in args.models:
+        print(f"{model_name}:", flush=True)
+        results.append(run_model(model_name, data, args))
+        print(format_results(results[-1]), flush=True)
+    print()
+    for result in results:
+        print(format_results(result) + "\n")
+    print(
+        f"Fashion-MNIST, {args.train_size} training images, {args.dense_epochs} fp32 epochs, then "
+        f"{args.fine_tune_epochs} fine-tune epochs per variant; ste={args.ste}; ONNX Runtime, "
+        f"{args.threads} threads."
+    )
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(args.output_dir) / "results.json").write_text(
+        json.dumps({"args": vars(args), "results": results}, indent=2, default=float)
+    )
+
+
+if __name__ == "__main__":
+    main()
