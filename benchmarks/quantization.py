@@ -15,6 +15,7 @@ Latency is ONNX Runtime on the CPU, measured in this process one model after ano
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -188,6 +190,41 @@ def format_results(result: dict) -> str:
     return "\n".join(lines)
 
 
+def step_cost(model_name: str, data, steps: int = 12) -> tuple[float, float]:  # noqa: ANN001
+    """Median ms of an fp32 and of a QAT training step (forward, backward, SGD), same batches.
+
+    Measured back to back in one process, fp32 before and after QAT, so load on the machine
+    affects both alike.
+    """
+    from lightning_accel.quantization import QuantizationSpec, quantize_submodules
+
+    torch.manual_seed(0)
+    module = ClassificationModule(model_name)
+    batches = [b for _, b in zip(range(steps), data.train_dataloader(), strict=False)]
+
+    def median_step_ms() -> float:
+        optimizer = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9)
+        module.train()
+        times = []
+        for x, y in batches:
+            start = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(module(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            times.append(time.perf_counter() - start)
+        return 1000 * statistics.median(times[2:])
+
+    fp32_ms = median_step_ms()
+    layers = {n: 8 for n, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    reference = copy.deepcopy(module)
+    quantize_submodules(module, QuantizationSpec("onnxruntime", layers))
+    quantized_ms = median_step_ms()
+    module = reference
+    fp32_ms = statistics.median([fp32_ms, median_step_ms()])
+    return fp32_ms, quantized_ms
+
+
 def remeasure(args) -> None:  # noqa: ANN001
     """Time the saved ONNX files again (e.g. on a quiet machine) and reprint the tables."""
     path = Path(args.output_dir) / "results.json"
@@ -200,9 +237,17 @@ def remeasure(args) -> None:  # noqa: ANN001
                 b: latency(onnx_path, b, threads=args.threads, runs=100, min_seconds=2.0).median_ms
                 for b in (1, 64)
             }
+        fp32_ms, qat_ms = step_cost(result["model"], data_for(args))
+        result["fp32_step_ms"], result["qat_step_ms"] = fp32_ms, qat_ms
         print(format_results(result) + "\n")
     saved["remeasured"] = True
     path.write_text(json.dumps(saved, indent=2))
+
+
+def data_for(args) -> FashionMNISTDataModule:  # noqa: ANN001
+    data = FashionMNISTDataModule(train_size=args.train_size, val_size=2000)
+    data.setup()
+    return data
 
 
 def main() -> None:
