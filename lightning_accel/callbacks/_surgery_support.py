@@ -61,3 +61,30 @@ def example_input(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor:
 def layer_modules(pl_module: torch.nn.Module, names: list[str]) -> dict[str, WeightedLayer]:
     """Conv/linear layers by name, looked up afresh (structural pruning replaces parameters)."""
     return {name: cast(WeightedLayer, pl_module.get_submodule(name)) for name in names}
+
+
+def check_pruning_finishes_before(trainer: pl.Trainer, start_epoch: int, technique: str) -> None:
+    """Refuse a layer swap that would start before structured pruning has finished.
+
+    Structured pruning rewires layers through torch-pruning's graph, which knows plain layers
+    only: quantized or binarized layers must come after it.
+
+    Raises:
+        ValueError: Naming the epochs and how to reorder them.
+    """
+    from lightning_accel.callbacks.pruning import GradualPruning
+
+    max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        if not isinstance(callback, GradualPruning) or callback.mode != "structured":
+            continue
+        end = callback.end_epoch
+        if end is None:
+            end = max(max_epochs - 1, callback.start_epoch + 1)
+        if start_epoch <= end:
+            raise ValueError(
+                f"{technique}(start_epoch={start_epoch}) would start before structured "
+                f"GradualPruning finishes (its target is reached at the start of epoch {end}). "
+                f"Prune first, then {technique}: set start_epoch >= {end + 1}, or end the "
+                "pruning earlier with GradualPruning(end_epoch=...)."
+            )

@@ -13,7 +13,11 @@ from typing_extensions import override
 
 from lightning_accel.binarization.functions import ESTIMATORS, SCALINGS
 from lightning_accel.binarization.layers import BINARY_LAYERS, binarize_layer
-from lightning_accel.callbacks._surgery_support import example_input, rebuild_optimizers
+from lightning_accel.callbacks._surgery_support import (
+    check_pruning_finishes_before,
+    example_input,
+    rebuild_optimizers,
+)
 from lightning_accel.layers import WEIGHTED_LAYERS, select_layers
 from lightning_accel.surgery import CompressionCheckpointMixin, record_surgery, save_surgery
 from lightning_accel.utilities.copying import detached_copy
@@ -113,6 +117,7 @@ class Binarize(Callback):
                 f"0..{max_epochs - 1}). Set end_epoch <= {max_epochs - 1} (and start_epoch "
                 f"below it) or max_epochs >= {last + 1}."
             )
+        check_pruning_finishes_before(trainer, self.start_epoch, "Binarize")
         if not isinstance(pl_module, CompressionCheckpointMixin):
             rank_zero_warn(
                 f"{type(pl_module).__name__} does not inherit CompressionCheckpointMixin: "

@@ -11,7 +11,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_accel.callbacks._surgery_support import example_input, rebuild_optimizers
+from lightning_accel.callbacks._surgery_support import (
+    check_pruning_finishes_before,
+    example_input,
+    rebuild_optimizers,
+)
 from lightning_accel.layers import WEIGHTED_LAYERS, layers_in_call_order, match_patterns
 from lightning_accel.quantization.fake_quant import OBSERVERS, ActivationQuantizer, WeightQuantizer
 from lightning_accel.quantization.layers import QUANT_LAYERS
@@ -136,7 +140,7 @@ class QuantizationAware(Callback):
                 f"after max_epochs={max_epochs} (epochs 0..{max_epochs - 1}). Set start_epoch <= "
                 f"{max_epochs - 1}, leaving epochs to fine-tune, or raise max_epochs."
             )
-        self._check_pruning_finishes_first(trainer)
+        check_pruning_finishes_before(trainer, self.start_epoch, "QuantizationAware")
         if not isinstance(pl_module, CompressionCheckpointMixin):
             rank_zero_warn(
                 f"{type(pl_module).__name__} does not inherit CompressionCheckpointMixin: "
@@ -221,24 +225,6 @@ class QuantizationAware(Callback):
         if self.freeze_observers_epoch is not None:
             return epoch < self.freeze_observers_epoch
         return not self.learnable_scales or epoch == self.start_epoch
-
-    def _check_pruning_finishes_first(self, trainer: pl.Trainer) -> None:
-        from lightning_accel.callbacks.pruning import GradualPruning
-
-        max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
-        for callback in trainer.callbacks:  # type: ignore[attr-defined]
-            if not isinstance(callback, GradualPruning) or callback.mode != "structured":
-                continue
-            end = callback.end_epoch
-            if end is None:
-                end = max(max_epochs - 1, callback.start_epoch + 1)
-            if self.start_epoch <= end:
-                raise ValueError(
-                    f"QuantizationAware(start_epoch={self.start_epoch}) would start before "
-                    f"structured GradualPruning finishes (its target is reached at the start of "
-                    f"epoch {end}). Prune first, then quantize: set start_epoch >= {end + 1}, or "
-                    "end the pruning earlier with GradualPruning(end_epoch=...)."
-                )
 
 
 def set_training_phase(model: torch.nn.Module, observers_enabled: bool, bn_frozen: bool) -> None:

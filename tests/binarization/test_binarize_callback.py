@@ -1,6 +1,5 @@
 """Binarize during fit: schedule, logging, export (float and int8), packing, checkpoints, errors."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -232,3 +231,11 @@ def test_impossible_plans_fail_before_any_change(
         quiet_trainer(tmp_path, max_epochs=3, callbacks=callbacks).fit(model, datamodule=digits)
     assert not any(isinstance(m, BINARY_LAYERS) for m in model.modules())
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_binarizing_before_structured_pruning_ends_is_refused(digits, tmp_path) -> None:
+    module = small_module()
+    callbacks = [GradualPruning(0.5, end_epoch=2), Binarize(start_epoch=1)]
+    with pytest.raises(ValueError, match="Binarize\\(start_epoch=1\\) would start before"):
+        quiet_trainer(tmp_path, max_epochs=3, callbacks=callbacks).fit(module, datamodule=digits)
+    assert not any(isinstance(m, BINARY_LAYERS) for m in module.modules())

@@ -193,7 +193,7 @@ def test_bad_arguments_are_refused(kwargs, match) -> None:
         ([QuantizationAware(layer_bits={"head.*": 4})], "pattern 'head.*' matches no layer"),
         (
             [GradualPruning(0.5, end_epoch=1), QuantizationAware(start_epoch=1)],
-            "would start before structured GradualPruning finishes",
+            "QuantizationAware\\(start_epoch=1\\) would start before structured GradualPruning",
         ),
     ],
 )
