@@ -117,6 +117,7 @@ def export_and_compare(
         "model": {**model_stats(model, example).as_dict(), "onnx_bytes": model_onnx.stat().st_size},
         "backends": {},
         "timings": timings,
+        "notes": runtime_notes(model),
     }
     if baseline is not None and baseline_onnx is not None:
         summary["baseline"] = {
@@ -197,6 +198,31 @@ def _run_backend(
     return entry, problem
 
 
+def runtime_notes(model: nn.Module) -> list[str]:
+    """What the runtimes cannot do with this model's compression, stated plainly."""
+    from lightning_accel.binarization import BINARY_LAYERS
+    from lightning_accel.quantization import quantized_layers
+
+    notes = []
+    if any(isinstance(m, BINARY_LAYERS) for m in model.modules()):
+        notes.append(
+            "Binarized layers: neither ONNX Runtime nor TensorRT has 1-bit kernels. The export "
+            "runs them as int8 (QLinearConv in ONNX Runtime); the size gain comes from "
+            "lightning_accel.binarization.save_packed (1 bit per weight)."
+        )
+    low_bits = [
+        name
+        for name, layer in quantized_layers(model).items()
+        if getattr(layer.weight_quantizer, "bits", 8) < 8
+    ]
+    if low_bits:
+        notes.append(
+            f"{len(low_bits)} layers were trained with weights below 8 bits: the runtimes run "
+            "them on int8 kernels (the values are exact), with no extra speed or size gain."
+        )
+    return notes
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The export summary as a Markdown table: one row per backend and batch size."""
     model, base = summary["model"], summary.get("baseline", {})
@@ -224,6 +250,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                     f"| {backend} | {batch} | {row['model_ms']:.2f} | {row['baseline_ms']:.2f} | "
                     f"{row['speedup']:.2f}x | {verdict} |"
                 )
+    lines += [f"note: {note}" for note in summary.get("notes", [])]
     return "\n".join(lines)
 
 

@@ -159,6 +159,16 @@ def test_checkpoints_load_three_ways_and_resume_mid_schedule(binary_run, tmp_pat
     torch.testing.assert_close(_outputs(resumed, data), _outputs(module, data))
 
 
+def test_export_summary_says_no_runtime_has_1_bit_kernels(binary_run, tmp_path) -> None:
+    from lightning_accel.comparison import format_summary, runtime_notes
+
+    _, _, module, _, _ = binary_run
+    (note,) = runtime_notes(module)
+    assert "neither ONNX Runtime nor TensorRT has 1-bit kernels" in note
+    summary = {"model": {"params": 1, "macs": 1, "onnx_bytes": 1}, "backends": {}, "notes": [note]}
+    assert "1-bit kernels" in format_summary(summary)
+
+
 def test_switch_at_once_and_weights_only(digits, tmp_path) -> None:
     module, probe, _ = _train(digits, tmp_path, activations=False, end_epoch=None, scaling="tensor")
     assert probe.progress[1:] == [1.0, 1.0, 1.0]

@@ -75,6 +75,9 @@ def test_mixed_precision_and_ignored_layers(digits, tmp_path) -> None:
     )
     assert type(module.model.get_submodule("16")) is nn.Linear  # stays float
     assert 2.0 < float(trainer.callback_metrics["compress/weight_bits"]) < 32.0
+    from lightning_accel.comparison import runtime_notes
+
+    assert "2 layers were trained with weights below 8 bits" in runtime_notes(module)[0]
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
