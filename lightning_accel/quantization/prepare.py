@@ -80,7 +80,8 @@ def prepare_qat(
         ValueError: If ``model`` cannot be traced or a named layer is not called as a module.
     """
     try:
-        graph_module = fx.symbolic_trace(model)
+        tracer = _Tracer()
+        graph_module = fx.GraphModule(model, tracer.trace(model), type(model).__name__)
     except Exception as err:
         raise ValueError(
             f"{type(model).__name__} cannot be quantized: torch.fx cannot trace it "
@@ -102,6 +103,15 @@ def prepare_qat(
     graph_module.delete_all_unused_submodules()
     graph_module.recompile()
     return graph_module
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, keeping layers other callbacks swapped in (e.g. binary) as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        from lightning_accel.binarization.layers import BINARY_LAYERS
+
+        return isinstance(m, BINARY_LAYERS) or super().is_leaf_module(m, module_qualified_name)
 
 
 class _Rewriter:

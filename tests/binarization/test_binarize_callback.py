@@ -249,3 +249,20 @@ def test_binarizing_before_structured_pruning_ends_is_refused(digits, tmp_path) 
     with pytest.raises(ValueError, match="Binarize\\(start_epoch=1\\) would start before"):
         quiet_trainer(tmp_path, max_epochs=3, callbacks=callbacks).fit(module, datamodule=digits)
     assert not any(isinstance(m, BINARY_LAYERS) for m in module.modules())
+
+
+def test_binarize_and_quantize_different_layers_in_one_fit(digits, tmp_path) -> None:
+    module = small_module()
+    callbacks = [
+        Binarize(ignore=["model.11"]),  # binarizes model.4 and model.8 from epoch 0
+        QuantizationAware(start_epoch=1, ignore=["model.4", "model.8"]),
+    ]
+    quiet_trainer(tmp_path, max_epochs=2, callbacks=callbacks).fit(module, datamodule=digits)
+    from lightning_accel.quantization import quantized_layers
+
+    assert sorted(quantized_layers(module)) == ["model.0", "model.11", "model.16"]
+    assert isinstance(module.model.get_submodule("4"), BINARY_LAYERS)
+    compiled = compile_onnxruntime(
+        to_onnx(module, _batch(digits), tmp_path / "m.onnx"), tmp_path, threads=2
+    )
+    assert compiled.info["integer_kernels"]["QLinearConv"] == 4
