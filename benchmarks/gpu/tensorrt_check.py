@@ -1,7 +1,7 @@
 """Check the TensorRT path on a real NVIDIA GPU and compare it with ONNX Runtime.
 
-Builds engines for ResNet-18 (Fashion-MNIST stem): dense, 50% structured-pruned and 2:4-pruned;
-verifies each against PyTorch on the same inputs and times it next to ONNX Runtime (CPU).
+Builds engines for ResNet-18 (Fashion-MNIST stem): dense, 50% structured-pruned, 2:4-pruned,
+int8 from QuantizationAware's TensorRT-style Q/DQ (symmetric), and pruned + int8; verifies each against PyTorch on the same inputs and times it next to ONNX Runtime (CPU).
 Weights are random: this checks the runtime path and speed, not accuracy.
 
     pip install -e ".[zoo,tensorrt]"
@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from lightning_accel.backends import compile_model
 from lightning_accel.backends.tensorrt import tensorrt_problem
 from lightning_accel.export import to_onnx
 from lightning_accel.layers import select_layers
+from lightning_accel.quantization import QuantizationSpec, quantize_submodules
 from lightning_accel.sparsity import n_m_mask
 from lightning_accel.structured import prune_channels
 from lightning_accel.verify import compare_outputs
@@ -39,7 +41,26 @@ def variants() -> dict[str, torch.nn.Module]:
             layer = two_four.get_submodule(name)
             if layer.weight.shape[1] % 4 == 0:
                 layer.weight.mul_(n_m_mask(layer.weight))
-    return {"dense": dense, "structured 50%": structured, "2:4": two_four}
+    return {
+        "dense": dense,
+        "structured 50%": structured,
+        "2:4": two_four,
+        "int8 Q/DQ": int8_qdq(build("resnet18"), example),
+        "structured 50% + int8": int8_qdq(structured, example),
+    }
+
+
+def int8_qdq(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
+    """``model`` prepared by QuantizationAware for TensorRT, ranges observed on random batches."""
+    holder = torch.nn.Module()
+    holder.model = model
+    layers = {n: 8 for n, m in holder.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    quantize_submodules(holder, QuantizationSpec("tensorrt", layers))
+    holder.train()
+    with torch.no_grad():
+        for _ in range(4):
+            holder.model(torch.randn(32, *example.shape[1:]))
+    return holder.model.eval()
 
 
 def main() -> None:
