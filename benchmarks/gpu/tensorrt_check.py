@@ -1,7 +1,8 @@
 """Check the TensorRT path on a real NVIDIA GPU and compare it with ONNX Runtime.
 
 Builds engines for ResNet-18 (Fashion-MNIST stem): dense, 50% structured-pruned, 2:4-pruned,
-int8 from QuantizationAware's TensorRT-style Q/DQ (symmetric), and pruned + int8; verifies each against PyTorch on the same inputs and times it next to ONNX Runtime (CPU).
+int8 from QuantizationAware's TensorRT-style Q/DQ (symmetric), and pruned + int8; verifies
+each against PyTorch on the same inputs and times it next to ONNX Runtime (CPU).
 Weights are random: this checks the runtime path and speed, not accuracy.
 
     pip install -e ".[zoo,tensorrt]"
