@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from lightning_accel.binarization.functions import hard_sign, weight_scale
 from lightning_accel.binarization.layers import BINARY_LAYERS, BinaryLinear
 from lightning_accel.quantization.convert import QDQActivation, _ops
+from lightning_accel.utilities.modules import set_submodule, weightless_conv
 
 _INT32 = (-(2**31), 2**31 - 1)
 
@@ -35,7 +36,7 @@ class _ExportedBinaryLayer(nn.Module):
     def __init__(self, layer: Any) -> None:
         super().__init__()
         self.is_linear = isinstance(layer, BinaryLinear)
-        self.conv = None if self.is_linear else _conv_shell(layer)
+        self.conv = None if self.is_linear else weightless_conv(layer)
         self.progress = float(layer.progress)
         self.binary_activations = bool(layer.binary_activations)
         self.register_buffer("shift", layer.activation_shift.detach().clone())
@@ -103,24 +104,6 @@ class Int8BinaryLayer(_ExportedBinaryLayer):
         return self.output_qdq(self._layer(self.input_qdq(self._binary_input(x)), weight, bias))
 
 
-def _conv_shell(layer: Any) -> nn.Module:
-    kind = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[layer.weight.dim() - 2]
-    shell = kind(
-        layer.in_channels,
-        layer.out_channels,
-        layer.kernel_size,
-        layer.stride,
-        layer.padding,
-        layer.dilation,
-        layer.groups,
-        False,
-        layer.padding_mode,
-        device="meta",
-    )
-    shell.register_parameter("weight", None)
-    return shell
-
-
 def convert_binary_layers(model: nn.Module, int8: bool) -> nn.Module:
     """Replace binary layers of ``model`` (in place; call it on a copy) by their export forms.
 
@@ -138,6 +121,5 @@ def convert_binary_layers(model: nn.Module, int8: bool) -> nn.Module:
             )
             replacements[name] = Int8BinaryLayer(module) if exact_int8 else FloatBinaryLayer(module)
     for name, replacement in replacements.items():
-        parent, _, attribute = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attribute, replacement)
+        set_submodule(model, name, replacement)
     return model

@@ -21,6 +21,7 @@ from lightning_accel.callbacks._surgery_support import (
 from lightning_accel.layers import WEIGHTED_LAYERS, select_layers
 from lightning_accel.surgery import CompressionCheckpointMixin, record_surgery, save_surgery
 from lightning_accel.utilities.copying import detached_copy
+from lightning_accel.utilities.modules import set_submodule
 
 
 class Binarize(Callback):
@@ -243,8 +244,7 @@ def _swap(model: torch.nn.Module, layers: list[str], settings: dict[str, Any]) -
         for name in layers
     }
     for name, layer in new.items():
-        parent, _, attribute = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attribute, layer)
+        set_submodule(model, name, layer)
 
 
 def set_progress(model: torch.nn.Module, progress: float) -> None:

@@ -25,15 +25,12 @@ from lightning_accel.quantization.fake_quant import (
 )
 from lightning_accel.quantization.layers import (
     QUANT_LAYERS,
-    QuantConv1d,
-    QuantConv2d,
-    QuantConv3d,
     QuantLinear,
 )
 from lightning_accel.quantization.spec import RUNTIME_BITS
+from lightning_accel.utilities.modules import set_submodule, weightless_conv
 
 _INT32 = (-(2**31), 2**31 - 1)
-_TORCH_CONV = {QuantConv1d: nn.Conv1d, QuantConv2d: nn.Conv2d, QuantConv3d: nn.Conv3d}
 
 
 def _ops() -> Any:
@@ -108,7 +105,7 @@ class QDQLayer(nn.Module):
         elif bias is not None:
             self.bias = bias.float().clone()
         self.is_linear = isinstance(layer, QuantLinear)
-        self.conv = None if self.is_linear else _conv_shell(layer)
+        self.conv = None if self.is_linear else weightless_conv(layer)
 
     def forward(self, x: Tensor) -> Tensor:
         ops = _ops()
@@ -123,24 +120,6 @@ class QDQLayer(nn.Module):
         if self.is_linear:
             return F.linear(x, weight, bias)
         return self.conv._conv_forward(x, weight, bias)  # type: ignore[union-attr,operator]
-
-
-def _conv_shell(layer: Any) -> nn.Module:
-    """A weightless conv of ``layer``'s geometry, for its ``_conv_forward``."""
-    shell = _TORCH_CONV[type(layer)](
-        layer.in_channels,
-        layer.out_channels,
-        layer.kernel_size,
-        layer.stride,
-        layer.padding,
-        layer.dilation,
-        layer.groups,
-        False,
-        layer.padding_mode,
-        device="meta",
-    )
-    shell.register_parameter("weight", None)
-    return shell
 
 
 def convert_to_qdq(model: nn.Module) -> nn.Module:
@@ -161,8 +140,7 @@ def convert_to_qdq(model: nn.Module) -> nn.Module:
             if module.bits < RUNTIME_BITS:
                 low_bits.append(f"{name} ({module.bits}-bit activations)")
     for name, replacement in replacements.items():
-        parent, _, attribute = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attribute, replacement)
+        set_submodule(model, name, replacement)
     if low_bits:
         warnings.warn(
             f"{len(low_bits)} quantizers were trained below 8 bits (e.g. {low_bits[0]}). ONNX "

@@ -24,6 +24,7 @@ from lightning_accel.quantization.layers import (
     quantize_layer,
 )
 from lightning_accel.quantization.spec import QuantizationSpec
+from lightning_accel.utilities.modules import set_submodule
 
 QUANTIZER_PREFIX = "activation_quantizers"
 _RELU_MODULES = (nn.ReLU, nn.ReLU6)
@@ -142,7 +143,7 @@ class _Rewriter:
             bn = self.modules[str(bn_node.target)] if bn_node is not None else None
             quantized = quantize_layer(layer, bn, weight_bits[target], self.spec.learnable)
             quantized.integer_bias = self.spec.integer_bias  # type: ignore[assignment]
-            _set_submodule(self.graph_module, target, quantized)
+            set_submodule(self.graph_module, target, quantized)
             if bn_node is not None:  # the BatchNorm now lives at <layer>.bn
                 bn_node.replace_all_uses_with(node)
                 self.graph.erase_node(bn_node)
@@ -224,11 +225,6 @@ def _is_add(node: fx.Node) -> bool:
         node.op == "call_method" and node.target in ("add", "add_")
     )
     return is_add and len(node.args) >= 2 and all(isinstance(a, fx.Node) for a in node.args[:2])
-
-
-def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
-    parent, _, name = target.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, name, module)
 
 
 def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
