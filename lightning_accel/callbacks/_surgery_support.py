@@ -7,6 +7,7 @@ from typing import Any, cast
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
@@ -88,3 +89,15 @@ def check_pruning_finishes_before(trainer: pl.Trainer, start_epoch: int, techniq
                 f"Prune first, then {technique}: set start_epoch >= {end + 1}, or end the "
                 "pruning earlier with GradualPruning(end_epoch=...)."
             )
+
+
+def warn_without_checkpoint_support(pl_module: pl.LightningModule, kind: str) -> None:
+    """Warn when ``pl_module`` cannot replay structural changes from its checkpoints."""
+    from lightning_accel.surgery import CompressionCheckpointMixin
+
+    if not isinstance(pl_module, CompressionCheckpointMixin):
+        rank_zero_warn(
+            f"{type(pl_module).__name__} does not inherit CompressionCheckpointMixin: "
+            f"checkpoints of the {kind} model will only load if its on_load_checkpoint calls "
+            "lightning_accel.restore_compression(self, checkpoint)."
+        )

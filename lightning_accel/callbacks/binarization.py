@@ -8,7 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lightning_accel.binarization.functions import ESTIMATORS, SCALINGS
@@ -17,9 +17,10 @@ from lightning_accel.callbacks._surgery_support import (
     check_pruning_finishes_before,
     example_input,
     rebuild_optimizers,
+    warn_without_checkpoint_support,
 )
 from lightning_accel.layers import WEIGHTED_LAYERS, select_layers
-from lightning_accel.surgery import CompressionCheckpointMixin, record_surgery, save_surgery
+from lightning_accel.surgery import record_surgery, save_surgery
 from lightning_accel.utilities.copying import detached_copy
 from lightning_accel.utilities.modules import set_submodule
 
@@ -119,12 +120,7 @@ class Binarize(Callback):
                 f"below it) or max_epochs >= {last + 1}."
             )
         check_pruning_finishes_before(trainer, self.start_epoch, "Binarize")
-        if not isinstance(pl_module, CompressionCheckpointMixin):
-            rank_zero_warn(
-                f"{type(pl_module).__name__} does not inherit CompressionCheckpointMixin: "
-                "checkpoints of the binarized model will only load if its on_load_checkpoint "
-                "calls lightning_accel.restore_compression(self, checkpoint)."
-            )
+        warn_without_checkpoint_support(pl_module, "binarized")
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -16,6 +16,7 @@ from lightning_accel.callbacks._surgery_support import (
     example_input,
     layer_modules,
     rebuild_optimizers,
+    warn_without_checkpoint_support,
 )
 from lightning_accel.layers import select_layers
 from lightning_accel.model_stats import model_stats
@@ -27,7 +28,7 @@ from lightning_accel.structured import (
     prune_channels,
     ratios_to_widths,
 )
-from lightning_accel.surgery import CompressionCheckpointMixin, record_surgery, save_surgery
+from lightning_accel.surgery import record_surgery, save_surgery
 
 PruningMode = Literal["structured", "unstructured", "2:4"]
 PruningScope = Literal["global", "layer"]
@@ -149,12 +150,8 @@ class GradualPruning(Callback):
                 f"end_epoch={self.end_epoch}. "
                 "Example: GradualPruning(0.5, start_epoch=1, end_epoch=5)"
             )
-        if self.mode == "structured" and not isinstance(pl_module, CompressionCheckpointMixin):
-            rank_zero_warn(
-                f"{type(pl_module).__name__} does not inherit CompressionCheckpointMixin: "
-                "checkpoints of the pruned model will only load if its on_load_checkpoint calls "
-                "lightning_accel.restore_compression(self, checkpoint)."
-            )
+        if self.mode == "structured":
+            warn_without_checkpoint_support(pl_module, "pruned")
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -8,13 +8,14 @@ from typing import Any, cast
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lightning_accel.callbacks._surgery_support import (
     check_pruning_finishes_before,
     example_input,
     rebuild_optimizers,
+    warn_without_checkpoint_support,
 )
 from lightning_accel.layers import WEIGHTED_LAYERS, layers_in_call_order, match_patterns
 from lightning_accel.quantization.fake_quant import OBSERVERS, ActivationQuantizer, WeightQuantizer
@@ -25,7 +26,7 @@ from lightning_accel.quantization.prepare import (
     quantized_layers,
 )
 from lightning_accel.quantization.spec import BACKENDS, QuantizationSpec, check_bits
-from lightning_accel.surgery import CompressionCheckpointMixin, record_surgery, save_surgery
+from lightning_accel.surgery import record_surgery, save_surgery
 from lightning_accel.utilities.copying import detached_copy
 
 _FLOAT_BITS = 32
@@ -141,12 +142,7 @@ class QuantizationAware(Callback):
                 f"{max_epochs - 1}, leaving epochs to fine-tune, or raise max_epochs."
             )
         check_pruning_finishes_before(trainer, self.start_epoch, "QuantizationAware")
-        if not isinstance(pl_module, CompressionCheckpointMixin):
-            rank_zero_warn(
-                f"{type(pl_module).__name__} does not inherit CompressionCheckpointMixin: "
-                "checkpoints of the quantized model will only load if its on_load_checkpoint "
-                "calls lightning_accel.restore_compression(self, checkpoint)."
-            )
+        warn_without_checkpoint_support(pl_module, "quantized")
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

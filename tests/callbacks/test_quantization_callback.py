@@ -232,3 +232,13 @@ def test_export_hook_verifies_the_int8_model_against_the_fp32_baseline(digits, t
     # Same layers, now quantized: MACs match the baseline's but for the folded BatchNorms.
     assert summary["model"]["macs"] == pytest.approx(summary["baseline"]["macs"], rel=0.05)
     assert summary["model"]["onnx_bytes"] < 0.6 * summary["baseline"]["onnx_bytes"]
+
+
+@pytest.mark.parametrize("kind", ["pruned", "quantized", "binarized"])
+def test_module_without_the_mixin_is_warned_about_checkpoints(kind) -> None:
+    import lightning.pytorch as pl
+
+    from lightning_accel.callbacks._surgery_support import warn_without_checkpoint_support
+
+    with pytest.warns(UserWarning, match=f"checkpoints of the {kind} model will only load if"):
+        warn_without_checkpoint_support(pl.LightningModule(), kind)
