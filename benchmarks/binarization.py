@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -45,13 +47,14 @@ def onnx_accuracy(onnx_path: Path, out_dir: Path, data, threads: int) -> tuple[f
     return 100.0 * hits / total, compiled.info["integer_kernels"]
 
 
-def run_model(model_name: str, data, args) -> dict:  # noqa: ANN001
+def run_model(model_name: str, data, args, save: Callable[[dict], None]) -> dict:  # noqa: ANN001
+    """Train and measure every variant of ``model_name``; ``save`` gets the rows so far."""
     out = Path(args.output_dir) / model_name
     example = torch.zeros(1, 1, 28, 28)
     started = time.perf_counter()
     pl.seed_everything(0, workers=True)
     dense = ClassificationModule(model_name, lr=args.lr, cosine_epochs=args.dense_epochs)
-    trainer = make_trainer(args.dense_epochs, [], out, "fp32", progress=False)
+    trainer = make_trainer(args.dense_epochs, [], out, "fp32", False, args.accelerator)
     trainer.fit(dense, datamodule=data)
     fp32_onnx = to_onnx(dense.model, example, out / "fp32.onnx")
     rows = [
@@ -62,7 +65,9 @@ def run_model(model_name: str, data, args) -> dict:  # noqa: ANN001
             "float_ms": timed(fp32_onnx, args.threads),
         }
     ]
-    ramp = max(args.fine_tune_epochs - 2, 1)
+    result = {"model": model_name, "rows": rows}
+    save(result)
+    ramp = args.ramp_epochs or max(args.fine_tune_epochs - 2, 1)
     variants = {
         "weights binary": dict(activations=False),
         "weights + activations, at once": dict(),
@@ -72,7 +77,9 @@ def run_model(model_name: str, data, args) -> dict:  # noqa: ANN001
         pl.seed_everything(index, workers=True)
         module = fine_tune_copy(dense, args.fine_tune_epochs, args.lr / 5)
         binarize = Binarize(scaling="channel", ste=args.ste, **kwargs)  # type: ignore[arg-type]
-        trainer = make_trainer(args.fine_tune_epochs, [binarize], out, f"v{index}", progress=False)
+        trainer = make_trainer(
+            args.fine_tune_epochs, [binarize], out, f"v{index}", False, args.accelerator
+        )
         trainer.fit(module, datamodule=data)
         row = {"name": name, "accuracy": test_accuracy(trainer, module, data)}
         packed = save_packed(module.model, out / f"v{index}.packed")
@@ -89,8 +96,17 @@ def run_model(model_name: str, data, args) -> dict:  # noqa: ANN001
             )
             row["int8_ms"] = timed(int8_onnx, args.threads)
         rows.append(row)
+        result["seconds"] = time.perf_counter() - started
+        save(result)
         print(f"  {name}: {row}", flush=True)
-    return {"model": model_name, "rows": rows, "seconds": time.perf_counter() - started}
+    return result
+
+
+def device_name(accelerator: str) -> str:
+    """The GPU's name where training ran on one, else the CPU's architecture."""
+    if accelerator != "cpu" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.machine()})"
 
 
 def format_results(result: dict) -> str:
@@ -119,7 +135,7 @@ def format_results(result: dict) -> str:
             f"| {row['file_mb']:.2f} | {ratio} | {f1:.2f} / {f64:.2f} | {int8[0]} | {int8[1]} "
             f"| {int8[2]} |"
         )
-    lines.append(f"\n{result['seconds']:.0f} s.")
+    lines.append(f"\n{result.get('seconds', 0):.0f} s.")
     return "\n".join(lines)
 
 
@@ -145,9 +161,13 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=10_000)
     parser.add_argument("--dense-epochs", type=int, default=3)
     parser.add_argument("--fine-tune-epochs", type=int, default=4)
+    parser.add_argument(
+        "--ramp-epochs", type=int, default=0, help="progressive ramp; 0: fine-tune epochs - 2"
+    )
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--ste", default="approx_sign")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime and torch CPU threads")
+    parser.add_argument("--accelerator", default="cpu", help="where to train: cpu, gpu, auto")
     parser.add_argument("--output-dir", default="runs/bench_binarization")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--remeasure", action="store_true", help="only re-time the ONNX files")
@@ -162,22 +182,26 @@ def main() -> None:
         train_size=args.train_size, val_size=2000, test_size=2000 if args.quick else None
     )
     data.setup()
-    results = []
+    results: list[dict] = []
+    results_path = Path(args.output_dir) / "results.json"
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(result: dict) -> None:
+        if not results or results[-1] is not result:
+            results.append(result)
+        run = {"args": vars(args), "device": device_name(args.accelerator), "results": results}
+        results_path.write_text(json.dumps(run, indent=2, default=float))
+
     for model_name in args.models:
         print(f"{model_name}:", flush=True)
-        results.append(run_model(model_name, data, args))
-        print(format_results(results[-1]), flush=True)
+        print(format_results(run_model(model_name, data, args, save)), flush=True)
     print()
     for result in results:
         print(format_results(result) + "\n")
     print(
         f"Fashion-MNIST, {args.train_size} training images, {args.dense_epochs} fp32 epochs, then "
         f"{args.fine_tune_epochs} fine-tune epochs per variant; ste={args.ste}; ONNX Runtime, "
-        f"{args.threads} threads."
-    )
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(args.output_dir) / "results.json").write_text(
-        json.dumps({"args": vars(args), "results": results}, indent=2, default=float)
+        f"{args.threads} threads; trained on {device_name(args.accelerator)}."
     )
 
 

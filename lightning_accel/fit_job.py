@@ -78,12 +78,21 @@ class PruningJobConfig:
 
 
 def make_trainer(
-    epochs: int, callbacks: list[Callback], output_dir: Path, name: str, progress: bool = True
+    epochs: int,
+    callbacks: list[Callback],
+    output_dir: Path,
+    name: str,
+    progress: bool = True,
+    accelerator: str = "cpu",
 ) -> pl.Trainer:
-    """A CPU Trainer that logs to CSV and keeps the last checkpoint."""
+    """A one-device Trainer that logs to CSV and keeps the last checkpoint.
+
+    On the CPU every run is deterministic; on a GPU some kernels (e.g. adaptive average
+    pooling's backward pass) have no deterministic version, so Lightning only warns.
+    """
     return pl.Trainer(
         max_epochs=epochs,
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
         callbacks=callbacks,
         logger=CSVLogger(output_dir, name=name),
@@ -92,7 +101,7 @@ def make_trainer(
         enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        deterministic=True,
+        deterministic=True if accelerator == "cpu" else "warn",
     )
 
 
