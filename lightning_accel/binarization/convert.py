@@ -2,9 +2,11 @@
 
 Neither ONNX Runtime nor TensorRT has 1-bit kernels. Binary inputs (±1) times weights ±α are
 exactly representable in int8 Q/DQ: inputs as uint8 with scale 1 and zero point 1 (0 and 2
-stand for -1 and +1), weights as int8 ±1 with per-channel scale α. ONNX Runtime then runs each
-binarized layer as ``QLinearConv``; the output is requantized to uint8 over the range observed
-in training, the one rounding the int8 form adds.
+stand for -1 and +1, written straight from the comparison ``x >= β``), weights as int8 ±1 with
+per-channel scale α. ONNX Runtime then runs each binarized layer as ``QLinearConv``; the output
+is requantized to uint8 over the range observed in training, the one rounding the int8 form
+adds. In the int8 form BatchNorms become per-channel ``Mul``/``Add``: ONNX Runtime runs
+``QLinearConv`` in NHWC, and a ``BatchNormalization`` next to it costs two layout transposes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import Tensor, nn
 from lightning_accel.binarization.functions import hard_sign, weight_scale
 from lightning_accel.binarization.layers import BINARY_LAYERS, BinaryLinear
 from lightning_accel.quantization.convert import QDQActivation, _ops
-from lightning_accel.utilities.modules import set_submodule, weightless_conv
+from lightning_accel.utilities.modules import batchnorm_to_affine, set_submodule, weightless_conv
 
 _INT32 = (-(2**31), 2**31 - 1)
 
@@ -41,10 +43,9 @@ class _ExportedBinaryLayer(nn.Module):
         self.binary_activations = bool(layer.binary_activations)
         self.register_buffer("shift", layer.activation_shift.detach().clone())
 
-    def _binary_input(self, x: Tensor) -> Tensor:
-        """sign(x - β), ±1."""
-        shifted = x - self.shift.reshape([1, -1] + [1] * (x.dim() - 2))
-        return torch.where(shifted >= 0, 1.0, -1.0).to(x.dtype)
+    def _at_or_above_shift(self, x: Tensor) -> Tensor:
+        """Whether sign(x - β) >= 0 per channel, as one comparison ``x >= β``."""
+        return x >= self.shift.reshape([1, -1] + [1] * (x.dim() - 2))
 
     def _layer(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if self.is_linear:
@@ -69,12 +70,16 @@ class FloatBinaryLayer(_ExportedBinaryLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.binary_activations:
-            x = x + self.progress * (self._binary_input(x) - x)
+            binary = torch.where(self._at_or_above_shift(x), 1.0, -1.0).to(x.dtype)
+            x = x + self.progress * (binary - x)
         return self._layer(x, self.weight, self.bias)
 
 
 class Int8BinaryLayer(_ExportedBinaryLayer):
     """A fully binarized layer as Q/DQ: uint8 ±1 inputs, int8 ±1 weights with scale α."""
+
+    plus_one: Tensor
+    minus_one: Tensor
 
     def __init__(self, layer: Any) -> None:
         super().__init__(layer)
@@ -86,7 +91,8 @@ class Int8BinaryLayer(_ExportedBinaryLayer):
         self.register_buffer("bias_int32", None)
         if layer.bias is not None:  # bias scale = input scale (1) x weight scale
             self.bias_int32 = torch.round(layer.bias.detach() / self.weight_scale).to(torch.int32)
-        self.input_qdq = QDQActivation(1.0, 1, symmetric=False)
+        self.register_buffer("plus_one", torch.tensor(2, dtype=torch.uint8))  # uint8 of +1
+        self.register_buffer("minus_one", torch.tensor(0, dtype=torch.uint8))
         low, high = float(layer.output_min), float(layer.output_max)
         out_scale = max(max(high, 0.0) - min(low, 0.0), 1e-8) / 255
         self.output_qdq = QDQActivation(out_scale, round(-min(low, 0.0) / out_scale), False)
@@ -101,14 +107,17 @@ class Int8BinaryLayer(_ExportedBinaryLayer):
             bias = ops.dequantize_per_channel(
                 self.bias_int32, self.weight_scale, self.zero_point, 0, *_INT32, torch.int32
             )
-        return self.output_qdq(self._layer(self.input_qdq(self._binary_input(x)), weight, bias))
+        signs = torch.where(self._at_or_above_shift(x), self.plus_one, self.minus_one)
+        binary = ops.dequantize_per_tensor(signs, 1.0, 1, 0, 255, torch.uint8)
+        return self.output_qdq(self._layer(binary, weight, bias))
 
 
 def convert_binary_layers(model: nn.Module, int8: bool) -> nn.Module:
     """Replace binary layers of ``model`` (in place; call it on a copy) by their export forms.
 
     With ``int8``, layers with binary weights *and* inputs, fully binarized, become Q/DQ
-    (``QLinearConv`` in ONNX Runtime); the others stay float.
+    (``QLinearConv`` in ONNX Runtime), and then every BatchNorm a per-channel multiply-add; the
+    other binary layers stay float.
     """
     replacements: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
@@ -122,4 +131,6 @@ def convert_binary_layers(model: nn.Module, int8: bool) -> nn.Module:
             replacements[name] = Int8BinaryLayer(module) if exact_int8 else FloatBinaryLayer(module)
     for name, replacement in replacements.items():
         set_submodule(model, name, replacement)
+    if any(isinstance(m, Int8BinaryLayer) for m in replacements.values()):
+        batchnorm_to_affine(model)
     return model

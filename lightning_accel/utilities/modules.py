@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 _CONV_BY_DIM = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
@@ -31,3 +32,47 @@ def weightless_conv(layer: Any) -> nn.Module:
     )
     shell.register_parameter("weight", None)
     return shell
+
+
+class ChannelAffine(nn.Module):
+    """An eval-mode BatchNorm as a per-channel multiply-add: ``x * scale + shift``.
+
+    Same arithmetic as the BatchNorm, other ONNX ops: ``Mul`` and ``Add`` let ONNX Runtime move
+    layout transposes through them (``BatchNormalization`` pins the NCHW layout), and it still
+    folds them into a preceding float ``Conv``.
+    """
+
+    scale: Tensor
+    shift: Tensor
+
+    def __init__(self, norm: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        assert norm.running_mean is not None and norm.running_var is not None
+        scale = torch.rsqrt(norm.running_var.detach() + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight.detach()
+        shift = -norm.running_mean.detach() * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias.detach()
+        self.register_buffer("scale", scale.clone())
+        self.register_buffer("shift", shift.clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        return x * self.scale.reshape(shape) + self.shift.reshape(shape)
+
+
+def batchnorm_to_affine(model: nn.Module) -> int:
+    """Replace (in place) every BatchNorm with running statistics by a :class:`ChannelAffine`.
+
+    Only for eval-mode exports: the replacement computes what the BatchNorm computes in eval
+    mode. Returns how many were replaced.
+    """
+    norms = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_var is not None
+    ]
+    for name in norms:
+        set_submodule(model, name, ChannelAffine(model.get_submodule(name)))  # type: ignore[arg-type]
+    return len(norms)

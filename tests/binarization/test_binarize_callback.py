@@ -96,6 +96,11 @@ def test_float_export_equals_pytorch_and_int8_export_runs_on_qlinearconv(
     np.testing.assert_allclose(exact.run(x.numpy()), expected, atol=1e-4, rtol=1e-4)
     int8 = compile_onnxruntime(to_onnx(module, x, tmp_path / "int8.onnx"), tmp_path, threads=2)
     assert int8.info["integer_kernels"]["QLinearConv"] == 3  # the three binarized convs
+    # BatchNorms as Mul/Add: no NCHW-pinned op between the NHWC int8 convs, so no transpose
+    # pair around each of them (a BatchNormalization there cost two transposes per conv)
+    operators = int8.info["operators"]
+    assert "BatchNormalization" not in operators
+    assert operators.get("Transpose", 0) < 2 * 3
     agreement = (int8.run(x.numpy()).argmax(1) == expected.argmax(1)).mean()
     assert agreement >= 0.99
 
