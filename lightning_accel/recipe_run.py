@@ -22,8 +22,11 @@ LoggerName = Literal["wandb", "csv", "none"]
 
 def quick_overrides(recipe: Recipe, output_dir: Path) -> list[str]:
     """Overrides that shrink a recipe to a smoke run of a minute or less."""
-    # Pruning ends at epoch 1; quantization, when the recipe has it, takes a third epoch.
-    epochs = 3 if recipe.callback_config("quantization") is not None else 2
+    # Pruning ends at epoch 1; quantization or binarization, when the recipe has it, takes a
+    # third epoch.
+    quantized = recipe.callback_config("quantization") is not None
+    binarized = recipe.callback_config("binarization") is not None
+    epochs = 3 if quantized or binarized else 2
     overrides = [
         f"trainer.max_epochs={epochs}",
         "trainer.limit_train_batches=4",
@@ -38,12 +41,16 @@ def quick_overrides(recipe: Recipe, output_dir: Path) -> list[str]:
             "callbacks.pruning.end_epoch=1",
             "callbacks.pruning.update_every_n_steps=null",
         ]
-    quantized = recipe.callback_config("quantization") is not None
     if quantized:
         overrides += [
             "callbacks.quantization.start_epoch=2",
             "callbacks.quantization.freeze_observers_epoch=null",
             "callbacks.quantization.freeze_bn_epoch=null",
+        ]
+    if binarized:
+        overrides += [
+            "callbacks.binarization.start_epoch=2",
+            "callbacks.binarization.end_epoch=null",
         ]
     if recipe.callback_config("latency") is not None:
         overrides.append("callbacks.latency.runs=3")
@@ -53,7 +60,7 @@ def quick_overrides(recipe: Recipe, output_dir: Path) -> list[str]:
             "callbacks.export.batch_sizes=[1]",
             "callbacks.export.verify_batches=1",
         ]
-        if quantized:
+        if quantized or binarized:
             # A model trained for a dozen batches has near-tied logits, and int8 rounding flips
             # a few of them: a smoke run reports the verification instead of failing on it.
             overrides.append("callbacks.export.on_verification_failure=warn")

@@ -33,12 +33,20 @@ def test_every_architecture_has_a_recipe_with_a_description() -> None:
 def test_recipe_quick_fit_exports_and_verifies(path: Path, tmp_path) -> None:
     summary = run_recipe(path, quick=True, logger="none", output_dir=tmp_path, progress=False)
     ort = summary["backends"]["onnxruntime"]
-    if Recipe.from_yaml(path).callback_config("quantization") is None:
+    recipe = Recipe.from_yaml(path)
+    # (int8 convs, least top-1 agreement): an int8 model after a dozen batches has near-tied
+    # logits, so a few flip. Binarized for four batches, each layer's output is requantized to a
+    # range observed over those four batches alone: more flip. Trained binarized models agree
+    # on >= 99% (tests/binarization).
+    int8_expected = {"quantization": (20, 0.9), "binarization": (19, 0.6)}
+    int8 = [n for n in int8_expected if recipe.callback_config(n) is not None]
+    if not int8:
         assert ort["verification"]["passed"]
-    else:  # an int8 model after a dozen batches: near-tied logits, so a few may flip
+    else:
+        convs, agreement = int8_expected[int8[0]]
         assert ort["verification"]["precision"] == "int8"
-        assert ort["verification"]["top1_agreement"] >= 0.9
-        assert ort["info"]["integer_kernels"]["QLinearConv"] == 20
+        assert ort["verification"]["top1_agreement"] >= agreement
+        assert ort["info"]["integer_kernels"]["QLinearConv"] == convs
     assert ort["latency"]["1"]["speedup"] > 0
     assert (tmp_path / path.stem / "export" / "model.onnx").is_file()
     (pruning,) = [c for c in Recipe.from_yaml(path).callbacks() if isinstance(c, GradualPruning)]
