@@ -35,10 +35,9 @@ def test_recipe_quick_fit_exports_and_verifies(path: Path, tmp_path) -> None:
     ort = summary["backends"]["onnxruntime"]
     recipe = Recipe.from_yaml(path)
     # (int8 convs, least top-1 agreement): an int8 model after a dozen batches has near-tied
-    # logits, so a few flip. Binarized for four batches, each layer's output is requantized to a
-    # range observed over those four batches alone: more flip (a trained binarized ResNet-18
-    # agrees on about 93%, docs/binarization.md).
-    int8_expected = {"quantization": (20, 0.9), "binarization": (19, 0.6)}
+    # logits, so a few flip. (A binarized one's int8 sums are exact; its float rounding can
+    # still flip an input sitting on a sign threshold, which moves logits, rarely the top-1.)
+    int8_expected = {"quantization": (20, 0.9), "binarization": (19, 0.9)}
     int8 = [n for n in int8_expected if recipe.callback_config(n) is not None]
     if not int8:
         assert ort["verification"]["passed"]

@@ -19,8 +19,6 @@ from torch import Tensor, nn
 
 from lightning_accel.binarization.functions import binarize_activation, binarize_weight
 
-_EMA = 0.01
-
 
 class _BinaryMixin:
     """Binarization shared by the binary layer classes."""
@@ -34,24 +32,8 @@ class _BinaryMixin:
     scaling: str | None
     estimator: str
 
-    output_min: Tensor
-    output_max: Tensor
-    observed: Tensor
     activation_shift: Tensor
     shift_initialized: Tensor
-
-    @torch.no_grad()
-    def observe_output(self, out: Tensor) -> Tensor:
-        """Track the output range (EMA), which int8 export needs for its requantization."""
-        if self.training or not bool(self.observed):
-            low, high = out.min().float(), out.max().float()
-            if bool(self.observed):
-                low = self.output_min + _EMA * (low - self.output_min)
-                high = self.output_max + _EMA * (high - self.output_max)
-            self.output_min.copy_(low)
-            self.output_max.copy_(high)
-            self.observed.fill_(True)
-        return out
 
     def effective_input(self, x: Tensor) -> Tensor:
         if not self.binary_activations:
@@ -88,32 +70,28 @@ class BinaryConv1d(_BinaryMixin, nn.Conv1d):
     """Conv1d with binarized weights and/or inputs."""
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self._conv_forward(self.effective_input(x), self.effective_weight(), self.bias)
-        return self.observe_output(out)
+        return self._conv_forward(self.effective_input(x), self.effective_weight(), self.bias)
 
 
 class BinaryConv2d(_BinaryMixin, nn.Conv2d):
     """Conv2d with binarized weights and/or inputs."""
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self._conv_forward(self.effective_input(x), self.effective_weight(), self.bias)
-        return self.observe_output(out)
+        return self._conv_forward(self.effective_input(x), self.effective_weight(), self.bias)
 
 
 class BinaryConv3d(_BinaryMixin, nn.Conv3d):
     """Conv3d with binarized weights and/or inputs."""
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self._conv_forward(self.effective_input(x), self.effective_weight(), self.bias)
-        return self.observe_output(out)
+        return self._conv_forward(self.effective_input(x), self.effective_weight(), self.bias)
 
 
 class BinaryLinear(_BinaryMixin, nn.Linear):
     """Linear layer with binarized weights and/or inputs."""
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.linear(self.effective_input(x), self.effective_weight(), self.bias)
-        return self.observe_output(out)
+        return F.linear(self.effective_input(x), self.effective_weight(), self.bias)
 
 
 BINARY_LAYERS = (BinaryConv1d, BinaryConv2d, BinaryConv3d, BinaryLinear)
@@ -161,11 +139,10 @@ def binarize_layer(
     new.weight, new.bias = weight, old.bias
     new.binary_weights, new.binary_activations = weights, activations
     new.scaling, new.estimator = scaling, estimator
-    for name, value in (("progress", 0.0), ("output_min", 0.0), ("output_max", 0.0)):
-        new.register_buffer(name, torch.tensor(value, device=weight.device))
-    flag = torch.zeros((), dtype=torch.bool, device=weight.device)
-    new.register_buffer("observed", flag.clone())
-    new.register_buffer("shift_initialized", flag.clone())
+    new.register_buffer("progress", torch.tensor(0.0, device=weight.device))
+    new.register_buffer(
+        "shift_initialized", torch.zeros((), dtype=torch.bool, device=weight.device)
+    )
     inputs = old.in_features if type(layer) is nn.Linear else old.in_channels
     shift = torch.zeros(int(inputs), device=weight.device, dtype=weight.dtype)
     new.activation_shift = nn.Parameter(shift, requires_grad=activations)

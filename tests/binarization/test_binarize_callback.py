@@ -101,8 +101,9 @@ def test_float_export_equals_pytorch_and_int8_export_runs_on_qlinearconv(
     operators = int8.info["operators"]
     assert "BatchNormalization" not in operators
     assert operators.get("Transpose", 0) < 2 * 3
-    agreement = (int8.run(x.numpy()).argmax(1) == expected.argmax(1)).mean()
-    assert agreement >= 0.99
+    # ±1 products summed exactly in int32, requantized without loss (no sum reaches the ±256
+    # saturation bound here), then scaled by α: PyTorch's outputs, up to float rounding
+    np.testing.assert_allclose(int8.run(x.numpy()), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_packed_file_is_32x_smaller_for_binary_layers_and_reloads_exactly(

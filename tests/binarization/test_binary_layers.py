@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from lightning_accel.binarization import binarize_layer
+from lightning_accel.binarization.convert import FloatBinaryLayer, Int8BinaryLayer
 from lightning_accel.binarization.functions import binarize_activation, binarize_weight
 
 
@@ -73,3 +74,37 @@ def test_only_plain_layers_binarize() -> None:
 
     with pytest.raises(TypeError, match="cannot be binarized"):
         binarize_layer(Custom(1, 2, 3), True, True, "channel", "clipped")
+
+
+def _fully_binary_conv(in_channels: int, bias: bool) -> nn.Module:
+    torch.manual_seed(0)
+    layer = binarize_layer(
+        nn.Conv2d(in_channels, 6, 3, padding=1, bias=bias), True, True, "channel", "clipped"
+    )
+    layer.progress.fill_(1.0)
+    with torch.no_grad():
+        layer.activation_shift.uniform_(-0.5, 0.5)
+    return layer.eval()
+
+
+@pytest.mark.parametrize("in_channels, bias", [(8, False), (8, True), (3, False)])
+def test_int8_form_computes_what_the_float_form_computes(in_channels, bias) -> None:
+    # even inputs per output: sums of ±1 are even, requantized with step 2; odd: step 1
+    layer = _fully_binary_conv(in_channels, bias)
+    x = torch.randn(4, in_channels, 7, 7)
+    expected = FloatBinaryLayer(layer)(x)
+    torch.testing.assert_close(Int8BinaryLayer(layer)(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_int8_form_saturates_sums_beyond_its_256_levels() -> None:
+    layer = _fully_binary_conv(64, False)  # 576 products per output
+    with torch.no_grad():
+        layer.weight.abs_()  # all +1: every interior output sums to 576
+        layer.activation_shift.zero_()
+    x = torch.ones(1, 64, 5, 5)
+    alpha = layer.weight.abs().mean((1, 2, 3))
+    out = Int8BinaryLayer(layer)(x)
+    float_out = FloatBinaryLayer(layer)(x)[0, :, 2, 2].tolist()
+    assert float_out == pytest.approx((576 * alpha).tolist(), rel=1e-4)
+    # the largest even level
+    assert out[0, :, 2, 2].tolist() == pytest.approx((254 * alpha).tolist(), rel=1e-4)
