@@ -13,8 +13,7 @@ another.
     python benchmarks/binarization.py --accelerator gpu --train-size 58000 \
         --dense-epochs 6 --fine-tune-epochs 8 --ramp-epochs 4 --output-dir runs/bench_h200
     .venv/bin/python benchmarks/binarization.py --remeasure --reexport --output-dir runs/bench_h200
-    .venv/bin/python benchmarks/binarization.py --remeasure --output-dir runs/bench_h200
-    # (export again from the packed files and measure int8 accuracy; then time, fresh process)
+    # (export again from the packed files, measure int8 accuracy, time each file 5 times)
 """
 
 from __future__ import annotations
@@ -23,6 +22,8 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +47,28 @@ def timed(onnx_path: Path, threads: int) -> dict[int, float]:
         b: latency(onnx_path, b, threads=threads, runs=50, min_seconds=1.0).median_ms
         for b in (1, 64)
     }
+
+
+def timed_in_fresh_process(onnx_path: Path, threads: int) -> dict[int, float]:
+    """:func:`timed` in a new Python process.
+
+    On these machines a long-lived process sometimes drifted into a state where ONNX Runtime's
+    int8 kernels ran up to 1.5x slower (fp32 much less) for the rest of its life; short
+    processes did not.
+    """
+    code = (
+        "import json, sys; from benchmarks.binarization import timed; "
+        "print(json.dumps(timed(sys.argv[1], int(sys.argv[2]))))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(onnx_path), str(threads)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {int(b): ms for b, ms in json.loads(done.stdout.splitlines()[-1]).items()}
 
 
 def int8_row(onnx_path: Path, out_dir: Path, model: nn.Module, data, threads: int) -> dict:  # noqa: ANN001
@@ -189,11 +212,11 @@ def reexport(result: dict, out: Path, data, args) -> None:  # noqa: ANN001
 def remeasure(args, data) -> None:  # noqa: ANN001
     """Time the saved ONNX files again (e.g. on a quiet machine) and reprint the tables.
 
-    Every file is timed in each of ``--rounds`` rounds, one file after another, and keeps its
-    median over the rounds: a stretch of interference from outside then moves one round, not
-    the result. With ``--reexport``, the files are first exported again from the packed files
-    (e.g. after the run's ONNX files were lost with the GPU machine that trained them, or the
-    export code improved).
+    Every file is timed in each of ``--rounds`` rounds, one file after another, each time in a
+    fresh process, and keeps its median over the rounds: a stretch of interference from
+    outside then moves one round, not the result. With ``--reexport``, the files are first
+    exported again from the packed files (e.g. after the run's ONNX files were lost with the
+    GPU machine that trained them, or the export code improved).
     """
     path = Path(args.output_dir) / "results.json"
     saved = json.loads(path.read_text())
@@ -209,7 +232,10 @@ def remeasure(args, data) -> None:  # noqa: ANN001
             )
             if "int8_ms" in row:
                 files.append((row, "int8_ms", out / f"v{index}.int8.onnx"))
-    rounds = [[timed(onnx, args.threads) for _, _, onnx in files] for _ in range(args.rounds)]
+    rounds = [
+        [timed_in_fresh_process(onnx.resolve(), args.threads) for _, _, onnx in files]
+        for _ in range(args.rounds)
+    ]
     for position, (row, key, _) in enumerate(files):
         row[key] = {b: statistics.median(r[position][b] for r in rounds) for b in (1, 64)}
     for result in results:
@@ -245,8 +271,6 @@ def main() -> None:
     if args.quick:
         args.train_size, args.dense_epochs, args.fine_tune_epochs = 1024, 1, 3
     if args.remeasure and not args.reexport:
-        # Timing only, in a process that has run no torch work: in processes that had, ONNX
-        # Runtime's int8 kernels sometimes timed 1.5x slower here (fp32 much less).
         remeasure(args, None)
         return
     torch.set_num_threads(args.threads)
