@@ -80,7 +80,7 @@ class Int8BinaryLayer(_ExportedBinaryLayer):
     binary layer's output). n is even when each output sums an even number of products (an
     even number of input channels per group: padding adds zeros), so the requantization with
     step 2 and zero point 128 holds every n in [-256, 254] exactly; only rarer, larger sums
-    saturate (ResNet-18's reach 350, at most 1 in 10,000 values in its last stage).
+    saturate (ResNet-18's sums reach 350; at most 1 in 10,000 values in its last stage).
     """
 
     plus_one: Tensor
