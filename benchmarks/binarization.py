@@ -4,8 +4,8 @@ Fashion-MNIST, one run per model. Every variant fine-tunes the same fp32 model f
 epochs; binary weights and activations are switched on at once or progressively. Accuracy is
 PyTorch's on the full test set (the float export computes the same); the int8 export's accuracy
 is measured in ONNX Runtime. Sizes: the packed 1-bit file (``save_packed``) against the fp32
-state dict. Latency is ONNX Runtime on the CPU, measured in this process one model after
-another.
+state dict. Latency is ONNX Runtime on the CPU, each file timed in a fresh process, one model
+after another.
 
     .venv/bin/python benchmarks/binarization.py            # ~30 min on 2 CPU cores
     .venv/bin/python benchmarks/binarization.py --quick    # ~3 min smoke run
@@ -42,27 +42,28 @@ from lightning_accel.utilities.modules import set_submodule
 from lightning_accel.zoo import build
 
 
-def timed(onnx_path: Path, threads: int) -> dict[int, float]:
+def time_here(onnx_path: Path, threads: int) -> dict[int, float]:
+    """Median ONNX Runtime latency at batch 1 and 64, in this process."""
     return {
         b: latency(onnx_path, b, threads=threads, runs=50, min_seconds=1.0).median_ms
         for b in (1, 64)
     }
 
 
-def timed_in_fresh_process(onnx_path: Path, threads: int) -> dict[int, float]:
-    """:func:`timed` in a new Python process.
+def timed(onnx_path: Path, threads: int) -> dict[int, float]:
+    """:func:`time_here` in a new Python process.
 
     On these machines a long-lived process sometimes drifted into a state where ONNX Runtime's
     int8 kernels ran up to 1.5x slower (fp32 much less) for the rest of its life; short
     processes did not.
     """
     code = (
-        "import json, sys; from benchmarks.binarization import timed; "
-        "print(json.dumps(timed(sys.argv[1], int(sys.argv[2]))))"
+        "import json, sys; from benchmarks.binarization import time_here; "
+        "print(json.dumps(time_here(sys.argv[1], int(sys.argv[2]))))"
     )
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
-        [sys.executable, "-c", code, str(onnx_path), str(threads)],
+        [sys.executable, "-c", code, str(Path(onnx_path).resolve()), str(threads)],
         cwd=root,
         capture_output=True,
         text=True,
@@ -232,10 +233,7 @@ def remeasure(args, data) -> None:  # noqa: ANN001
             )
             if "int8_ms" in row:
                 files.append((row, "int8_ms", out / f"v{index}.int8.onnx"))
-    rounds = [
-        [timed_in_fresh_process(onnx.resolve(), args.threads) for _, _, onnx in files]
-        for _ in range(args.rounds)
-    ]
+    rounds = [[timed(onnx, args.threads) for _, _, onnx in files] for _ in range(args.rounds)]
     for position, (row, key, _) in enumerate(files):
         row[key] = {b: statistics.median(r[position][b] for r in rounds) for b in (1, 64)}
     for result in results:
