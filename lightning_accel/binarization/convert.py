@@ -20,7 +20,12 @@ from torch import Tensor, nn
 from lightning_accel.binarization.functions import hard_sign, weight_scale
 from lightning_accel.binarization.layers import BINARY_LAYERS, BinaryLinear
 from lightning_accel.quantization.convert import QDQActivation, _ops
-from lightning_accel.utilities.modules import batchnorm_to_affine, set_submodule, weightless_conv
+from lightning_accel.utilities.modules import (
+    batchnorm_to_affine,
+    per_channel,
+    set_submodule,
+    weightless_conv,
+)
 
 
 def has_binary_layers(model: nn.Module) -> bool:
@@ -43,7 +48,7 @@ class _ExportedBinaryLayer(nn.Module):
 
     def _at_or_above_shift(self, x: Tensor) -> Tensor:
         """Whether sign(x - β) >= 0 per channel, as one comparison ``x >= β``."""
-        return x >= self.shift.reshape([1, -1] + [1] * (x.dim() - 2))
+        return x >= per_channel(self.shift, x)
 
     def _layer(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if self.is_linear:
@@ -112,9 +117,8 @@ class Int8BinaryLayer(_ExportedBinaryLayer):
         signs = torch.where(self._at_or_above_shift(x), self.plus_one, self.minus_one)
         binary = ops.dequantize_per_tensor(signs, 1.0, 1, 0, 255, torch.uint8)
         sums = self.output_qdq(self._layer(binary, weight, None))
-        shape = [1, -1] + [1] * (sums.dim() - 2)
-        out = sums * self.alpha.reshape(shape)
-        return out if self.bias is None else out + self.bias.reshape(shape)
+        out = sums * per_channel(self.alpha, sums)
+        return out if self.bias is None else out + per_channel(self.bias, sums)
 
 
 def convert_binary_layers(model: nn.Module, int8: bool) -> nn.Module:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_accel.binarization.functions import binarize_activation, binarize_weight
+from lightning_accel.utilities.modules import per_channel
 
 
 class _BinaryMixin:
@@ -43,8 +44,7 @@ class _BinaryMixin:
             with torch.no_grad():  # start at the channel means: half the inputs on each side
                 shift.copy_(x.detach().transpose(0, 1).flatten(1).mean(1))
                 self.shift_initialized.fill_(True)
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        binary = binarize_activation(x - shift.reshape(shape), self.estimator)
+        binary = binarize_activation(x - per_channel(shift, x), self.estimator)
         return _blend(x, binary, self.progress)
 
     def effective_weight(self) -> Tensor:

@@ -16,6 +16,11 @@ def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, attribute, module)
 
 
+def per_channel(values: Tensor, like: Tensor) -> Tensor:
+    """A 1-D per-channel tensor shaped to broadcast over ``like``'s dim 1 (N, C, ...)."""
+    return values.reshape([1, -1] + [1] * (like.dim() - 2))
+
+
 def weightless_conv(layer: Any) -> nn.Module:
     """A conv of ``layer``'s geometry with no weight, for its ``_conv_forward``."""
     shell = _CONV_BY_DIM[layer.weight.dim() - 2](
@@ -58,8 +63,7 @@ class ChannelAffine(nn.Module):
         self.register_buffer("shift", shift.clone())
 
     def forward(self, x: Tensor) -> Tensor:
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        return x * self.scale.reshape(shape) + self.shift.reshape(shape)
+        return x * per_channel(self.scale, x) + per_channel(self.shift, x)
 
 
 def batchnorm_to_affine(model: nn.Module) -> int:
