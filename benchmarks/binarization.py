@@ -33,13 +33,12 @@ import torch
 from torch import nn
 
 from lightning_accel import Binarize, ClassificationModule, FashionMNISTDataModule
-from lightning_accel.backends.onnxruntime import compile_onnxruntime
-from lightning_accel.benchmark import latency
+from lightning_accel.backends.onnxruntime import compile_onnxruntime, latency
 from lightning_accel.binarization import binarize_layer, load_packed, save_packed
-from lightning_accel.export import to_onnx
-from lightning_accel.fit_job import fine_tune_copy, make_trainer, test_accuracy
+from lightning_accel.cli.fit_job import fine_tune_copy, make_trainer, test_accuracy
+from lightning_accel.export.onnx import to_onnx
+from lightning_accel.models.zoo import build
 from lightning_accel.utilities.modules import set_submodule
-from lightning_accel.zoo import build
 
 
 def time_here(onnx_path: Path, threads: int) -> dict[int, float]:

@@ -22,8 +22,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_accel import ClassificationModule, FashionMNISTDataModule, GradualPruning
-from lightning_accel.fit_job import fine_tune_copy, make_trainer, test_accuracy
-from lightning_accel.report import format_table, measure_model
+from lightning_accel.cli.fit_job import fine_tune_copy, make_trainer, test_accuracy
+from lightning_accel.cli.report import format_table, measure_model
 
 
 class StepTimer(Callback):

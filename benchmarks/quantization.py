@@ -37,10 +37,14 @@ from lightning_accel import (  # noqa: E402
     GradualPruning,
     QuantizationAware,
 )
-from lightning_accel.backends.onnxruntime import INTEGER_KERNELS, operator_counts  # noqa: E402
-from lightning_accel.benchmark import latency, ort_session  # noqa: E402
-from lightning_accel.export import to_onnx  # noqa: E402
-from lightning_accel.fit_job import fine_tune_copy, make_trainer  # noqa: E402
+from lightning_accel.backends.onnxruntime import (  # noqa: E402  # noqa: E402
+    INTEGER_KERNELS,
+    latency,
+    operator_counts,
+    ort_session,
+)
+from lightning_accel.cli.fit_job import fine_tune_copy, make_trainer  # noqa: E402
+from lightning_accel.export.onnx import to_onnx  # noqa: E402
 from lightning_accel.quantization.post_training import quantize_static_onnx  # noqa: E402
 
 CALIBRATION_IMAGES = 512

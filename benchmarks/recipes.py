@@ -21,8 +21,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 
 from lightning_accel.callbacks import ExportOnFitEnd
-from lightning_accel.recipe import Recipe, bundled_recipes
-from lightning_accel.recipe_run import quick_overrides
+from lightning_accel.recipes.recipe import Recipe, bundled_recipes
+from lightning_accel.recipes.run import quick_overrides
 
 
 def fit_and_test(recipe: Recipe, keep_compression: bool) -> tuple[float, dict]:

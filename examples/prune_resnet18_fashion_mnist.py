@@ -6,8 +6,8 @@
 import lightning.pytorch as L
 
 from lightning_accel import ClassificationModule, FashionMNISTDataModule, GradualPruning
-from lightning_accel.benchmark import latency
-from lightning_accel.export import to_onnx
+from lightning_accel.backends.onnxruntime import latency
+from lightning_accel.export.onnx import to_onnx
 
 if __name__ == "__main__":
     L.seed_everything(0)

@@ -13,7 +13,7 @@ from lightning_accel import (
 )
 from lightning_accel.backends.onnxruntime import compile_onnxruntime
 from lightning_accel.binarization import save_packed
-from lightning_accel.export import to_onnx
+from lightning_accel.export.onnx import to_onnx
 
 
 def fit(callback: L.Callback) -> ClassificationModule:

@@ -21,13 +21,13 @@ from torch import nn
 
 from lightning_accel.backends import compile_model
 from lightning_accel.backends.tensorrt import tensorrt_problem
-from lightning_accel.export import to_onnx
-from lightning_accel.layers import select_layers
+from lightning_accel.export.onnx import to_onnx
+from lightning_accel.export.verify import compare_outputs
+from lightning_accel.models.zoo import build
+from lightning_accel.pruning.channels import prune_channels
+from lightning_accel.pruning.masks import n_m_mask
 from lightning_accel.quantization import QuantizationSpec, quantize_submodules
-from lightning_accel.sparsity import n_m_mask
-from lightning_accel.structured import prune_channels
-from lightning_accel.verify import compare_outputs
-from lightning_accel.zoo import build
+from lightning_accel.utilities.layer_selection import select_layers
 
 
 def variants() -> dict[str, torch.nn.Module]:

@@ -1,71 +1,116 @@
-"""Runtimes that compile and run an exported ONNX model: ONNX Runtime (CPU) and TensorRT (GPU)."""
+"""Runtimes that compile and run an exported ONNX model, in one registry.
+
+Every backend is one :class:`~lightning_accel.backends.base.Backend` object defined in its own
+module and registered here. Arguments (``ExportOnFitEnd(backends=...)``,
+``LatencyMonitor(backend=...)``, ``QuantizationAware(backend=...)``), recipes, CLI choices and
+the docs table all read this registry. Adding a runtime: one new module defining ``BACKEND``,
+its name in :data:`BackendName` and one line in :data:`BACKENDS`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Literal
 
-import numpy as np
+from lightning_accel.backends import onnxruntime, tensorrt
+from lightning_accel.backends.base import Backend, CompiledModel, QDQFlavour, Tolerance
+from lightning_accel.backends.timing import Latency
 
-from lightning_accel.benchmark import Latency
+BackendName = Literal["onnxruntime", "tensorrt"]
+DEFAULT_BACKEND: BackendName = "onnxruntime"  # runs on any CPU
 
+BACKENDS: dict[str, Backend] = {
+    backend.name: backend for backend in (onnxruntime.BACKEND, tensorrt.BACKEND)
+}
 
-class CompiledModel(Protocol):
-    """A model compiled for one runtime."""
+if tuple(BACKENDS) != typing.get_args(BackendName):  # pragma: no cover - a registration slip
+    raise ImportError(f"BackendName {typing.get_args(BackendName)} != registry {tuple(BACKENDS)}")
 
-    backend: str
-    artifacts: dict[str, Path]
-    info: dict[str, object]
-
-    def run(self, inputs: np.ndarray) -> np.ndarray:
-        """Outputs for one batch of float32 inputs."""
-        ...
-
-    def latency(self, batch_size: int, runs: int = 50) -> Latency:
-        """Median latency at a batch size, after warm-up."""
-        ...
-
-
-Compiler = Callable[..., CompiledModel]
-
-
-def _compile_onnxruntime(onnx_path: Path, out_dir: Path, **kwargs: object) -> CompiledModel:
-    from lightning_accel.backends.onnxruntime import compile_onnxruntime
-
-    return compile_onnxruntime(onnx_path, out_dir, **kwargs)  # type: ignore[arg-type]
-
-
-def _compile_tensorrt(onnx_path: Path, out_dir: Path, **kwargs: object) -> CompiledModel:
-    from lightning_accel.backends.tensorrt import compile_tensorrt
-
-    return compile_tensorrt(onnx_path, out_dir, **kwargs)  # type: ignore[arg-type]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKEND",
+    "Backend",
+    "BackendName",
+    "CompiledModel",
+    "Latency",
+    "QDQFlavour",
+    "Tolerance",
+    "backend_names",
+    "backends_table",
+    "check_backends",
+    "compile_model",
+    "get_backend",
+]
 
 
-BACKENDS: dict[str, Compiler] = {"onnxruntime": _compile_onnxruntime, "tensorrt": _compile_tensorrt}
+def backend_names() -> list[str]:
+    """Registered backend names, in registration order (for CLI choices and messages)."""
+    return list(BACKENDS)
 
 
-def check_backends(
-    backends: tuple[str, ...] | list[str], argument: str = "backends"
-) -> tuple[str, ...]:
-    """Validate backend names.
+def get_backend(name: str, argument: str = "backend") -> Backend:
+    """The backend registered as ``name``.
 
     Raises:
-        ValueError: Naming the unknown backend and the valid ones.
+        ValueError: Naming the argument, the unknown name and the valid ones.
     """
-    if isinstance(backends, str):
-        backends = (backends,)
-    if not backends:
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(
+            f"Unknown backend {name!r} in {argument}; choose from {sorted(BACKENDS)}. "
+            "Example: backend='onnxruntime'"
+        )
+    return BACKENDS[name]
+
+
+def check_backends(backends: Sequence[str] | str, argument: str = "backends") -> tuple[str, ...]:
+    """Validate backend names; a single string counts as one name.
+
+    Raises:
+        ValueError: Naming the unknown backend and the valid ones, or an empty selection.
+    """
+    names = (backends,) if isinstance(backends, str) else tuple(backends)
+    if not names:
         raise ValueError(f"{argument} must name at least one of {sorted(BACKENDS)}")
-    for name in backends:
-        if name not in BACKENDS:
-            raise ValueError(
-                f"Unknown backend {name!r} in {argument}; choose from {sorted(BACKENDS)}"
-            )
-    return tuple(backends)
+    for name in names:
+        get_backend(name, argument)
+    return names
 
 
-def compile_model(backend: str, onnx_path: Path, out_dir: Path, **kwargs: object) -> CompiledModel:
-    """Compile an ONNX file for ``backend``, writing its artifacts under ``out_dir``."""
-    check_backends((backend,), "backend")
-    return BACKENDS[backend](onnx_path, out_dir, **kwargs)
+def compile_model(
+    backend: str, onnx_path: Path, out_dir: Path, threads: int | None = None, **options: Any
+) -> CompiledModel:
+    """Compile an ONNX file for ``backend``, writing its artifacts under ``out_dir``.
+
+    Args:
+        backend: A registered backend name (:data:`BACKENDS`).
+        onnx_path: The ONNX model.
+        out_dir: Folder for the runtime's artifacts (optimized graph, engine).
+        threads: CPU intra-op threads; default: all cores (ignored on a GPU).
+        **options: Runtime-specific settings, e.g. TensorRT's ``precision``.
+
+    Raises:
+        ValueError: If ``backend`` is not registered.
+        RuntimeError: If the runtime is unavailable here or cannot compile the graph.
+    """
+    return get_backend(backend).compile(onnx_path, out_dir, threads=threads, **options)
+
+
+def backends_table() -> str:
+    """The Markdown table of registered backends the README and docs show."""
+    lines = [
+        "| backend | device | runs | QAT Q/DQ flavour | float verified at |",
+        "|---|---|---|---|---|",
+    ]
+    for b in BACKENDS.values():
+        flavour = (
+            ("int8 symmetric" if b.qdq.symmetric_activations else "uint8 asymmetric")
+            + " activations, "
+            + ("int32 bias" if b.qdq.integer_bias else "float bias")
+        )
+        lines.append(
+            f"| `{b.name}` ({b.title}) | {b.device} | {b.summary} | {flavour} | "
+            f"{b.float_precision} |"
+        )
+    return "\n".join(lines)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from lightning_accel.benchmark import Latency, latency, ort_session
+from lightning_accel.backends.base import Backend, QDQFlavour
+from lightning_accel.backends.timing import Latency, default_threads, summarize_times, time_calls
+from lightning_accel.utilities.imports import _ONNXRUNTIME_AVAILABLE
 
 # Kernels that show a quantized model really runs on integer arithmetic.
 INTEGER_KERNELS = (
@@ -20,6 +24,29 @@ INTEGER_KERNELS = (
     "MatMulInteger",
 )
 
+BACKEND = Backend(
+    name="onnxruntime",
+    title="ONNX Runtime",
+    device="cpu",
+    summary=(
+        "CPU execution provider, all graph optimizations; int8 from Q/DQ as QLinearConv/QGemm "
+        "(uint8 asymmetric activations, int8 per-channel weights, int32 bias)"
+    ),
+    qdq=QDQFlavour(symmetric_activations=False, integer_bias=True),
+    # It runs TensorRT-flavoured Q/DQ too, but without fusing it into integer kernels.
+    runs_qdq_of=("onnxruntime", "tensorrt"),
+    float_precision="fp32",
+    compiler="lightning_accel.backends.onnxruntime:compile_onnxruntime",
+    availability="lightning_accel.backends.onnxruntime:onnxruntime_problem",
+)
+
+
+def onnxruntime_problem() -> str | None:
+    """What stops ONNX Runtime from running here, or ``None``."""
+    if not _ONNXRUNTIME_AVAILABLE:
+        return "the `onnxruntime` package is not installed (pip install onnxruntime)"
+    return None
+
 
 def operator_counts(onnx_path: Path) -> dict[str, int]:
     """How many nodes of each operator type an ONNX graph holds (top-level graph)."""
@@ -27,6 +54,78 @@ def operator_counts(onnx_path: Path) -> dict[str, int]:
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     return dict(Counter(node.op_type for node in model.graph.node))
+
+
+def ort_session(
+    onnx_path: str | os.PathLike,
+    threads: int | None = None,
+    optimized_path: str | os.PathLike | None = None,
+) -> Any:
+    """A CPU ONNX Runtime session with full graph optimization and a fixed thread count.
+
+    Args:
+        onnx_path: The model.
+        threads: Intra-op threads; defaults to all available cores.
+        optimized_path: If given, ONNX Runtime writes its optimized graph there.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def latency(
+    onnx_path: str | os.PathLike,
+    batch_size: int = 1,
+    threads: int | None = None,
+    warmup: int = 10,
+    runs: int = 50,
+    min_seconds: float = 0.0,
+) -> Latency:
+    """Latency of an ONNX model in ONNX Runtime on the CPU, on seeded random inputs.
+
+    Args:
+        onnx_path: The model file; its first input's non-batch dimensions must be static.
+        batch_size: Inputs per run (the batch dimension must be dynamic or equal to this).
+        threads: Intra-op threads; defaults to all available cores.
+        warmup: Untimed runs first.
+        runs: Timed runs (at least).
+        min_seconds: Keep timing until this much time has passed.
+
+    Raises:
+        FileNotFoundError: If ``onnx_path`` does not exist.
+        ValueError: If ``batch_size``, ``warmup`` or ``runs`` is out of range.
+    """
+    if not Path(onnx_path).is_file():
+        raise FileNotFoundError(f"No ONNX model at {onnx_path}. Export one with to_onnx() first.")
+    if batch_size < 1 or runs < 1 or warmup < 0:
+        raise ValueError(
+            f"batch_size and runs must be >= 1 and warmup >= 0; got batch_size={batch_size}, "
+            f"runs={runs}, warmup={warmup}"
+        )
+    session = ort_session(onnx_path, threads)
+    feed = {session.get_inputs()[0].name: _random_input(session, batch_size)}
+    times = time_calls(lambda: session.run(None, feed), warmup, runs, min_seconds)
+    return summarize_times(times, batch_size, session.get_session_options().intra_op_num_threads)
+
+
+def _random_input(session: Any, batch_size: int) -> np.ndarray:
+    meta = session.get_inputs()[0]
+    dims = [d for d in meta.shape[1:] if isinstance(d, int)]
+    if len(dims) != len(meta.shape) - 1:
+        raise ValueError(
+            f"Input {meta.name!r} has dynamic non-batch dimensions {meta.shape}; export with a "
+            "fixed image size."
+        )
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((batch_size, *dims), dtype=np.float32)
 
 
 @dataclass
@@ -62,7 +161,17 @@ class OnnxRuntimeModel:
 def compile_onnxruntime(
     onnx_path: Path, out_dir: Path, threads: int | None = None
 ) -> OnnxRuntimeModel:
-    """Build a CPU session with all graph optimizations and save the optimized graph."""
+    """Build a CPU session with all graph optimizations and save the optimized graph.
+
+    Args:
+        onnx_path: The ONNX model.
+        out_dir: Folder for the optimized graph (``<stem>.ort.onnx``); created if missing.
+        threads: Intra-op threads; default: all cores.
+
+    Raises:
+        RuntimeError: If ONNX Runtime is not installed.
+    """
+    BACKEND.require()
     out_dir.mkdir(parents=True, exist_ok=True)
     optimized = out_dir / f"{Path(onnx_path).stem}.ort.onnx"
     return OnnxRuntimeModel(Path(onnx_path), optimized, threads)

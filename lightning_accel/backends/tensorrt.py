@@ -8,18 +8,34 @@ Device memory comes from torch, so no extra CUDA bindings are needed.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lightning_accel.benchmark import Latency
+from lightning_accel.backends.base import Backend, QDQFlavour
+from lightning_accel.backends.timing import Latency, summarize_times
 from lightning_accel.utilities.files import atomic_write
 from lightning_accel.utilities.imports import _TENSORRT_AVAILABLE
 
 MAX_BATCH = 256
+
+BACKEND = Backend(
+    name="tensorrt",
+    title="TensorRT",
+    device="cuda",
+    summary=(
+        "serialized engine on an NVIDIA GPU, dynamic batch; int8 from Q/DQ (explicit "
+        "quantization, int8 symmetric), FP16 for float graphs, 2:4 sparse kernels"
+    ),
+    qdq=QDQFlavour(symmetric_activations=True, integer_bias=False),
+    # Signed Q/DQ only: ONNX Runtime's uint8 activations with non-zero zero points do not build.
+    runs_qdq_of=("tensorrt",),
+    float_precision="fp16",
+    compiler="lightning_accel.backends.tensorrt:compile_tensorrt",
+    availability="lightning_accel.backends.tensorrt:tensorrt_problem",
+)
 
 
 def tensorrt_problem() -> str | None:
@@ -42,12 +58,7 @@ def require_tensorrt() -> Any:
     Raises:
         RuntimeError: If the package or a GPU is missing.
     """
-    problem = tensorrt_problem()
-    if problem:
-        raise RuntimeError(
-            f"TensorRT backend unavailable: {problem}. Use backends=('onnxruntime',) on this "
-            "machine, or run on an NVIDIA GPU with the tensorrt extra installed."
-        )
+    BACKEND.require()
     import tensorrt as trt
 
     return trt
@@ -188,20 +199,23 @@ class TensorRTModel:
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end))
-        times.sort()
-        return Latency(
-            median_ms=statistics.median(times),
-            p90_ms=times[int(0.9 * (len(times) - 1))],
-            batch_size=batch_size,
-            threads=0,
-            runs=runs,
-        )
+        return summarize_times(times, batch_size, threads=0)
 
 
 def compile_tensorrt(
     onnx_path: Path, out_dir: Path, precision: str = "auto", threads: int | None = None
 ) -> TensorRTModel:
-    """Build (with a timing cache in ``out_dir``) and load a TensorRT engine."""
+    """Build (with a timing cache in ``out_dir``) and load a TensorRT engine.
+
+    Args:
+        onnx_path: The ONNX model (dynamic batch).
+        out_dir: Folder for ``<stem>.engine`` and ``timing.cache``.
+        precision: ``"auto"``, ``"fp32"``, ``"fp16"`` or ``"int8"`` (see :func:`build_engine`).
+        threads: Ignored (the GPU sets its own parallelism); accepted like every backend.
+
+    Raises:
+        RuntimeError: If TensorRT or a GPU is missing, or the engine does not build.
+    """
     require_tensorrt()
     out_dir.mkdir(parents=True, exist_ok=True)
     engine = build_engine(

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from lightning_accel.binarization.functions import hard_sign, weight_scale
 from lightning_accel.binarization.layers import BINARY_LAYERS, BinaryLinear
-from lightning_accel.quantization.convert import QDQActivation, _ops
+from lightning_accel.quantization.convert import QDQActivation, quantized_decomposed_ops
 from lightning_accel.utilities.modules import (
     batchnorm_to_affine,
     per_channel,
@@ -110,7 +110,7 @@ class Int8BinaryLayer(_ExportedBinaryLayer):
         self.output_qdq = QDQActivation(step, 128, symmetric=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        ops = _ops()
+        ops = quantized_decomposed_ops()
         weight = ops.dequantize_per_channel(
             self.weight_int8, self.unit_scale, self.zero_point, 0, -127, 127, torch.int8
         )

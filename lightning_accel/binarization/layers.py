@@ -11,18 +11,22 @@ all >= 0, would binarize to +1 everywhere.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_accel.binarization.functions import binarize_activation, binarize_weight
-from lightning_accel.utilities.modules import per_channel
+from lightning_accel.utilities.modules import per_channel, set_submodule
 
 
 class _BinaryMixin:
     """Binarization shared by the binary layer classes."""
+
+    # Traced as one call by QAT's torch.fx preparation (a layer is binarized or quantized).
+    keep_as_fx_leaf: ClassVar[bool] = True
 
     weight: Tensor
     bias: Any
@@ -108,6 +112,19 @@ def binarize_layer(
 ) -> nn.Module:
     """A binary layer sharing ``layer``'s parameters.
 
+    Args:
+        layer: A plain ``nn.Conv1d``/``2d``/``3d`` or ``nn.Linear`` (not a subclass).
+        weights: Binarize the weights to ``α·sign(W)``.
+        activations: Binarize the inputs to ``sign(x - β)`` with a learned per-channel ``β``.
+        scaling: Weight scale ``α``: ``"channel"`` (mean ``|W|`` per output channel),
+            ``"tensor"`` or ``None`` (α = 1).
+        estimator: Straight-through gradient of the input sign: ``"clipped"`` or
+            ``"approx_sign"``.
+
+    Returns:
+        The binary layer, on ``layer``'s device and dtype and in its training mode, with
+        ``progress`` 0 (it computes like ``layer`` until the progress is raised).
+
     Raises:
         TypeError: If ``layer`` is not a plain Conv1d/2d/3d or Linear.
     """
@@ -148,3 +165,48 @@ def binarize_layer(
     new.activation_shift = nn.Parameter(shift, requires_grad=activations)
     new.train(layer.training)
     return cast(nn.Module, new)
+
+
+def binary_layer_names(model: nn.Module) -> list[str]:
+    """Names of the binary layers in ``model``, in module order."""
+    return [name for name, m in model.named_modules() if isinstance(m, BINARY_LAYERS)]
+
+
+def binarize_submodules(
+    model: nn.Module, layers: Sequence[str], settings: Mapping[str, Any]
+) -> None:
+    """Replace each named layer by its binary form (all built first, then swapped).
+
+    Args:
+        model: Root module; ``layers`` are dotted names inside it.
+        layers: Plain conv/linear layers to binarize.
+        settings: ``weights``, ``activations``, ``scaling`` and ``estimator``, as
+            :func:`binarize_layer` takes them.
+
+    Raises:
+        TypeError: If a named layer is not a plain conv/linear layer (nothing is swapped then).
+    """
+    new = {
+        name: binarize_layer(
+            model.get_submodule(name),
+            settings["weights"],
+            settings["activations"],
+            settings["scaling"],
+            settings["estimator"],
+        )
+        for name in layers
+    }
+    for name, layer in new.items():
+        set_submodule(model, name, layer)
+
+
+def set_progress(model: nn.Module, progress: float) -> None:
+    """Set the real-to-binary blend (0 to 1) of every binary layer."""
+    for module in model.modules():
+        if isinstance(module, BINARY_LAYERS):
+            module.progress.fill_(progress)
+
+
+def replay_binarization(model: nn.Module, entry: dict[str, Any]) -> None:
+    """Replay a ``"binarization"`` entry of the structural log (see ``checkpointing``)."""
+    binarize_submodules(model, entry["layers"], entry)

@@ -7,25 +7,31 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from lightning_accel.binarization.functions import ESTIMATORS, SCALINGS
-from lightning_accel.binarization.layers import BINARY_LAYERS, binarize_layer
-from lightning_accel.callbacks._surgery_support import (
-    check_pruning_finishes_before,
+from lightning_accel.binarization.functions import ESTIMATORS, SCALINGS, Estimator, Scaling
+from lightning_accel.binarization.layers import (
+    BINARY_LAYERS,
+    binarize_submodules,
+    binary_layer_names,
+    set_progress,
+)
+from lightning_accel.callbacks.base import (
+    AccelCallback,
+    check_end_epoch,
+    check_epoch,
     example_input,
     rebuild_optimizers,
-    warn_without_checkpoint_support,
 )
-from lightning_accel.layers import WEIGHTED_LAYERS, select_layers
-from lightning_accel.surgery import record_surgery, save_surgery
+from lightning_accel.checkpointing import record_structural_change
 from lightning_accel.utilities.copying import detached_copy
-from lightning_accel.utilities.modules import set_submodule
+from lightning_accel.utilities.layer_selection import WEIGHTED_LAYERS, select_layers
+
+_EXAMPLE = "Binarize(start_epoch=1, end_epoch=4)"
 
 
-class Binarize(Callback):
+class Binarize(AccelCallback):
     """Binarize weights (α·sign(W), XNOR-Net) and activations (sign, straight-through) in ``fit``.
 
     From ``start_epoch`` the selected conv/linear layers compute with a blend of their real and
@@ -59,8 +65,8 @@ class Binarize(Callback):
         self,
         weights: bool = True,
         activations: bool = True,
-        scaling: str | None = "channel",
-        ste: str = "clipped",
+        scaling: Scaling = "channel",
+        ste: Estimator = "clipped",
         start_epoch: int = 0,
         end_epoch: int | None = None,
         ignore: Sequence[str] = (),
@@ -77,13 +83,9 @@ class Binarize(Callback):
             )
         if not (weights or activations):
             raise ValueError("Binarize needs weights=True or activations=True (or both).")
-        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
-            raise ValueError(f"start_epoch must be an integer >= 0; got {start_epoch!r}")
-        if end_epoch is not None and (not isinstance(end_epoch, int) or end_epoch <= start_epoch):
-            raise ValueError(
-                f"end_epoch must be after start_epoch; got start_epoch={start_epoch}, "
-                f"end_epoch={end_epoch}. Example: Binarize(start_epoch=1, end_epoch=4)"
-            )
+        super().__init__()
+        check_epoch(start_epoch, "start_epoch", _EXAMPLE)
+        check_end_epoch(start_epoch, end_epoch, _EXAMPLE)
         self.weights = weights
         self.activations = activations
         self.scaling = scaling
@@ -96,13 +98,16 @@ class Binarize(Callback):
         self._layers: list[str] = []
         self._steps_per_epoch = 1
 
+    changes_structure = True
+    technique = "Binarize"
+
     @property
     @override
     def state_key(self) -> str:
         return self._generate_state_key(weights=self.weights, activations=self.activations)
 
-    def logged_metrics(self) -> tuple[str, ...]:
-        """The metric names this callback logs every epoch."""
+    @override
+    def metric_names(self) -> tuple[str, ...]:
         return ("compress/binary_layers", "compress/binarization")
 
     # ----------------------------------------------------------------- lifecycle
@@ -110,29 +115,25 @@ class Binarize(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        max_epochs = trainer.max_epochs
-        last = self.end_epoch if self.end_epoch is not None else self.start_epoch
-        if max_epochs is not None and max_epochs >= 0 and last >= max_epochs:
-            raise ValueError(
-                f"The binarization schedule cannot finish: it is fully binary at the start of "
-                f"epoch {last}, but training stops after max_epochs={max_epochs} (epochs "
-                f"0..{max_epochs - 1}). Set end_epoch <= {max_epochs - 1} (and start_epoch "
-                f"below it) or max_epochs >= {last + 1}."
-            )
-        check_pruning_finishes_before(trainer, self.start_epoch, "Binarize")
-        warn_without_checkpoint_support(pl_module, "binarized")
+        if self.end_epoch is not None:
+            self.check_schedule_fits(trainer, "end_epoch", self.end_epoch)
+        else:
+            self.check_schedule_fits(trainer, "start_epoch", self.start_epoch)
+        self.check_starts_after_channel_pruning(trainer, self.start_epoch)
+        self.warn_without_checkpoint_support(pl_module, "binarized")
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._steps_per_epoch = max(int(trainer.num_training_batches), 1)
-        binary = _binary_layer_names(pl_module)
+        binary = binary_layer_names(pl_module)
         if binary:  # resumed from a checkpoint of the binarized model
             self._layers = binary
             return
         sample = example_input(trainer, pl_module)
         self._layers = self._select(pl_module, sample)
         self._check_no_overlap_with_quantization(trainer, pl_module, sample)
-        _swap(detached_copy(pl_module), self._layers, self._settings())  # fails before training
+        # On a copy first, so a model that cannot be binarized fails before training.
+        binarize_submodules(detached_copy(pl_module), self._layers, self._settings())
 
     @override
     def on_train_batch_start(
@@ -141,9 +142,11 @@ class Binarize(Callback):
         epoch = trainer.current_epoch
         if epoch < self.start_epoch:
             return
-        if not _binary_layer_names(pl_module):
-            _swap(pl_module, self._layers, self._settings())
-            record_surgery(pl_module, "binarization", layers=self._layers, **self._settings())
+        if not binary_layer_names(pl_module):
+            binarize_submodules(pl_module, self._layers, self._settings())
+            record_structural_change(
+                pl_module, "binarization", layers=self._layers, **self._settings()
+            )
             rebuild_optimizers(trainer)
             rank_zero_info(f"Binarize: {len(self._layers)} layers now train binarized.")
         self.progress = self._progress_at(epoch * self._steps_per_epoch + batch_idx)
@@ -157,8 +160,7 @@ class Binarize(Callback):
             "compress/binary_layers": len(binary) / max(len(weighted), 1),
             "compress/binarization": self.progress,
         }
-        for name, value in metrics.items():
-            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
+        self.log_metrics(pl_module, metrics)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -167,12 +169,6 @@ class Binarize(Callback):
             "runtime has 1-bit kernels: ONNX Runtime runs them as int8 (QLinearConv), and "
             "save_packed() stores 1 bit per weight."
         )
-
-    @override
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        save_surgery(pl_module, checkpoint)
 
     # ----------------------------------------------------------------- helpers
     def _settings(self) -> dict[str, Any]:
@@ -221,30 +217,3 @@ class Binarize(Callback):
 
 
 _PLAIN = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)
-
-
-def _binary_layer_names(model: torch.nn.Module) -> list[str]:
-    return [name for name, m in model.named_modules() if isinstance(m, BINARY_LAYERS)]
-
-
-def _swap(model: torch.nn.Module, layers: list[str], settings: dict[str, Any]) -> None:
-    """Replace each named layer by its binary form (all built first, then swapped)."""
-    new = {
-        name: binarize_layer(
-            model.get_submodule(name),
-            settings["weights"],
-            settings["activations"],
-            settings["scaling"],
-            settings["estimator"],
-        )
-        for name in layers
-    }
-    for name, layer in new.items():
-        set_submodule(model, name, layer)
-
-
-def set_progress(model: torch.nn.Module, progress: float) -> None:
-    """Set the real-to-binary blend of every binary layer."""
-    for module in model.modules():
-        if isinstance(module, BINARY_LAYERS):
-            module.progress.fill_(progress)

@@ -11,28 +11,27 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_accel.backends import check_backends
-from lightning_accel.backends.tensorrt import tensorrt_problem
-from lightning_accel.comparison import (
+from lightning_accel.backends import DEFAULT_BACKEND, BackendName, check_backends, get_backend
+from lightning_accel.callbacks.base import AccelCallback, check_batch_sizes
+from lightning_accel.export.compare import (
     PRECISIONS,
     ComparisonSettings,
     ExportPrecision,
     export_and_compare,
     format_summary,
 )
-from lightning_accel.tracking import log_export_to_wandb
+from lightning_accel.tracking.wandb_logging import log_export_to_wandb
 from lightning_accel.utilities.copying import detached_copy
 from lightning_accel.utilities.files import atomic_write
 
 __all__ = ["ExportOnFitEnd", "format_summary"]
 
 
-class ExportOnFitEnd(Callback):
+class ExportOnFitEnd(AccelCallback):
     """At the end of ``fit``, export the trained model and prove what it buys on each runtime.
 
     On rank zero: save ``last.ckpt``; export the final model and the uncompressed baseline
@@ -42,7 +41,7 @@ class ExportOnFitEnd(Callback):
 
     Args:
         dirpath: Folder for the checkpoint, ONNX files, engines and ``summary.json``.
-        backends: ``"onnxruntime"`` and/or ``"tensorrt"``.
+        backends: Registered backends, e.g. ``"onnxruntime"`` and/or ``"tensorrt"``.
         input_shape: Shape of one input batch for export; default: a validation batch.
         batch_sizes: Batch sizes to time.
         verify: Compare runtime outputs with PyTorch on validation batches.
@@ -54,6 +53,11 @@ class ExportOnFitEnd(Callback):
         threads: ONNX Runtime threads; default: all cores.
         latency_runs: Timed runs per latency figure.
 
+    Raises:
+        ValueError: At construction, for any argument out of range; in ``setup``, for a folder
+            that cannot be written, an ``input_shape`` the model rejects, or a
+            ``QuantizationAware`` target whose Q/DQ graph an export backend cannot run.
+
     Example:
         >>> export = ExportOnFitEnd("export", backends=("onnxruntime",))
         >>> trainer = L.Trainer(callbacks=[GradualPruning(0.5), export])  # doctest: +SKIP
@@ -62,7 +66,7 @@ class ExportOnFitEnd(Callback):
     def __init__(
         self,
         dirpath: str | os.PathLike = "export",
-        backends: Sequence[str] = ("onnxruntime",),
+        backends: Sequence[BackendName] = (DEFAULT_BACKEND,),
         input_shape: Sequence[int] | None = None,
         batch_sizes: Sequence[int] = (1, 64),
         verify: bool = True,
@@ -73,9 +77,9 @@ class ExportOnFitEnd(Callback):
         threads: int | None = None,
         latency_runs: int = 50,
     ) -> None:
-        checked = check_backends(tuple(backends) if not isinstance(backends, str) else (backends,))
-        if not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes):
-            raise ValueError(f"batch_sizes must be positive integers; got {tuple(batch_sizes)}")
+        super().__init__()
+        checked = check_backends(backends, "ExportOnFitEnd(backends=...)")
+        batch_sizes = check_batch_sizes(batch_sizes, "batch_sizes")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
         if on_verification_failure not in ("error", "warn"):
@@ -87,7 +91,8 @@ class ExportOnFitEnd(Callback):
             raise ValueError(
                 f"input_shape must be a batch shape like (1, 1, 28, 28); got {tuple(input_shape)}"
             )
-        if verify_batches < 1 or latency_runs < 1:
+        counts = (verify_batches, latency_runs)
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in counts):
             raise ValueError("verify_batches and latency_runs must be >= 1")
         self.dirpath = Path(dirpath)
         self.input_shape = tuple(input_shape) if input_shape is not None else None
@@ -105,6 +110,13 @@ class ExportOnFitEnd(Callback):
         self.summary: dict[str, Any] = {}
         self._baseline: nn.Module | None = None
 
+    technique = "ExportOnFitEnd"
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(dirpath=str(self.dirpath))
+
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -112,11 +124,43 @@ class ExportOnFitEnd(Callback):
         _check_writable(self.dirpath)
         if self.input_shape is not None:
             _check_accepts(pl_module, self.input_shape)
-        if "tensorrt" in self.settings.backends and tensorrt_problem():
-            rank_zero_warn(
-                f"ExportOnFitEnd: TensorRT cannot run here ({tensorrt_problem()}); training goes "
-                "on, the ONNX file and checkpoint will be written, then the TensorRT step fails."
-            )
+        for name in self.settings.backends:
+            problem = get_backend(name).problem()
+            if problem:
+                rank_zero_warn(
+                    f"ExportOnFitEnd: {get_backend(name).title} cannot run here ({problem}); "
+                    "training goes on, the ONNX file and checkpoint will be written, then the "
+                    f"{name} step fails."
+                )
+        self._check_quantization_targets(trainer)
+
+    def _check_quantization_targets(self, trainer: pl.Trainer) -> None:
+        """Refuse export backends that cannot run the Q/DQ graph QAT trains; warn on a mismatch.
+
+        Raises:
+            ValueError: If a ``QuantizationAware`` target's Q/DQ graph cannot run on an export
+                backend (e.g. ONNX Runtime's uint8 activations on TensorRT).
+        """
+        from lightning_accel.callbacks.quantization import QuantizationAware
+
+        targets = {c.backend for c in trainer.callbacks if isinstance(c, QuantizationAware)}  # type: ignore[attr-defined]
+        for target in sorted(targets):
+            for name in self.settings.backends:
+                runtime = get_backend(name)
+                if target not in runtime.runs_qdq_of:
+                    raise ValueError(
+                        f"QuantizationAware(backend={target!r}) trains Q/DQ that {runtime.title} "
+                        f"cannot run, but ExportOnFitEnd(backends=...) includes {name!r}. Train "
+                        f"for it with QuantizationAware(backend={name!r}), or export to "
+                        f"{target!r} only."
+                    )
+                if target != name:
+                    rank_zero_warn(
+                        f"ExportOnFitEnd: the model is quantized for {target!r} but also exported "
+                        f"to {name!r}, which runs that Q/DQ flavour without its own integer "
+                        f"kernels (slower than QuantizationAware(backend={name!r}) would be). "
+                        "The summary records it under notes."
+                    )
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

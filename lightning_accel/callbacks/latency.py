@@ -9,18 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from lightning_accel.backends import check_backends, compile_model
-from lightning_accel.backends.tensorrt import tensorrt_problem
-from lightning_accel.callbacks._surgery_support import example_input
-from lightning_accel.export import to_onnx
-from lightning_accel.model_stats import model_stats
-from lightning_accel.tracking import define_epoch_axis, log_epoch_table, wandb_run
+from lightning_accel.backends import DEFAULT_BACKEND, BackendName, get_backend
+from lightning_accel.callbacks.base import AccelCallback, check_batch_sizes, example_input
+from lightning_accel.export.onnx import to_onnx
+from lightning_accel.tracking.wandb_logging import define_epoch_axis, log_epoch_table, wandb_run
+from lightning_accel.utilities.model_stats import model_stats
 
 
-class LatencyMonitor(Callback):
+class LatencyMonitor(AccelCallback):
     """Log the latency of the model *as it is at that epoch*, with its compression applied.
 
     At validation end every ``every_n_epochs`` epochs (rank zero), the model is exported to a
@@ -30,47 +28,61 @@ class LatencyMonitor(Callback):
     accuracy-vs-latency chart at the end of fit.
 
     Args:
-        backend: ``"onnxruntime"`` or ``"tensorrt"``.
+        backend: A registered backend, e.g. ``"onnxruntime"`` or ``"tensorrt"``.
         every_n_epochs: Measure every this many epochs.
         batch_sizes: Batch sizes to time.
         threads: ONNX Runtime threads; default: all cores.
         runs: Timed runs per figure (median logged).
+
+    Raises:
+        ValueError: At construction, for an unknown backend or a count below 1.
+        RuntimeError: In ``setup``, if the backend cannot run on this machine.
     """
+
+    technique = "LatencyMonitor"
 
     def __init__(
         self,
-        backend: str = "onnxruntime",
+        backend: BackendName = DEFAULT_BACKEND,
         every_n_epochs: int = 1,
         batch_sizes: Sequence[int] = (1,),
         threads: int | None = None,
         runs: int = 20,
     ) -> None:
-        (self.backend,) = check_backends((backend,), "backend")
-        if every_n_epochs < 1 or runs < 1:
+        super().__init__()
+        self.backend = get_backend(backend, "LatencyMonitor(backend=...)").name
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in (every_n_epochs, runs)) or (
+            every_n_epochs < 1 or runs < 1
+        ):
             raise ValueError(
                 "every_n_epochs and runs must be >= 1; "
                 f"got every_n_epochs={every_n_epochs}, runs={runs}"
             )
-        if not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes):
-            raise ValueError(f"batch_sizes must be positive integers; got {tuple(batch_sizes)}")
+        batch_sizes = check_batch_sizes(batch_sizes, "batch_sizes")
         self.every_n_epochs = every_n_epochs
         self.batch_sizes = tuple(batch_sizes)
         self.threads = threads
         self.runs = runs
         self.history: list[dict[str, Any]] = []
 
-    def logged_metrics(self) -> tuple[str, ...]:
-        """The metric names this callback logs at each monitored epoch."""
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(backend=self.backend, batch_sizes=self.batch_sizes)
+
+    @override
+    def metric_names(self) -> tuple[str, ...]:
         latency = tuple(f"latency/{self.backend}/b{b}_ms" for b in self.batch_sizes)
         model = ("model/onnx_bytes", "model/params", "model/nonzero_params", "model/macs")
         return (*latency, *model, "latency/monitor_s")
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.backend == "tensorrt" and tensorrt_problem():
+        problem = get_backend(self.backend).problem()
+        if problem:
             raise RuntimeError(
-                f"LatencyMonitor(backend='tensorrt') cannot run here: {tensorrt_problem()}. "
-                "Use backend='onnxruntime'."
+                f"LatencyMonitor(backend={self.backend!r}) cannot run here: {problem}. "
+                f"Use backend={DEFAULT_BACKEND!r}."
             )
 
     @override
@@ -89,6 +101,7 @@ class LatencyMonitor(Callback):
         ):
             return
         metrics = self.measure(trainer, pl_module)
+        self.metrics.update({k: v for k, v in metrics.items() if k != "epoch"})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         row = {"epoch": epoch, **metrics}
@@ -106,7 +119,7 @@ class LatencyMonitor(Callback):
         metrics: dict[str, float] = {}
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = to_onnx(pl_module, example, Path(tmp) / "model.onnx")
-            compiled = compile_model(self.backend, onnx_path, Path(tmp), threads=self.threads)
+            compiled = get_backend(self.backend).compile(onnx_path, Path(tmp), threads=self.threads)
             for batch_size in self.batch_sizes:
                 ms = compiled.latency(batch_size, self.runs).median_ms
                 metrics[f"latency/{self.backend}/b{batch_size}_ms"] = ms

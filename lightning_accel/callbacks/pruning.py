@@ -3,40 +3,50 @@
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_accel.callbacks._surgery_support import (
+from lightning_accel.callbacks.base import (
+    AccelCallback,
+    check_end_epoch,
+    check_epoch,
     example_input,
     layer_modules,
     rebuild_optimizers,
-    warn_without_checkpoint_support,
 )
-from lightning_accel.layers import select_layers
-from lightning_accel.model_stats import model_stats
-from lightning_accel.schedules import SCHEDULES, StepSchedule
-from lightning_accel.sparsity import apply_masks, magnitude_masks, n_m_mask, weight_sparsity
-from lightning_accel.structured import (
+from lightning_accel.checkpointing import record_structural_change
+from lightning_accel.pruning.channels import (
     check_structured_support,
     out_channels,
     prune_channels,
     ratios_to_widths,
 )
-from lightning_accel.surgery import record_surgery, save_surgery
+from lightning_accel.pruning.criteria import (
+    Criterion,
+    check_criterion,
+    has_gradients,
+    needs_gradients,
+    weight_scores,
+)
+from lightning_accel.pruning.masks import apply_masks, magnitude_masks, n_m_mask, weight_sparsity
+from lightning_accel.pruning.schedules import SCHEDULES, ScheduleName, StepSchedule
+from lightning_accel.utilities.layer_selection import select_layers
+from lightning_accel.utilities.model_stats import model_stats
 
 PruningMode = Literal["structured", "unstructured", "2:4"]
 PruningScope = Literal["global", "layer"]
 _MODES = ("structured", "unstructured", "2:4")
 _SCOPES = ("global", "layer")
+_EXAMPLE = "GradualPruning(0.5, start_epoch=1, end_epoch=5)"
 
 
-class GradualPruning(Callback):
+class GradualPruning(AccelCallback):
     """Prune a model gradually while it trains.
 
     Sparsity follows ``schedule`` from ``initial_sparsity`` at the first batch of
@@ -68,6 +78,18 @@ class GradualPruning(Callback):
         initial_sparsity: Sparsity at ``start_epoch``.
         keep_first_and_last: Keep the first layer and the classifier dense.
         round_to: Structured only: keep channel counts a multiple of this.
+        criterion: How channels (structured) or weights are ranked: ``"l2"`` or ``"l1"``
+            magnitude, ``"taylor"`` (|weight x gradient|, from the batch before each step), or
+            a callable scoring a torch-pruning group (structured only). See
+            :mod:`lightning_accel.pruning.criteria`.
+
+    Logged every epoch: ``compress/sparsity`` (the schedule's sparsity applied so far),
+    ``compress/params_kept`` and ``compress/macs_kept`` (measured, as fractions of the model at
+    train start) and, unstructured, ``compress/weight_sparsity`` (measured zeros).
+
+    Raises:
+        ValueError: At construction, for any argument out of range (the message names it);
+            in ``setup``, for a schedule that cannot finish within ``max_epochs``.
 
     Example:
         >>> pruning = GradualPruning(0.5, mode="structured", end_epoch=4)
@@ -78,7 +100,7 @@ class GradualPruning(Callback):
         self,
         target_sparsity: float,
         mode: PruningMode = "structured",
-        schedule: Literal["cubic", "linear", "constant"] = "cubic",
+        schedule: ScheduleName = "cubic",
         start_epoch: int = 0,
         end_epoch: int | None = None,
         update_every_n_steps: int | None = None,
@@ -87,8 +109,16 @@ class GradualPruning(Callback):
         initial_sparsity: float = 0.0,
         keep_first_and_last: bool = True,
         round_to: int | None = None,
+        criterion: Criterion = "l2",
     ) -> None:
+        super().__init__()
         _validate(target_sparsity, mode, schedule, start_epoch, end_epoch, update_every_n_steps)
+        check_criterion(criterion)
+        if mode != "structured" and not isinstance(criterion, str):
+            raise ValueError(
+                f"A callable criterion scores torch-pruning groups, so it needs "
+                f"mode='structured'; got mode={mode!r}. Use criterion='l1', 'l2' or 'taylor'."
+            )
         if scope is not None and scope not in _SCOPES:
             raise ValueError(f"scope must be one of {_SCOPES}; got {scope!r}")
         if not 0.0 <= initial_sparsity <= target_sparsity:
@@ -96,7 +126,9 @@ class GradualPruning(Callback):
                 f"initial_sparsity must be in [0, target_sparsity={target_sparsity}]; got "
                 f"{initial_sparsity}. Example: GradualPruning(0.8, initial_sparsity=0.1)"
             )
-        if round_to is not None and round_to < 1:
+        if round_to is not None and (
+            isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1
+        ):
             raise ValueError(f"round_to must be a positive integer or None; got {round_to}")
         if isinstance(ignore, str):
             ignore = [ignore]
@@ -111,51 +143,69 @@ class GradualPruning(Callback):
         self.initial_sparsity = float(initial_sparsity)
         self.keep_first_and_last = keep_first_and_last
         self.round_to = round_to
+        self.criterion = criterion
 
         self.applied_sparsity = 0.0
+        self._pending_update = False
         self._initial_widths: dict[str, int] = {}
         self._layers: list[str] = []
         self._masks: dict[str, Tensor] = {}
         self._example: Tensor | None = None
         self._step_schedule: StepSchedule | None = None
+        self._dense_stats: tuple[int, int] | None = None  # params, MACs at train start
+        self._gradients: dict[str, Tensor] = {}  # for a gradient criterion, kept in checkpoints
+        self._module: weakref.ref[pl.LightningModule] | None = None
+
+    changes_structure = True
+    technique = "GradualPruning"
 
     @property
     @override
     def state_key(self) -> str:
         return self._generate_state_key(mode=self.mode, target_sparsity=self.target_sparsity)
 
+    def resolved_end_epoch(self, max_epochs: int | None) -> int:
+        """``end_epoch``, or its default ``max(max_epochs - 1, start_epoch + 1)``.
+
+        Raises:
+            ValueError: If neither ``end_epoch`` nor ``max_epochs`` is set.
+        """
+        if self.end_epoch is not None:
+            return self.end_epoch
+        if max_epochs is None or max_epochs < 0:
+            raise ValueError(
+                "GradualPruning needs end_epoch when the Trainer has no max_epochs. "
+                "Example: GradualPruning(0.5, end_epoch=8)"
+            )
+        return max(max_epochs - 1, self.start_epoch + 1)
+
+    @override
+    def rewires_channels_until(self, trainer: pl.Trainer) -> int | None:
+        if self.mode != "structured":
+            return None
+        return self.resolved_end_epoch(trainer.max_epochs)
+
     # ----------------------------------------------------------------- lifecycle
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        max_epochs = trainer.max_epochs
-        if self.end_epoch is None:
-            if max_epochs is None or max_epochs < 0:
-                raise ValueError(
-                    "GradualPruning needs end_epoch when the Trainer has no max_epochs. "
-                    "Example: GradualPruning(0.5, end_epoch=8)"
-                )
-            self.end_epoch = max(max_epochs - 1, self.start_epoch + 1)
-        if max_epochs is not None and max_epochs >= 0 and self.end_epoch >= max_epochs:
-            raise ValueError(
-                f"The pruning schedule cannot finish: it reaches its target at the start of "
-                f"end_epoch={self.end_epoch}, but training stops after max_epochs={max_epochs} "
-                f"(epochs 0..{max_epochs - 1}). Set end_epoch <= {max_epochs - 1} or "
-                f"max_epochs >= {self.end_epoch + 1}."
-            )
-        if self.end_epoch <= self.start_epoch:
-            raise ValueError(
-                f"end_epoch must be after start_epoch; got start_epoch={self.start_epoch}, "
-                f"end_epoch={self.end_epoch}. "
-                "Example: GradualPruning(0.5, start_epoch=1, end_epoch=5)"
-            )
+        self.end_epoch = self.resolved_end_epoch(trainer.max_epochs)
+        self.check_schedule_fits(trainer, "end_epoch", self.end_epoch)
         if self.mode == "structured":
-            warn_without_checkpoint_support(pl_module, "pruned")
+            self.warn_without_checkpoint_support(pl_module, "pruned")
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._example = example_input(trainer, pl_module)
+        self._module = weakref.ref(pl_module)
+        for name, parameter in pl_module.named_parameters():
+            if name in self._gradients:  # resumed: the gradients the criterion would have seen
+                parameter.grad = self._gradients[name].to(parameter.device)
+        self._gradients = {}
+        if self._dense_stats is None:  # else restored from a checkpoint, mid-schedule
+            dense = model_stats(pl_module, self._example)
+            self._dense_stats = (dense.params, dense.macs)
         layers = select_layers(
             pl_module, self._example, self.ignore, self.keep_first_and_last, "GradualPruning"
         )
@@ -193,11 +243,18 @@ class GradualPruning(Callback):
     ) -> None:
         assert self._step_schedule is not None
         step = trainer.current_epoch * self._step_schedule.steps_per_epoch + batch_idx
-        if not self._step_schedule.is_update_step(step):
+        if not (self._pending_update or self._step_schedule.is_update_step(step)):
             return
         sparsity = self._step_schedule.sparsity_at(step)
-        if sparsity > self.applied_sparsity + 1e-9:
-            self._prune_to(trainer, pl_module, sparsity)
+        if sparsity <= self.applied_sparsity + 1e-9:
+            return
+        if needs_gradients(self.criterion) and not self._layers_have_gradients(pl_module):
+            # No backward pass yet (first batch of fit or of a resumed run): prune one batch
+            # later, when the gradients of this batch are there.
+            self._pending_update = True
+            return
+        self._pending_update = False
+        self._prune_to(trainer, pl_module, sparsity)
 
     @override
     def on_train_batch_end(
@@ -212,27 +269,26 @@ class GradualPruning(Callback):
             # The optimizer step moved pruned weights off zero; put them back.
             apply_masks(layer_modules(pl_module, list(self._masks)), self._masks)
 
-    def logged_metrics(self) -> tuple[str, ...]:
-        """The metric names this callback logs every epoch."""
-        names = ("compress/sparsity", "model/params", "model/nonzero_params", "model/macs")
+    @override
+    def metric_names(self) -> tuple[str, ...]:
+        names = ("compress/sparsity", "compress/params_kept", "compress/macs_kept")
         return names if self.mode == "structured" else (*names, "compress/weight_sparsity")
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self._example is not None
         stats = model_stats(pl_module, self._example)
+        params, macs = self._dense_stats or (stats.params, stats.macs)
         metrics = {
             "compress/sparsity": self.applied_sparsity,
-            "model/params": float(stats.params),
-            "model/nonzero_params": float(stats.nonzero_params),
-            "model/macs": float(stats.macs),
+            "compress/params_kept": (stats.nonzero_params / params) if params else 1.0,
+            "compress/macs_kept": (stats.macs / macs) if macs else 1.0,
         }
         if self.mode != "structured" and self._layers:
             metrics["compress/weight_sparsity"] = weight_sparsity(
                 layer_modules(pl_module, self._layers)
             )
-        for name, value in metrics.items():
-            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
+        self.log_metrics(pl_module, metrics)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -264,17 +320,16 @@ class GradualPruning(Callback):
         return [f"{n}: {w}" for n, w in widths.items() if w % 8 and w != self._initial_widths[n]]
 
     @override
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        save_surgery(pl_module, checkpoint)
-
-    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "applied_sparsity": self.applied_sparsity,
             "end_epoch": self.end_epoch,
             "initial_widths": dict(self._initial_widths),
+            "dense_stats": list(self._dense_stats) if self._dense_stats else None,
+            "pending_update": self._pending_update,
+            # A gradient criterion ranks by the last batch's gradients; a checkpoint keeps them so
+            # that a resumed run prunes exactly as the uninterrupted one (costs one model size).
+            "gradients": self._current_gradients(),
         }
 
     @override
@@ -282,6 +337,10 @@ class GradualPruning(Callback):
         self.applied_sparsity = float(state_dict.get("applied_sparsity", 0.0))
         self.end_epoch = state_dict.get("end_epoch", self.end_epoch)
         self._initial_widths = dict(state_dict.get("initial_widths", {}))
+        dense = state_dict.get("dense_stats")
+        self._dense_stats = (int(dense[0]), int(dense[1])) if dense else None
+        self._pending_update = bool(state_dict.get("pending_update", False))
+        self._gradients = dict(state_dict.get("gradients", {}))
 
     # ----------------------------------------------------------------- pruning
     def _prune_to(
@@ -296,20 +355,40 @@ class GradualPruning(Callback):
                 self._channel_ratios(pl_module, sparsity),
                 global_scope=self.scope == "global",
                 round_to=self.round_to,
+                criterion=self.criterion,
             )
-            record_surgery(
+            record_structural_change(
                 pl_module, "channel_pruning", input_shape=list(self._example.shape), history=history
             )
             rebuild_optimizers(trainer)
         else:
             modules = layer_modules(pl_module, self._layers)
+            scores = {
+                name: weight_scores(mod.weight, self.criterion) for name, mod in modules.items()
+            }
             if self.mode == "2:4":
-                self._masks = {name: n_m_mask(mod.weight) for name, mod in modules.items()}
+                self._masks = {name: n_m_mask(score) for name, score in scores.items()}
             else:
-                weights = {name: mod.weight for name, mod in modules.items()}
-                self._masks = magnitude_masks(weights, sparsity, self.scope)
+                self._masks = magnitude_masks(scores, sparsity, self.scope)
             apply_masks(modules, self._masks)
         self.applied_sparsity = sparsity
+
+    def _current_gradients(self) -> dict[str, Tensor]:
+        module = self._module() if self._module is not None else None
+        if module is None:
+            return dict(self._gradients)  # loaded, not yet handed to a module
+        if not needs_gradients(self.criterion):
+            return {}
+        if self.applied_sparsity >= self.target_sparsity:
+            return {}  # no pruning step left to rank
+        return {
+            name: p.grad.detach().cpu().clone()
+            for name, p in module.named_parameters()
+            if p.grad is not None
+        }
+
+    def _layers_have_gradients(self, pl_module: pl.LightningModule) -> bool:
+        return has_gradients([m.weight for m in layer_modules(pl_module, self._layers).values()])
 
     def _channel_ratios(
         self, pl_module: pl.LightningModule, sparsity: float
@@ -363,15 +442,12 @@ def _validate(
             f"mode='2:4' zeroes exactly half the weights, so target_sparsity must be 0.5; got "
             f"{target_sparsity}. Example: GradualPruning(0.5, mode='2:4')"
         )
-    if not isinstance(start_epoch, int) or start_epoch < 0:
-        raise ValueError(f"start_epoch must be an integer >= 0; got {start_epoch!r}")
-    if end_epoch is not None and (not isinstance(end_epoch, int) or end_epoch <= start_epoch):
-        raise ValueError(
-            f"end_epoch must be after start_epoch; got start_epoch={start_epoch}, "
-            f"end_epoch={end_epoch}. Example: GradualPruning(0.5, start_epoch=1, end_epoch=5)"
-        )
+    check_epoch(start_epoch, "start_epoch", _EXAMPLE)
+    check_end_epoch(start_epoch, end_epoch, _EXAMPLE)
     if update_every_n_steps is not None and (
-        not isinstance(update_every_n_steps, int) or update_every_n_steps < 1
+        isinstance(update_every_n_steps, bool)
+        or not isinstance(update_every_n_steps, int)
+        or update_every_n_steps < 1
     ):
         raise ValueError(
             f"update_every_n_steps must be a positive integer or None (once per epoch); got "

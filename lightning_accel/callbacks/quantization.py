@@ -3,36 +3,45 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import cast
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from lightning_accel.callbacks._surgery_support import (
-    check_pruning_finishes_before,
+from lightning_accel.backends import DEFAULT_BACKEND, BackendName, get_backend
+from lightning_accel.callbacks.base import (
+    AccelCallback,
+    check_epoch,
     example_input,
     rebuild_optimizers,
-    warn_without_checkpoint_support,
 )
-from lightning_accel.layers import WEIGHTED_LAYERS, layers_in_call_order, match_patterns
-from lightning_accel.quantization.fake_quant import OBSERVERS, ActivationQuantizer, WeightQuantizer
+from lightning_accel.checkpointing import record_structural_change
+from lightning_accel.quantization.fake_quant import (
+    OBSERVERS,
+    ActivationQuantizer,
+    Observer,
+    WeightQuantizer,
+)
 from lightning_accel.quantization.layers import QUANT_LAYERS
 from lightning_accel.quantization.prepare import (
     activation_quantizers,
     quantize_submodules,
     quantized_layers,
 )
-from lightning_accel.quantization.spec import BACKENDS, QuantizationSpec, check_bits
-from lightning_accel.surgery import record_surgery, save_surgery
+from lightning_accel.quantization.spec import QuantizationSpec, check_bits
 from lightning_accel.utilities.copying import detached_copy
+from lightning_accel.utilities.layer_selection import (
+    WEIGHTED_LAYERS,
+    layers_in_call_order,
+    match_patterns,
+)
 
 _FLOAT_BITS = 32
 
 
-class QuantizationAware(Callback):
+class QuantizationAware(AccelCallback):
     """Quantization-aware training for ONNX Runtime or TensorRT int8 kernels.
 
     At the start of ``start_epoch`` the network is traced (torch.fx) and its conv and linear
@@ -47,7 +56,8 @@ class QuantizationAware(Callback):
     ``start_epoch`` (prune, then fine-tune the smaller model with QAT).
 
     Args:
-        backend: ``"onnxruntime"`` or ``"tensorrt"``.
+        backend: A registered backend (``lightning_accel.backends.BACKENDS``), e.g.
+            ``"onnxruntime"`` or ``"tensorrt"``: its Q/DQ flavour is what is trained.
         start_epoch: Epoch at whose start the layers are swapped.
         freeze_observers_epoch: From this epoch, activation ranges stop moving (learned scales
             start learning). ``None``: ranges track all of training, or, with
@@ -69,7 +79,7 @@ class QuantizationAware(Callback):
 
     def __init__(
         self,
-        backend: str = "onnxruntime",
+        backend: BackendName = DEFAULT_BACKEND,
         start_epoch: int = 0,
         freeze_observers_epoch: int | None = None,
         freeze_bn_epoch: int | None = None,
@@ -77,23 +87,21 @@ class QuantizationAware(Callback):
         activation_bits: int = 8,
         layer_bits: Mapping[str, int] | None = None,
         ignore: Sequence[str] = (),
-        observer: str = "ema_minmax",
+        observer: Observer = "ema_minmax",
         learnable_scales: bool = False,
     ) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(
-                f"backend must be one of {BACKENDS}; got {backend!r}. "
-                "Example: QuantizationAware(backend='onnxruntime')"
-            )
+        super().__init__()
+        get_backend(backend, "QuantizationAware(backend=...)")
         if observer not in OBSERVERS:
             raise ValueError(f"observer must be one of {OBSERVERS}; got {observer!r}")
-        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
-            raise ValueError(f"start_epoch must be an integer >= 0; got {start_epoch!r}")
+        check_epoch(start_epoch, "start_epoch", "QuantizationAware(start_epoch=2)")
         for argument, epoch in (
             ("freeze_observers_epoch", freeze_observers_epoch),
             ("freeze_bn_epoch", freeze_bn_epoch),
         ):
-            if epoch is not None and (not isinstance(epoch, int) or epoch < start_epoch):
+            if epoch is not None and (
+                isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < start_epoch
+            ):
                 raise ValueError(
                     f"{argument}={epoch!r} comes before start_epoch={start_epoch}: there is "
                     "nothing to freeze before quantization starts. Use an epoch >= start_epoch, "
@@ -115,13 +123,16 @@ class QuantizationAware(Callback):
         self.learnable_scales = bool(learnable_scales)
         self.spec: QuantizationSpec | None = None
 
+    changes_structure = True
+    technique = "QuantizationAware"
+
     @property
     @override
     def state_key(self) -> str:
         return self._generate_state_key(backend=self.backend, start_epoch=self.start_epoch)
 
-    def logged_metrics(self) -> tuple[str, ...]:
-        """The metric names this callback logs every epoch."""
+    @override
+    def metric_names(self) -> tuple[str, ...]:
         return (
             "compress/weight_bits",
             "compress/quantized_layers",
@@ -134,15 +145,9 @@ class QuantizationAware(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        max_epochs = trainer.max_epochs
-        if max_epochs is not None and max_epochs >= 0 and self.start_epoch >= max_epochs:
-            raise ValueError(
-                f"QuantizationAware(start_epoch={self.start_epoch}) never starts: training stops "
-                f"after max_epochs={max_epochs} (epochs 0..{max_epochs - 1}). Set start_epoch <= "
-                f"{max_epochs - 1}, leaving epochs to fine-tune, or raise max_epochs."
-            )
-        check_pruning_finishes_before(trainer, self.start_epoch, "QuantizationAware")
-        warn_without_checkpoint_support(pl_module, "quantized")
+        self.check_schedule_fits(trainer, "start_epoch", self.start_epoch)
+        self.check_starts_after_channel_pruning(trainer, self.start_epoch)
+        self.warn_without_checkpoint_support(pl_module, "quantized")
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -160,7 +165,7 @@ class QuantizationAware(Callback):
         if not quantized_layers(pl_module):
             assert self.spec is not None  # planned in on_train_start
             quantize_submodules(pl_module, self.spec)
-            record_surgery(pl_module, "quantization_aware", spec=self.spec.to_dict())
+            record_structural_change(pl_module, "quantization_aware", spec=self.spec.to_dict())
             rebuild_optimizers(trainer)
             rank_zero_info(
                 f"QuantizationAware: {len(self.spec.weight_bits)} layers and "
@@ -175,14 +180,7 @@ class QuantizationAware(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for name, value in quantization_metrics(pl_module).items():
-            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
-
-    @override
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        save_surgery(pl_module, checkpoint)
+        self.log_metrics(pl_module, quantization_metrics(pl_module))
 
     # ----------------------------------------------------------------- planning
     def planned_layers(self, pl_module: pl.LightningModule, sample: torch.Tensor) -> list[str]:
@@ -210,7 +208,7 @@ class QuantizationAware(Callback):
             for name in match_patterns(selected, [pattern], "QuantizationAware(layer_bits=...)"):
                 bits[name] = width
         return QuantizationSpec(
-            backend=self.backend,  # type: ignore[arg-type]
+            backend=self.backend,
             weight_bits=bits,
             activation_bits=self.activation_bits,
             observer=self.observer,
@@ -224,7 +222,13 @@ class QuantizationAware(Callback):
 
 
 def set_training_phase(model: torch.nn.Module, observers_enabled: bool, bn_frozen: bool) -> None:
-    """Switch range observers and BatchNorm statistics of every quantized module."""
+    """Switch range observers and BatchNorm statistics of every quantized module.
+
+    Args:
+        model: The model holding fake-quant modules.
+        observers_enabled: Whether activation and weight ranges keep tracking the data.
+        bn_frozen: Whether folded BatchNorms use their running statistics.
+    """
     for module in model.modules():
         if isinstance(module, (ActivationQuantizer, WeightQuantizer)):
             module.observer_enabled.fill_(observers_enabled)

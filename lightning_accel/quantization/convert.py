@@ -33,7 +33,8 @@ from lightning_accel.utilities.modules import set_submodule, weightless_conv
 _INT32 = (-(2**31), 2**31 - 1)
 
 
-def _ops() -> Any:
+def quantized_decomposed_ops() -> Any:
+    """``torch.ops.quantized_decomposed``: Q/DQ ops that export to ONNX with a dynamic batch."""
     import torch.ao.quantization.fx._decomposed  # noqa: F401  registers quantized_decomposed
 
     return torch.ops.quantized_decomposed
@@ -55,7 +56,7 @@ class QDQActivation(nn.Module):
         self.quant_min, self.quant_max = activation_range(RUNTIME_BITS, symmetric)
 
     def forward(self, x: Tensor, observe: bool = True) -> Tensor:
-        ops = _ops()
+        ops = quantized_decomposed_ops()
         args = (self.scale, self.zero_point, self.quant_min, self.quant_max, self.dtype)
         return ops.dequantize_per_tensor(ops.quantize_per_tensor(x, *args), *args)
 
@@ -108,7 +109,7 @@ class QDQLayer(nn.Module):
         self.conv = None if self.is_linear else weightless_conv(layer)
 
     def forward(self, x: Tensor) -> Tensor:
-        ops = _ops()
+        ops = quantized_decomposed_ops()
         weight = ops.dequantize_per_channel(
             self.weight_int8, self.weight_scale, self.zero_point, 0, *self.weight_range, torch.int8
         )

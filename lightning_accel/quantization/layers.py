@@ -113,6 +113,16 @@ def quantize_layer(
 ) -> QuantLayer:
     """A quantized layer sharing ``layer``'s parameters (and owning ``bn``, for convs).
 
+    Args:
+        layer: A plain ``nn.Conv1d``/``2d``/``3d`` or ``nn.Linear`` (not a subclass).
+        bn: The BatchNorm that follows a conv, to fold into it (see :func:`is_batch_norm_for`),
+            or ``None``; ignored for a Linear.
+        bits: Weight bit width, in [2, 8] (per-output-channel, symmetric).
+        learnable: Learn the per-channel weight scales once the observer is frozen.
+
+    Returns:
+        The quantized layer, on ``layer``'s device and dtype and in its training mode.
+
     Raises:
         TypeError: If ``layer`` is not a plain Conv1d/2d/3d or Linear.
     """

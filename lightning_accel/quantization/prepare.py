@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -107,12 +108,16 @@ def prepare_qat(
 
 
 class _Tracer(fx.Tracer):
-    """torch.fx's tracer, keeping layers other callbacks swapped in (e.g. binary) as leaves."""
+    """torch.fx's tracer, keeping layers other callbacks swapped in as leaves.
+
+    A module class that sets ``keep_as_fx_leaf = True`` (the binary layers do) is traced as one
+    call, so QAT never rewrites inside a layer another technique owns.
+    """
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        from lightning_accel.binarization.layers import BINARY_LAYERS
-
-        return isinstance(m, BINARY_LAYERS) or super().is_leaf_module(m, module_qualified_name)
+        return bool(getattr(type(m), "keep_as_fx_leaf", False)) or super().is_leaf_module(
+            m, module_qualified_name
+        )
 
 
 class _Rewriter:
@@ -235,3 +240,27 @@ def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
 def activation_quantizers(model: nn.Module) -> dict[str, ActivationQuantizer]:
     """The activation quantizers of ``model``, by name."""
     return {n: m for n, m in model.named_modules() if isinstance(m, ActivationQuantizer)}
+
+
+def replay_quantization(model: nn.Module, entry: dict[str, Any]) -> None:
+    """Replay a ``"quantization_aware"`` entry of the structural log (see ``checkpointing``)."""
+    quantize_submodules(model, QuantizationSpec.from_dict(entry["spec"]))
+
+
+def qdq_target(model: nn.Module) -> str | None:
+    """The backend whose Q/DQ flavour ``model``'s fake-quant modules follow, or ``None``.
+
+    Read from the modules themselves (activation signedness, int32 bias), so it holds for a
+    model prepared by hand as well as by ``QuantizationAware``.
+    """
+    from lightning_accel.backends import BACKENDS, QDQFlavour
+
+    layers = quantized_layers(model)
+    activations = activation_quantizers(model)
+    if not layers and not activations:
+        return None
+    flavour = QDQFlavour(
+        symmetric_activations=any(q.symmetric for q in activations.values()),
+        integer_bias=any(bool(getattr(m, "integer_bias", False)) for m in layers.values()),
+    )
+    return next((name for name, b in BACKENDS.items() if b.qdq == flavour), None)

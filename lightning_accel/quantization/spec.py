@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-Backend = Literal["onnxruntime", "tensorrt"]
-BACKENDS = ("onnxruntime", "tensorrt")
+from lightning_accel.backends import BACKENDS, BackendName, get_backend
+
 MIN_BITS, MAX_BITS = 2, 8
 RUNTIME_BITS = 8  # ONNX Runtime and TensorRT execute int8 only
 
@@ -16,15 +16,16 @@ class QuantizationSpec:
     """The plan one QAT preparation follows, saved in checkpoints to replay it.
 
     Attributes:
-        backend: ``"onnxruntime"`` (uint8 asymmetric activations, int32 bias) or
-            ``"tensorrt"`` (int8 symmetric activations, float bias).
+        backend: The registered backend whose Q/DQ flavour is trained, e.g.
+            ``"onnxruntime"`` (uint8 asymmetric activations, int32 bias) or ``"tensorrt"``
+            (int8 symmetric activations, float bias).
         weight_bits: Weight bit width per quantized layer, by full module name.
         activation_bits: Activation bit width.
         observer: Range observer of the activation quantizers.
         learnable: Whether scales are learned (LSQ).
     """
 
-    backend: Backend
+    backend: BackendName
     weight_bits: dict[str, int] = field(default_factory=dict)
     activation_bits: int = 8
     observer: str = "ema_minmax"
@@ -32,13 +33,13 @@ class QuantizationSpec:
 
     @property
     def symmetric_activations(self) -> bool:
-        """TensorRT wants int8 symmetric activations; ONNX Runtime uint8 asymmetric."""
-        return self.backend == "tensorrt"
+        """Whether the backend wants int8 symmetric activations (else uint8 asymmetric)."""
+        return get_backend(self.backend).qdq.symmetric_activations
 
     @property
     def integer_bias(self) -> bool:
-        """ONNX Runtime fuses Conv/Gemm into integer kernels only with an int32 bias."""
-        return self.backend == "onnxruntime"
+        """Whether the backend fuses Conv/Gemm into integer kernels only with an int32 bias."""
+        return get_backend(self.backend).qdq.integer_bias
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, for ``torch.load(weights_only=True)``."""
@@ -48,6 +49,9 @@ class QuantizationSpec:
     def from_dict(cls, values: dict[str, Any]) -> QuantizationSpec:
         """The spec saved by :meth:`to_dict`."""
         return cls(**values)
+
+
+__all__ = ["BACKENDS", "MAX_BITS", "MIN_BITS", "QuantizationSpec", "check_bits"]
 
 
 def check_bits(value: object, argument: str) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from lightning_accel.recipe import Recipe, RecipeError
+from lightning_accel.recipes.recipe import Recipe, RecipeError
 from lightning_accel.sweeps.objective import TRIAL_METRICS
 
 METHODS = ("grid", "random", "bayes")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lightning_accel.backends import DEFAULT_BACKEND
+
 TRIAL_METRICS = ("sweep/objective", "sweep/accuracy", "sweep/latency_ms", "sweep/params")
 
 
@@ -13,6 +15,14 @@ def objective(accuracy: float, latency_ms: float, latency_budget_ms: float | Non
     Within the budget the objective is the accuracy (a fraction in [0, 1]); past it, the
     accuracy minus the fraction by which the budget is exceeded (1.5x the budget costs 0.5), so
     any trial within budget beats any trial far outside it.
+
+    Args:
+        accuracy: Validation accuracy, a fraction in [0, 1].
+        latency_ms: Measured latency, in milliseconds.
+        latency_budget_ms: The budget, in milliseconds (> 0); ``None``: no budget.
+
+    Returns:
+        The objective to maximize; below ``accuracy`` only past the budget.
     """
     if latency_budget_ms is None or latency_ms <= latency_budget_ms:
         return accuracy
@@ -22,13 +32,24 @@ def objective(accuracy: float, latency_ms: float, latency_budget_ms: float | Non
 def trial_result(
     summary: dict[str, Any],
     latency_budget_ms: float | None = None,
-    backend: str = "onnxruntime",
+    backend: str = DEFAULT_BACKEND,
     batch_size: int = 1,
 ) -> dict[str, float]:
     """The ``sweep/*`` metrics of a finished trial, from ``ExportOnFitEnd``'s summary.
 
+    Args:
+        summary: The export summary (``accuracy``, ``backends``, ``model.params``).
+        latency_budget_ms: Budget of ``sweep/objective``, in milliseconds; ``None``: no budget.
+        backend: The backend whose latency counts, e.g. ``"onnxruntime"`` or ``"tensorrt"``.
+        batch_size: The batch size whose latency counts.
+
+    Returns:
+        ``sweep/objective``, ``sweep/accuracy`` (fraction), ``sweep/latency_ms`` and
+        ``sweep/params``.
+
     Raises:
         ValueError: If the summary lacks the accuracy or the latency at ``batch_size``.
+        KeyError: If the summary has no ``model.params``.
     """
     accuracy = summary.get("accuracy")
     latency = summary.get("backends", {}).get(backend, {}).get("latency", {}).get(str(batch_size))

@@ -84,10 +84,20 @@ def log_sweep_to_wandb(
     """Log the trial table and an accuracy-vs-latency chart as one W&B run; return its folder.
 
     The run is offline without credentials.
+
+    Args:
+        trials: The sweep's trials, with ``pareto`` already marked (see
+            :func:`mark_pareto_front`).
+        sweep_name: Prefix of the run name, ``<sweep_name>-summary``.
+        save_dir: Folder for W&B's files; created if missing.
+        project: W&B project.
+
+    Returns:
+        The run's local folder (under ``save_dir/wandb``).
     """
     import wandb
 
-    from lightning_accel.tracking import has_wandb_credentials
+    from lightning_accel.tracking.wandb_logging import has_wandb_credentials
 
     online = has_wandb_credentials() and os.environ.get("WANDB_MODE") != "offline"
     mode: Literal["online", "offline"] = "online" if online else "offline"

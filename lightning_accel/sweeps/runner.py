@@ -21,7 +21,17 @@ from lightning_accel.sweeps.search import bayes_point, grid_points, random_point
 def trial_command(
     sweep: SweepConfig, values: dict[str, Any], folder: Path, quick: bool
 ) -> list[str]:
-    """The ``lightning-accel fit`` command line of one trial, run by this Python."""
+    """The ``lightning-accel fit`` command line of one trial, run by this Python.
+
+    Args:
+        sweep: The validated sweep file.
+        values: This trial's value of each swept recipe key, passed as overrides.
+        folder: The trial's ``--output-dir``.
+        quick: Add ``--quick`` (a smoke run).
+
+    Returns:
+        The argument list, starting with ``sys.executable``.
+    """
     command = [sys.executable, "-m", "lightning_accel.cli", "fit", "--recipe", str(sweep.recipe)]
     command += sweep.fit_args + ["--output-dir", str(folder)]
     if sweep.latency_budget_ms is not None:
@@ -36,6 +46,16 @@ def run_trial(sweep: SweepConfig, trial: Trial, folder: Path, quick: bool) -> Tr
 
     A fresh process keeps W&B's per-process state from leaking between trials. The trial's
     output goes to ``folder/trial.log``.
+
+    Args:
+        sweep: The validated sweep file.
+        trial: The trial to run; filled in place.
+        folder: The trial's output folder; created if missing.
+        quick: Run as a smoke run (``fit --quick``).
+
+    Returns:
+        ``trial``, with ``seconds``, ``folder`` and either ``result`` (read from
+        ``folder/<recipe stem>/trial.json``) or ``error`` set.
     """
     folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "WANDB_SILENT": "true", "WANDB_DIR": str(folder)}
@@ -111,15 +131,24 @@ def run_local(
 def run_with_agent(sweep: SweepConfig, count: int | None, project: str) -> str:
     """Create the sweep on the W&B server and run W&B's agent here for ``count`` trials.
 
-    Returns the sweep id. Needs W&B credentials and ``lightning-accel`` on ``PATH`` (the agent
-    runs the file's ``command``).
+    Needs W&B credentials and ``lightning-accel`` on ``PATH`` (the agent runs the file's
+    ``command``).
+
+    Args:
+        sweep: The validated sweep file; its ``config`` is sent to W&B as is.
+        count: Trials for the agent to run; ``None``: until the sweep ends or is stopped.
+        project: W&B project to create the sweep in.
+
+    Returns:
+        The W&B sweep id.
 
     Raises:
-        RuntimeError: Without credentials (use ``--local``) or when the agent fails.
+        RuntimeError: Without credentials (use ``--local``), without ``lightning-accel`` on
+            ``PATH``, or when the agent exits with an error.
     """
     import wandb
 
-    from lightning_accel.tracking import has_wandb_credentials
+    from lightning_accel.tracking.wandb_logging import has_wandb_credentials
 
     if not has_wandb_credentials():
         raise RuntimeError(
@@ -138,7 +167,17 @@ def run_with_agent(sweep: SweepConfig, count: int | None, project: str) -> str:
 
 
 def fetch_agent_trials(sweep: SweepConfig, sweep_id: str, project: str) -> list[Trial]:
-    """The finished runs of a W&B sweep, read back through W&B's public API."""
+    """The finished runs of a W&B sweep, read back through W&B's public API.
+
+    Args:
+        sweep: The sweep file; its ``parameters`` name the values read from each run's config.
+        sweep_id: The id :func:`run_with_agent` returned.
+        project: W&B project of the sweep, under the API's default entity.
+
+    Returns:
+        One trial per run of the sweep; a run that logged no ``sweep/accuracy`` becomes a trial
+        with ``error`` set.
+    """
     import wandb
 
     api = wandb.Api()

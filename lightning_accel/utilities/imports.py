@@ -9,6 +9,7 @@ from lightning_utilities.core.imports import RequirementCache
 _TORCHVISION_AVAILABLE = RequirementCache("torchvision")
 _TIMM_AVAILABLE = RequirementCache("timm")
 _TENSORRT_AVAILABLE = RequirementCache("tensorrt")
+_ONNXRUNTIME_AVAILABLE = RequirementCache("onnxruntime")
 _SKLEARN_AVAILABLE = RequirementCache("scikit-learn")
 
 _INSTALL_HINTS = {

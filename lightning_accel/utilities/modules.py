@@ -11,7 +11,16 @@ _CONV_BY_DIM = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
 def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    """Put ``module`` at the dotted ``name`` inside ``root``."""
+    """Put ``module`` at the dotted ``name`` inside ``root``.
+
+    Args:
+        root: The module to change in place.
+        name: Dotted path relative to ``root``, e.g. ``"layer1.0.conv1"``; its parent must exist.
+        module: The module to place there (replacing any module already at ``name``).
+
+    Raises:
+        AttributeError: If the parent path of ``name`` is not a submodule of ``root``.
+    """
     parent, _, attribute = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, attribute, module)
 

@@ -159,7 +159,7 @@ def test_untraceable_model_fails_with_the_layer_named_and_keeps_the_checkpoint(
 
 def test_killed_export_leaves_no_file_under_the_final_name(tmp_path) -> None:
     script = (
-        "import sys, torch; from lightning_accel.export import to_onnx; from lightning_accel.zoo import build;"
+        "import sys, torch; from lightning_accel.export.onnx import to_onnx; from lightning_accel.models.zoo import build;"
         "to_onnx(build('resnet18'), torch.randn(1, 1, 28, 28), sys.argv[1])"
     )
     target = tmp_path / "model.onnx"

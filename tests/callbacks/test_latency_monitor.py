@@ -8,7 +8,7 @@ import wandb
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from lightning_accel import ExportOnFitEnd, GradualPruning, LatencyMonitor
-from lightning_accel.tracking import wandb_logger
+from lightning_accel.tracking.wandb_logging import wandb_logger
 from tests.conftest import quiet_trainer, small_module
 from tests.wandb_records import history_rows, read_records, record_types, run_file, summary_values
 

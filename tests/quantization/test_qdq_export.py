@@ -10,9 +10,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from lightning_accel import zoo
 from lightning_accel.backends.onnxruntime import compile_onnxruntime
-from lightning_accel.export import to_onnx
+from lightning_accel.export.onnx import to_onnx
+from lightning_accel.models import zoo
 from lightning_accel.quantization import (
     QuantizationSpec,
     activation_quantizers,

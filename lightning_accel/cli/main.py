@@ -1,0 +1,338 @@
+"""The ``lightning-accel`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import typing
+from collections.abc import Sequence
+
+from lightning_accel.backends import DEFAULT_BACKEND, backend_names
+
+
+def _fit_parser(sub: argparse._SubParsersAction) -> None:
+    from lightning_accel.callbacks.pruning import PruningMode
+    from lightning_accel.cli.fit_job import PruningJobConfig
+
+    defaults = PruningJobConfig()
+    p = sub.add_parser(
+        "fit",
+        help="train a dense baseline and a pruned model on Fashion-MNIST, export both, compare",
+        description=(
+            "Train ResNet-18 on Fashion-MNIST, prune it during fine-tuning with GradualPruning, "
+            "export both to ONNX and print accuracy, size, MACs and ONNX Runtime latency."
+        ),
+    )
+    p.add_argument("--model", default=defaults.model, help="zoo model (default: %(default)s)")
+    p.add_argument("--mode", default=defaults.mode, choices=list(typing.get_args(PruningMode)))
+    p.add_argument("--target-sparsity", type=float, default=defaults.target_sparsity)
+    p.add_argument("--dense-epochs", type=int, default=defaults.dense_epochs)
+    p.add_argument("--prune-epochs", type=int, default=defaults.prune_epochs)
+    p.add_argument(
+        "--train-size",
+        type=int,
+        default=defaults.train_size,
+        help="training images used (default: %(default)s; 0 = all 55,000)",
+    )
+    p.add_argument("--data", dest="data_dir", default=None, help="folder with the IDX files")
+    p.add_argument("--output-dir", default=defaults.output_dir)
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime / torch threads")
+    p.add_argument("--quick", action="store_true", help="a one-minute version on small subsets")
+    p.add_argument(
+        "--recipe",
+        default=None,
+        help="run a recipe file (see `lightning-accel recipes`) instead of the main job",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. callbacks.pruning.target_sparsity=0.7",
+    )
+    p.add_argument(
+        "positional_overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="with --recipe: more overrides, as W&B's ${args_no_hyphens} passes them",
+    )
+    p.add_argument(
+        "--latency-budget-ms",
+        type=float,
+        default=None,
+        help="with --recipe: batch-1 latency budget of the logged sweep/objective",
+    )
+    p.add_argument(
+        "--logger",
+        choices=["wandb", "csv", "none"],
+        default="csv",
+        help="with --recipe: where metrics go (wandb logs offline without credentials)",
+    )
+
+
+def _recipes_parser(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("recipes", help="list the bundled recipes with one-line descriptions")
+
+
+def _add_timing_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=[1, 64], help="default: %(default)s"
+    )
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs (default: %(default)s)")
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint, compile, verify and time it against its uncompressed baseline",
+        description=(
+            "Rebuild a checkpoint (pruning replayed), export it to ONNX, compile it for each "
+            "backend, verify it against PyTorch and time it next to the uncompressed "
+            "architecture. Exit code 0: all passed; 1: a backend failed or verification "
+            "disagreed (files are still written); 2: bad input."
+        ),
+    )
+    p.add_argument("checkpoint", help="a .ckpt file written by Lightning")
+    p.add_argument(
+        "--backend",
+        dest="backends",
+        action="append",
+        choices=backend_names(),
+        help="repeat for several (default: onnxruntime)",
+    )
+    p.add_argument("--output-dir", default="export", help="default: %(default)s")
+    p.add_argument(
+        "--module",
+        default="lightning_accel.ClassificationModule",
+        help="the checkpoint's LightningModule class (default: %(default)s)",
+    )
+    p.add_argument("--data", dest="data_dir", default=None, help="Fashion-MNIST IDX folder")
+    p.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch")
+    p.add_argument("--no-baseline", action="store_true", help="skip the baseline and timing")
+    _add_timing_arguments(p)
+
+
+def _bench_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time an ONNX model (median of many runs), optionally against a baseline",
+        description="Time an ONNX model on a backend after warm-up: median, p90, throughput.",
+    )
+    p.add_argument("onnx", help="the model file")
+    p.add_argument("--baseline", default=None, help="another ONNX file timed the same way")
+    p.add_argument("--backend", default=DEFAULT_BACKEND, choices=backend_names())
+    _add_timing_arguments(p)
+
+
+def _run_fit(args: argparse.Namespace) -> int:
+    if args.recipe:
+        return _run_recipe(args)
+    if args.positional_overrides or args.overrides or args.latency_budget_ms is not None:
+        raise ValueError(
+            "KEY=VALUE overrides, --set and --latency-budget-ms apply to recipes: add "
+            "--recipe FILE (see `lightning-accel recipes`)."
+        )
+    from lightning_accel.cli.fit_job import PruningJobConfig, print_report, run_pruning_job
+
+    settings = dict(
+        model=args.model,
+        mode=args.mode,
+        target_sparsity=args.target_sparsity,
+        data_dir=args.data_dir,
+        output_dir=args.output_dir,
+        threads=args.threads,
+    )
+    if args.quick:
+        cfg = PruningJobConfig.quick(**settings)
+    else:
+        cfg = PruningJobConfig(
+            **settings,
+            dense_epochs=args.dense_epochs,
+            prune_epochs=args.prune_epochs,
+            train_size=args.train_size or None,
+        )
+    started = time.perf_counter()
+    rows = run_pruning_job(cfg)
+    print()
+    print_report(rows)
+    print(
+        f"\nfinished in {time.perf_counter() - started:.0f} s; "
+        f"summary: {cfg.output_dir}/summary.json"
+    )
+    return 0
+
+
+def _run_recipe(args: argparse.Namespace) -> int:
+    from lightning_accel.recipes.run import run_recipe, summary_table
+
+    overrides = list(args.overrides) + list(args.positional_overrides)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    if args.latency_budget_ms is not None and args.latency_budget_ms <= 0:
+        raise ValueError(f"--latency-budget-ms must be > 0; got {args.latency_budget_ms}")
+    summary = run_recipe(
+        args.recipe,
+        overrides,
+        quick=args.quick,
+        logger=args.logger,
+        output_dir=args.output_dir,
+        latency_budget_ms=args.latency_budget_ms,
+    )
+    print()
+    print(summary_table(summary))
+    return 0
+
+
+def _sweep_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="run a W&B sweep over recipe keys (--local: without a W&B server)",
+        description=(
+            "Run a sweep file from recipes/sweeps/. With W&B credentials it creates the sweep "
+            "and runs W&B's agent; with --local it runs the trials here (grid and random; "
+            "bayes through W&B's sweeps engine), each an offline W&B run. Ends with the table "
+            "of trials and the accuracy-vs-latency Pareto front. Exit code 0: at least one "
+            "trial finished; 1: none did; 2: bad input."
+        ),
+    )
+    p.add_argument("config", help="a sweep file, e.g. recipes/sweeps/resnet18_sparsity_grid.yaml")
+    p.add_argument("--count", type=int, default=None, help="trials (default: the whole grid)")
+    p.add_argument("--local", action="store_true", help="run here, without the W&B server")
+    p.add_argument("--quick", action="store_true", help="each trial as a smoke run (fit --quick)")
+    p.add_argument("--output-dir", default="runs/sweeps", help="default: %(default)s")
+    p.add_argument("--project", default="lightning-accel", help="W&B project")
+    p.add_argument("--seed", type=int, default=0, help="seed of random search")
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lightning_accel.sweeps.config import SweepConfig
+    from lightning_accel.sweeps.results import format_trials, log_sweep_to_wandb, mark_pareto_front
+    from lightning_accel.sweeps.runner import fetch_agent_trials, run_local, run_with_agent
+
+    sweep = SweepConfig.from_yaml(args.config)
+    out = Path(args.output_dir) / sweep.path.stem
+    if args.local:
+        trials = run_local(
+            sweep, args.count, out, quick=args.quick, seed=args.seed, progress=_progress
+        )
+    else:
+        sweep_id = run_with_agent(sweep, args.count, args.project)
+        trials = fetch_agent_trials(sweep, sweep_id, args.project)
+    front = mark_pareto_front(trials)
+    print(format_trials(trials, sweep.metric))
+    print(f"\nPareto front (accuracy vs batch-1 latency): trials {[t.number for t in front]}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps([t.as_dict() for t in trials], indent=2))
+    run_dir = log_sweep_to_wandb(trials, sweep.path.stem, out, args.project)
+    print(f"trials: {out / 'sweep.json'}; W&B summary run: {run_dir}")
+    return 0 if front else 1
+
+
+def _progress(message: str) -> None:
+    print(f"[lightning-accel] {message} ...", file=sys.stderr, flush=True)
+
+
+def _check_timing(args: argparse.Namespace) -> None:
+    if any(b < 1 for b in args.batch_sizes) or args.runs < 1:
+        raise ValueError(
+            f"--batch-sizes and --runs must be >= 1; got {args.batch_sizes} and {args.runs}"
+        )
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lightning_accel.export.checkpoint import export_checkpoint
+    from lightning_accel.export.compare import ComparisonSettings, format_summary
+
+    _check_timing(args)
+    settings = ComparisonSettings(
+        backends=tuple(args.backends or [DEFAULT_BACKEND]),
+        batch_sizes=tuple(args.batch_sizes),
+        verify=not args.no_verify,
+        benchmark=not args.no_baseline,
+        threads=args.threads,
+        latency_runs=args.runs,
+    )
+    outcome = export_checkpoint(
+        args.checkpoint,
+        Path(args.output_dir),
+        settings,
+        module_class=args.module,
+        data_dir=args.data_dir,
+        progress=_progress,
+    )
+    print(format_summary(outcome.summary))
+    print(f"\nsummary: {Path(args.output_dir) / 'summary.json'}")
+    for problem in outcome.errors + outcome.mismatches:
+        print(f"lightning-accel: {problem}", file=sys.stderr)
+    return 1 if outcome.errors or outcome.mismatches else 0
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from lightning_accel.export.bench import bench_onnx, format_bench
+
+    _check_timing(args)
+    with tempfile.TemporaryDirectory(prefix="lightning-accel-bench-") as tmp:
+        rows = bench_onnx(
+            Path(args.onnx),
+            Path(args.baseline) if args.baseline else None,
+            args.backend,
+            Path(tmp),
+            batch_sizes=args.batch_sizes,
+            threads=args.threads,
+            runs=args.runs,
+            progress=_progress,
+        )
+    print(format_bench(rows, args.backend))
+    return 0
+
+
+def _list_recipes() -> int:
+    from lightning_accel.recipes.recipe import bundled_recipes, description_of
+
+    for path in bundled_recipes():
+        print(f"{path.stem:20s} {description_of(path.read_text())}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lightning-accel``; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="lightning-accel", description="Training-time model acceleration for Lightning."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _fit_parser(sub)
+    _recipes_parser(sub)
+    _export_parser(sub)
+    _bench_parser(sub)
+    _sweep_parser(sub)
+    args = parser.parse_args(argv)
+    commands = {
+        "fit": _run_fit,
+        "recipes": lambda _: _list_recipes(),
+        "export": _run_export,
+        "bench": _run_bench,
+        "sweep": _run_sweep,
+    }
+    try:
+        return commands[args.command](args)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        print(f"lightning-accel: error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # a runtime failed (e.g. TensorRT without a GPU)
+        print(f"lightning-accel: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""Export a saved checkpoint and time it against its uncompressed architecture.
+
+The job behind ``lightning-accel export``: rebuild the module (compression replayed), export to
+ONNX, compile, verify against PyTorch and time it next to the baseline.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from lightning_accel.export.compare import Comparison, ComparisonSettings, export_and_compare
+from lightning_accel.utilities.files import atomic_write
+
+DEFAULT_MODULE = "lightning_accel.ClassificationModule"
+
+
+def import_module_class(dotted: str) -> type[pl.LightningModule]:
+    """The LightningModule class named ``package.module.Class``.
+
+    Raises:
+        ValueError: If it cannot be imported or is not a LightningModule.
+    """
+    module_name, _, class_name = dotted.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(
+            f"Cannot import the module class {dotted!r} ({err}). Pass its full dotted path, "
+            f"e.g. --module {DEFAULT_MODULE}."
+        ) from err
+    if not (isinstance(cls, type) and issubclass(cls, pl.LightningModule)):
+        raise ValueError(f"{dotted!r} is not a LightningModule class.")
+    return cls
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's contents, loaded with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: If there is no file at ``path``.
+        ValueError: If the file is not a Lightning checkpoint.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path}. Pass the path of a .ckpt file.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}). Pass a .ckpt file written by "
+            "Trainer.save_checkpoint or ModelCheckpoint."
+        ) from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(
+            f"{path} holds no 'state_dict': it is not a Lightning checkpoint. Pass a .ckpt file "
+            "written by Trainer.save_checkpoint or ModelCheckpoint."
+        )
+    return checkpoint
+
+
+def load_with_baseline(
+    path: Path, module_class: type[pl.LightningModule], checkpoint: dict[str, Any] | None = None
+) -> tuple[pl.LightningModule, pl.LightningModule]:
+    """The trained module and a fresh one of the uncompressed architecture (for latency only).
+
+    Compression recorded in the checkpoint (pruned channels, masks) is replayed on load by
+    :class:`~lightning_accel.CompressionCheckpointMixin`.
+
+    Args:
+        path: The ``.ckpt`` file; the trained module is always loaded from it.
+        module_class: The LightningModule class the checkpoint was saved from.
+        checkpoint: The file's contents if already read (see :func:`read_checkpoint`), for
+            the hyperparameters; ``None``: read ``path``.
+
+    Returns:
+        ``(trained, baseline)``, both on the CPU in eval mode; the baseline has fresh weights.
+
+    Raises:
+        FileNotFoundError: If ``checkpoint`` is ``None`` and there is no file at ``path``.
+        ValueError: If the file is not a Lightning checkpoint, or the module class cannot be
+            rebuilt from its hyperparameters.
+    """
+    checkpoint = checkpoint if checkpoint is not None else read_checkpoint(path)
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    try:
+        baseline = module_class(**hparams)
+        trained = module_class.load_from_checkpoint(path, map_location="cpu")
+    except TypeError as err:
+        raise ValueError(
+            f"{module_class.__name__} cannot be rebuilt from the hyperparameters saved in {path} "
+            f"({err}). If it wraps your own nn.Module, export from Python: "
+            f"{module_class.__name__}.load_from_checkpoint(path, model=YourNet()), then "
+            "lightning_accel.export.to_onnx(...)."
+        ) from err
+    return trained.cpu().eval(), baseline.cpu().eval()
+
+
+def verification_inputs(
+    example: Tensor, data_dir: str | None = None, batches: int = 4, batch_size: int = 64
+) -> tuple[list[Tensor], str]:
+    """Inputs to verify on, and what they are.
+
+    Real Fashion-MNIST test images when the model takes 1×28×28 inputs and the data is
+    installed; otherwise seeded random inputs.
+
+    Args:
+        example: An input batch ``[N, *input_shape]``; only ``input_shape`` is used.
+        data_dir: Folder with the Fashion-MNIST IDX files; ``None``: the
+            ``LIGHTNING_ACCEL_FASHION_MNIST`` variable, then Debian's folder.
+        batches: Number of batches, at least 1.
+        batch_size: Inputs per batch, at least 1.
+
+    Returns:
+        ``(batches, source)``: tensors ``[batch_size, *input_shape]`` and a description,
+        ``"fashion-mnist test"`` or ``"random normal"``.
+    """
+    if tuple(example.shape[1:]) == (1, 28, 28):
+        from lightning_accel.data.fashion_mnist import load_split
+
+        try:
+            images, _ = load_split("test", data_dir)
+        except FileNotFoundError:
+            pass
+        else:
+            return list(images[: batches * batch_size].split(batch_size)), "fashion-mnist test"
+    generator = torch.Generator().manual_seed(0)
+    shape = (batch_size, *example.shape[1:])
+    return [torch.randn(shape, generator=generator) for _ in range(batches)], "random normal"
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    dirpath: str | Path,
+    settings: ComparisonSettings,
+    module_class: str = DEFAULT_MODULE,
+    data_dir: str | None = None,
+    progress: Callable[[str], None] = print,
+) -> Comparison:
+    """Export a checkpoint for each backend, verify it and time it against its baseline.
+
+    Writes ``model.onnx``, ``baseline.onnx``, compiled artifacts and ``summary.json`` under
+    ``dirpath``. The baseline is the same architecture before compression, freshly initialized:
+    it stands in for the dense model's latency, not its accuracy, so it is built only when
+    ``settings.benchmark`` is on.
+
+    Args:
+        checkpoint: The ``.ckpt`` file written by Lightning.
+        dirpath: Output folder; created if missing.
+        settings: Backends, batch sizes, verification tolerance and timing.
+        module_class: Dotted path of the LightningModule class, ``package.module.Class``.
+        data_dir: Fashion-MNIST folder for verification inputs (see :func:`verification_inputs`).
+        progress: Called with a short line before each long step.
+
+    Returns:
+        The comparison; its ``summary`` also names the checkpoint and the verification inputs.
+
+    Raises:
+        FileNotFoundError: If the checkpoint does not exist.
+        ValueError: If ``module_class`` cannot be imported or is not a LightningModule, the file
+            is not a Lightning checkpoint, its model cannot be rebuilt, or the module sets no
+            ``example_input_array``.
+    """
+    path, out = Path(checkpoint), Path(dirpath)
+    cls = import_module_class(module_class)
+    contents = read_checkpoint(path)
+    progress(f"loading {path}")
+    trained, uncompressed = load_with_baseline(path, cls, contents)
+    example = trained.example_input_array
+    if not isinstance(example, Tensor):
+        raise ValueError(
+            f"{cls.__name__} sets no example_input_array, so the input shape is unknown. Set "
+            "self.example_input_array in its __init__."
+        )
+    batches, source = verification_inputs(example, data_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    outcome = export_and_compare(
+        trained, uncompressed if settings.benchmark else None, batches, out, settings, progress
+    )
+    outcome.summary = {
+        "checkpoint": str(path),
+        "verification_inputs": source,
+        "baseline_kind": "uncompressed architecture, fresh weights (latency only)",
+        **outcome.summary,
+    }
+    atomic_write(out / "summary.json", json.dumps(outcome.summary, indent=2, default=str))
+    return outcome

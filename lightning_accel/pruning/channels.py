@@ -1,0 +1,297 @@
+"""Structured (channel) pruning through torch-pruning's dependency graph.
+
+Removing a channel removes it from every coupled layer (BatchNorm, residual adds, depthwise
+convs), so the model and its exported graph really shrink. In attention blocks (timm's ViT
+and any module with a ``qkv`` projection, ``num_heads`` and ``head_dim``) whole heads go,
+and MLP hidden widths shrink like conv channels. Each call returns a *history* of plain lists
+(layer name, out/in, indices) that :func:`replay_channel_pruning` reapplies.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_accel.pruning.criteria import Criterion, group_importance
+from lightning_accel.utilities.layer_selection import WEIGHTED_LAYERS
+
+PruningHistory = list[list]  # [[module_name, is_out_channel_pruning, [indices]], ...]
+
+# Raw nn.Parameters of a ViT's embedding; safe while the embedding width itself stays.
+_EMBEDDING_PARAMETERS = {"cls_token", "pos_embed", "reg_token", "dist_token"}
+
+
+def attention_modules(model: nn.Module) -> dict[str, Any]:
+    """Multi-head attention blocks by the name of their ``qkv`` projection.
+
+    Recognizes timm's ``Attention`` and look-alikes: a fused ``qkv`` ``nn.Linear`` plus
+    ``num_heads`` and ``head_dim`` attributes.
+    """
+    found = {}
+    for name, module in model.named_modules():
+        qkv = getattr(module, "qkv", None)
+        if (
+            isinstance(qkv, nn.Linear)
+            and hasattr(module, "num_heads")
+            and hasattr(module, "head_dim")
+        ):
+            found[f"{name}.qkv" if name else "qkv"] = module
+    return found
+
+
+def sync_attention_heads(model: nn.Module) -> None:
+    """After heads are removed, make each attention block's head count match its ``qkv``."""
+    for attention in attention_modules(model).values():
+        heads = attention.qkv.out_features // (3 * attention.head_dim)
+        attention.num_heads = heads
+        if hasattr(attention, "attn_dim"):
+            attention.attn_dim = heads * attention.head_dim
+
+
+@contextmanager
+def _tracing_mode(model: nn.Module) -> Iterator[None]:
+    """Trace in eval mode with grad on, so BatchNorm statistics are not updated by the trace."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        model.train(was_training)
+
+
+def unsupported_layers(model: nn.Module, prunable: Sequence[str] | None = None) -> list[str]:
+    """Modules holding parameters that torch-pruning has no pruning rule for.
+
+    A ViT's own embedding parameters (``cls_token``, ``pos_embed``) are fine as long as its
+    patch embedding, and so the embedding width, is not pruned.
+    """
+    import torch_pruning as tp  # imported here: it pulls in timm (and W&B) when installed
+
+    t = tp.ops.OPTYPE
+    sliceable = {
+        t.CONV,
+        t.DEPTHWISE_CONV,
+        t.LINEAR,
+        t.BN,
+        t.PRELU,
+        t.LN,
+        t.GN,
+        t.IN,
+        t.EMBED,
+        t.MHA,
+        t.LSTM,
+    }
+    keep_width = set(prunable or ())
+    names = []
+    for name, module in model.named_modules():
+        own = {n for n, _ in module.named_parameters(recurse=False)}
+        if not own:
+            continue
+        if own <= _EMBEDDING_PARAMETERS and hasattr(module, "patch_embed"):
+            patch = f"{name}.patch_embed.proj" if name else "patch_embed.proj"
+            if prunable is not None and patch not in keep_width:
+                continue
+        if tp.ops.module2type(module) not in sliceable:
+            names.append(name or type(module).__name__)
+    return names
+
+
+def check_structured_support(
+    model: nn.Module, prunable: Sequence[str] | None = None, global_scope: bool = False
+) -> None:
+    """Refuse models with layers whose channels torch-pruning cannot follow.
+
+    Args:
+        model: Root module to check.
+        prunable: Names of the layers to be pruned; ``None``: assume any layer may be (a ViT's
+            ``cls_token``/``pos_embed`` then count as unsupported).
+        global_scope: Whether channels will be ranked across layers (``scope='global'``).
+
+    Raises:
+        ValueError: If ``global_scope`` and an attention ``qkv`` layer is in ``prunable``, or a
+            module holds parameters torch-pruning cannot slice (naming the first one).
+    """
+    if global_scope and set(attention_modules(model)) & set(prunable or ()):
+        raise ValueError(
+            "Structured pruning with scope='global' cannot rank attention heads against "
+            "channels. Use scope='layer' (heads and MLP widths shrink by the same fraction)."
+        )
+    unsupported = unsupported_layers(model, prunable)
+    if unsupported:
+        module = model.get_submodule(unsupported[0]) if unsupported[0] else model
+        raise ValueError(
+            f"Structured pruning cannot handle layer {unsupported[0]!r} "
+            f"({type(module).__name__}): it holds raw nn.Parameters that torch-pruning has no "
+            "rule to slice, so removing channels would corrupt it. Use mode='unstructured' or "
+            "mode='2:4' for this model, or build the layer from standard modules "
+            "(Conv, Linear, BatchNorm, LayerNorm)."
+        )
+
+
+def prune_channels(
+    model: nn.Module,
+    example_input: Tensor,
+    prunable: Sequence[str],
+    ratio: float | Mapping[str, float],
+    global_scope: bool = False,
+    round_to: int | None = None,
+    criterion: Criterion = "l2",
+) -> PruningHistory:
+    """Remove a fraction of the current output channels of the ``prunable`` layers.
+
+    Channels are ranked by ``criterion`` over their whole coupled group (weights of every
+    layer the channel touches). Layers outside ``prunable`` keep their output channels.
+
+    Args:
+        model: Root module; history names are relative to it.
+        example_input: An input batch on the model's device, for tracing.
+        prunable: Names of conv/linear layers whose output channels may be removed.
+        ratio: Fraction of current channels to remove, in [0, 1): one for all layers, or one
+            per layer name (see :func:`ratios_to_widths`).
+        global_scope: Rank channels across layers (uneven widths) instead of per layer;
+            needs a single ``ratio``.
+        round_to: Keep channel counts a multiple of this (fast kernels like multiples of 8).
+        criterion: ``"l1"``, ``"l2"``, ``"taylor"`` (needs gradients on the weights) or a
+            callable scoring a torch-pruning group (see :mod:`lightning_accel.pruning.criteria`).
+
+    Returns:
+        The pruning history of this call.
+    """
+    import torch_pruning as tp
+
+    check_structured_support(model, prunable, global_scope)
+    keep = set(prunable)
+    per_layer = dict(ratio) if isinstance(ratio, Mapping) else {}
+    ignored = [
+        module
+        for name, module in model.named_modules()
+        if isinstance(module, WEIGHTED_LAYERS) and name not in keep
+    ]
+    attention = attention_modules(model)
+    heads = {n: r for n, r in per_layer.items() if n in attention}
+    with _tracing_mode(model):
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example_input,
+            importance=group_importance(criterion),
+            pruning_ratio=0.0 if per_layer else float(ratio),  # type: ignore[arg-type]
+            pruning_ratio_dict={model.get_submodule(n): r for n, r in per_layer.items()} or None,
+            global_pruning=global_scope,
+            max_pruning_ratio=0.95,
+            ignored_layers=ignored,
+            round_to=round_to,
+            # whole heads go from qkv (never single dims: the head size stays)
+            num_heads={m.qkv: m.num_heads for m in attention.values()},
+            prune_num_heads=bool(heads),
+            prune_head_dims=False,
+            head_pruning_ratio_dict={model.get_submodule(n): r for n, r in heads.items()} or None,
+        )
+        pruner.DG.verbose = False
+        pruner.step()
+    sync_attention_heads(model)
+    return [
+        [str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in pruner.pruning_history()
+    ]
+
+
+def out_channels(module: nn.Module) -> int:
+    """Output channels (conv) or features (linear) of a layer."""
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels  # type: ignore[return-value]
+
+
+def ratios_to_widths(
+    model: nn.Module, initial_widths: Mapping[str, int], sparsity: float
+) -> dict[str, float]:
+    """Per-layer ratios that bring each layer to ``(1 - sparsity)`` of its initial width.
+
+    Computed from the initial widths rather than step by step, so rounding never accumulates
+    over many pruning steps. Attention ``qkv`` layers count in whole heads.
+
+    Args:
+        model: Root module in its current (possibly already pruned) state.
+        initial_widths: Output channels (features) of each prunable layer before any pruning,
+            by layer name.
+        sparsity: Target fraction of each initial width to remove, in [0, 1).
+
+    Returns:
+        Per-layer ratios in [0, 1) of the *current* channels to remove, for
+        :func:`prune_channels`.
+
+    Raises:
+        AttributeError: If a name in ``initial_widths`` is not a submodule of ``model``.
+    """
+    attention = attention_modules(model)
+    ratios = {}
+    for name, initial in initial_widths.items():
+        current = out_channels(model.get_submodule(name))
+        if name in attention:
+            ratios[name] = _head_ratio(attention[name], initial, current, sparsity)
+            continue
+        target = max(1, round(initial * (1.0 - sparsity)))
+        # torch-pruning keeps int(current * (1 - ratio)) channels; +0.5 guards float round-off.
+        ratios[name] = max(0.0, 1.0 - (target + 0.5) / current)
+    return ratios
+
+
+def _head_ratio(attention: Any, initial: int, current: int, sparsity: float) -> float:
+    """The head-pruning ratio that leaves ``round((1 - sparsity) * initial heads)`` heads."""
+    per_head = 3 * attention.head_dim
+    initial_heads, current_heads = initial // per_head, current // per_head
+    remove = current_heads - max(1, round(initial_heads * (1.0 - sparsity)))
+    # torch-pruning removes ceil(ratio * heads) heads; -0.5 guards float round-off.
+    return (remove - 0.5) / current_heads if remove > 0 else 0.0
+
+
+def replay_channel_pruning(
+    model: nn.Module, example_input: Tensor, history: PruningHistory
+) -> None:
+    """Reapply a recorded channel-pruning history to a freshly built model.
+
+    Args:
+        model: The unpruned model, changed in place.
+        example_input: An input batch on the model's device, for tracing.
+        history: ``[[layer_name, is_out_channels, [indices]], ...]`` as :func:`prune_channels`
+            returns it, in order.
+
+    Raises:
+        ValueError: If the history names a layer the model lacks or an index out of range.
+    """
+    modules = dict(model.named_modules())
+    for name, is_out, idxs in history:
+        module = modules.get(name)
+        if module is None:
+            raise ValueError(f"layer {name!r} does not exist in this model")
+        size = _channels(module, is_out)
+        if size is not None and idxs and max(idxs) >= size:
+            raise ValueError(
+                f"layer {name!r} has {size} {'output' if is_out else 'input'} channels but the "
+                f"history removes index {max(idxs)}"
+            )
+    import torch_pruning as tp
+
+    with _tracing_mode(model):
+        graph = tp.DependencyGraph().build_dependency(model, example_input, verbose=False)
+        graph.load_pruning_history([(n, out, list(idxs)) for n, out, idxs in history])
+    sync_attention_heads(model)
+
+
+def _channels(module: nn.Module, out: bool) -> int | None:
+    if not isinstance(module, WEIGHTED_LAYERS):
+        return None
+    if out:
+        return out_channels(module)
+    return module.in_features if isinstance(module, nn.Linear) else module.in_channels  # type: ignore[return-value]
+
+
+def replay_channel_pruning_entry(model: nn.Module, entry: dict[str, Any]) -> None:
+    """Replay a ``"channel_pruning"`` entry of the structural log (see ``checkpointing``)."""
+    device = next(model.parameters()).device
+    example = torch.zeros(entry["input_shape"], device=device)
+    replay_channel_pruning(model, example, entry["history"])

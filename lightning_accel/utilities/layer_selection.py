@@ -1,0 +1,96 @@
+"""Finding the layers a technique acts on: execution order, ignore patterns, defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
+
+import torch
+from torch import Tensor, nn
+
+WEIGHTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+WeightedLayer = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear
+
+
+@torch.no_grad()
+def layers_in_call_order(model: nn.Module, example_input: Tensor) -> list[str]:
+    """Names of conv and linear layers in the order a forward pass calls them.
+
+    Runs one forward pass in eval mode on ``example_input`` and restores the training mode.
+    """
+    order: list[str] = []
+    handles = [
+        module.register_forward_hook(lambda mod, args, out, name=name: order.append(name))
+        for name, module in model.named_modules()
+        if isinstance(module, WEIGHTED_LAYERS)
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        model(example_input)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return list(dict.fromkeys(order))
+
+
+def match_patterns(names: Sequence[str], patterns: Sequence[str], argument: str) -> set[str]:
+    """Names matching any glob pattern; a pattern matching nothing is an error.
+
+    Args:
+        names: Candidate dotted module names, e.g. ``"model.layer1.0.conv1"``.
+        patterns: Case-sensitive ``fnmatch`` globs (or exact names) over ``names``.
+        argument: How the argument appears in the error message, e.g. ``"X(ignore=...)"``.
+
+    Returns:
+        The names matched by at least one pattern (empty if ``patterns`` is empty).
+
+    Raises:
+        ValueError: If a pattern matches no name; names the pattern and some valid layer names.
+    """
+    matched: set[str] = set()
+    for pattern in patterns:
+        hits = {name for name in names if fnmatchcase(name, pattern) or name == pattern}
+        if not hits:
+            sample = ", ".join(list(names)[:6])
+            raise ValueError(
+                f"{argument} pattern {pattern!r} matches no layer. Patterns are globs over module "
+                f"names, e.g. 'model.fc' or 'model.layer4.*'. Layers here include: {sample}"
+            )
+        matched |= hits
+    return matched
+
+
+def select_layers(
+    model: nn.Module,
+    example_input: Tensor,
+    ignore: Sequence[str],
+    keep_first_and_last: bool,
+    technique: str,
+) -> list[str]:
+    """Conv/linear layers a technique may change, in call order.
+
+    Args:
+        model: The root module; names are relative to it.
+        example_input: One input batch for a forward pass.
+        ignore: Glob patterns of layers to leave alone.
+        keep_first_and_last: Leave the first layer called and the last (the classifier) alone.
+        technique: Name used in error messages, e.g. ``"GradualPruning"``.
+
+    Raises:
+        ValueError: If a pattern matches nothing or no layer is left.
+    """
+    order = layers_in_call_order(model, example_input)
+    skipped = match_patterns(order, ignore, f"{technique}(ignore=...)")
+    if keep_first_and_last and order:
+        skipped |= {order[0], order[-1]}
+    selected = [name for name in order if name not in skipped]
+    if not selected:
+        raise ValueError(
+            f"{technique} found no layer to compress: the model calls {len(order)} conv/linear "
+            f"layer(s) {order[:4]} and all are kept (first and last layers stay dense by default; "
+            "`ignore` removes more). Use a model with hidden conv/linear layers, or pass "
+            "keep_first_and_last=False."
+        )
+    return selected

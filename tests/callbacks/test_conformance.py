@@ -1,0 +1,166 @@
+"""Every callback passes the same checks (as torchmetrics' MetricTester serves its metrics).
+
+Construction refuses bad types with a ValueError naming the argument; a fit logs exactly the
+metric names the callback declares; its state survives a checkpoint round trip; and a run
+resumed from a mid-run checkpoint ends where the uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import csv
+import typing
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+import lightning_accel.callbacks as callbacks_package
+from lightning_accel import (
+    Binarize,
+    ExportOnFitEnd,
+    GradualPruning,
+    LatencyMonitor,
+    QuantizationAware,
+)
+from lightning_accel.backends import BackendName, backend_names
+from lightning_accel.callbacks.base import AccelCallback
+from tests.conftest import quiet_trainer, small_module
+
+EPOCHS = 3
+
+# name -> a callback that acts within EPOCHS epochs on the small CNN and the digits
+FACTORIES: dict[str, Callable[[Path], AccelCallback]] = {
+    "structured_pruning": lambda d: GradualPruning(0.5, end_epoch=1),
+    "unstructured_pruning": lambda d: GradualPruning(0.5, mode="unstructured", end_epoch=1),
+    "taylor_pruning": lambda d: GradualPruning(0.5, end_epoch=2, criterion="taylor"),
+    "quantization": lambda d: QuantizationAware(start_epoch=1),
+    "binarization": lambda d: Binarize(start_epoch=1, end_epoch=2),
+    "latency": lambda d: LatencyMonitor(batch_sizes=(1,), runs=2, threads=1),
+    "export": lambda d: ExportOnFitEnd(
+        d / "export", batch_sizes=(1,), latency_runs=2, threads=1, benchmark=False
+    ),
+}
+
+
+def test_every_public_callback_derives_from_the_base_and_is_covered() -> None:
+    public = {getattr(callbacks_package, name) for name in callbacks_package.__all__}
+    assert all(issubclass(cls, AccelCallback) for cls in public)
+    covered = {type(factory(Path("unused"))) for factory in FACTORIES.values()}
+    assert covered == public
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: GradualPruning(0.5, start_epoch=True), r"start_epoch must be an integer >= 0"),
+        (lambda: GradualPruning(0.5, end_epoch=2.5), r"end_epoch must be after start_epoch"),
+        (lambda: GradualPruning(0.5, round_to=True), r"round_to must be a positive integer"),
+        (lambda: GradualPruning(0.5, criterion="l3"), r"criterion must be one of \['l1', 'l2'"),
+        (lambda: QuantizationAware(start_epoch=True), r"start_epoch must be an integer >= 0"),
+        (lambda: QuantizationAware(backend="openvino"), r"Unknown backend 'openvino'"),
+        (
+            lambda: QuantizationAware(freeze_bn_epoch=True),
+            r"freeze_bn_epoch=True comes before",
+        ),
+        (lambda: Binarize(start_epoch="1"), r"start_epoch must be an integer >= 0; got '1'"),
+        (lambda: Binarize(ste="sign"), r"ste must be one of"),
+        (lambda: LatencyMonitor(backend="cuda"), r"Unknown backend 'cuda'"),
+        (lambda: LatencyMonitor(every_n_epochs=True), r"every_n_epochs and runs must be >= 1"),
+        (lambda: LatencyMonitor(batch_sizes=4), r"batch_sizes must be positive integers"),
+        (lambda: ExportOnFitEnd(backends=()), r"must name at least one of"),
+        (lambda: ExportOnFitEnd(batch_sizes=(1, True)), r"batch_sizes must be positive integers"),
+        (lambda: ExportOnFitEnd(latency_runs=0), r"verify_batches and latency_runs must be >= 1"),
+    ],
+)
+def test_bad_argument_types_are_refused_at_construction(build, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_literal_types_list_what_the_registries_hold() -> None:
+    assert list(typing.get_args(BackendName)) == backend_names()
+    hints = typing.get_type_hints(QuantizationAware.__init__)
+    assert typing.get_args(hints["backend"]) == typing.get_args(BackendName)
+    assert typing.get_args(typing.get_type_hints(Binarize.__init__)["ste"]) == (
+        "clipped",
+        "approx_sign",
+    )
+
+
+def _fit(callback: AccelCallback, tmp_path: Path, data, epochs: int = EPOCHS, ckpt_path=None):
+    torch.manual_seed(0)
+    module = small_module()
+    checkpoints = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1
+    )
+    trainer = quiet_trainer(
+        tmp_path,
+        max_epochs=epochs,
+        callbacks=[callback, checkpoints],
+        enable_checkpointing=True,
+        logger=CSVLogger(tmp_path, name="log"),
+        deterministic=True,
+    )
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    return module, trainer
+
+
+def _assert_same(a, b) -> None:
+    if isinstance(a, torch.Tensor):
+        torch.testing.assert_close(a, b)
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b)
+        for key in a:
+            _assert_same(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _assert_same(x, y)
+    else:
+        assert a == b
+
+
+def _logged_names(trainer) -> set[str]:
+    rows = list(csv.DictReader(open(Path(trainer.logger.log_dir) / "metrics.csv")))
+    return {key for row in rows for key, value in row.items() if value not in ("", None)}
+
+
+def _outputs(module, data) -> torch.Tensor:
+    x, _ = next(iter(data.val_dataloader()))
+    with torch.no_grad():
+        return module.eval()(x)
+
+
+@pytest.mark.parametrize("case", sorted(FACTORIES))
+def test_callback_conformance(case: str, digits, tmp_path: Path) -> None:
+    factory = FACTORIES[case]
+    callback = factory(tmp_path / "full")
+    module, trainer = _fit(callback, tmp_path / "full", digits)
+
+    # logged names are exactly the declared ones (the module's own and Lightning's aside)
+    own = {"train/loss", "train/acc", "val/loss", "val/acc", "epoch", "step"}
+    logged = _logged_names(trainer) - own
+    assert logged == set(callback.logged_metrics()), case
+    assert set(callback.metrics) == set(callback.logged_metrics())
+
+    # checkpoint round trip: the state a checkpoint holds rebuilds an equal callback
+    state = callback.state_dict()
+    twin = factory(tmp_path / "full")
+    assert twin.state_key == callback.state_key
+    twin.load_state_dict(state)
+    _assert_same(twin.state_dict(), state)
+    checkpoint = torch.load(tmp_path / "full" / "ckpt" / "epoch=2.ckpt", weights_only=True)
+    assert (callback.state_key in checkpoint["callbacks"]) == bool(state)  # Lightning skips {}
+
+    # resume mid-run: the same model as the uninterrupted run
+    resumed_cb = factory(tmp_path / "resumed")
+    resumed, _ = _fit(
+        resumed_cb,
+        tmp_path / "resumed",
+        digits,
+        ckpt_path=tmp_path / "full" / "ckpt" / "epoch=0.ckpt",
+    )
+    torch.testing.assert_close(_outputs(resumed, digits), _outputs(module, digits))

@@ -1,0 +1,92 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_accel.models.zoo import build
+from lightning_accel.pruning.channels import (
+    out_channels,
+    prune_channels,
+    ratios_to_widths,
+    replay_channel_pruning,
+)
+from lightning_accel.utilities.layer_selection import select_layers
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "small_cnn"])
+def test_structured_pruning_shrinks_residual_and_depthwise_models(name: str) -> None:
+    model = build(name).eval()
+    x = torch.randn(2, 1, 28, 28)
+    before = sum(p.numel() for p in model.parameters())
+    layers = select_layers(model, x[:1], [], True, "test")
+    prune_channels(model, x[:1], layers, 0.5)
+    after = sum(p.numel() for p in model.parameters())
+    assert after < 0.45 * before
+    assert model(x).shape == (2, 10)
+
+
+def test_replayed_history_rebuilds_the_same_model() -> None:
+    model = build("resnet18").eval()
+    fresh = copy.deepcopy(model)
+    x = torch.randn(1, 1, 28, 28)
+    layers = select_layers(model, x, [], True, "test")
+    history = prune_channels(model, x, layers, 0.3) + []
+    history2 = prune_channels(model, x, layers, 0.3)
+    replay_channel_pruning(fresh, x, history)
+    replay_channel_pruning(fresh, x, history2)
+    torch.testing.assert_close(fresh(x), model(x))
+
+
+def test_layer_with_raw_parameters_is_refused_before_any_change() -> None:
+    class LayerScale(nn.Module):
+        def __init__(self, channels: int) -> None:
+            super().__init__()
+            self.gamma = nn.Parameter(torch.ones(1, channels, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.gamma
+
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.Conv2d(8, 8, 3), LayerScale(8), nn.Conv2d(8, 4, 3))
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(
+        ValueError, match=r"cannot handle layer '2' \(LayerScale\).*mode='unstructured'"
+    ):
+        prune_channels(model, torch.randn(1, 1, 12, 12), ["1"], 0.5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_history_from_another_architecture_is_refused() -> None:
+    x = torch.randn(1, 1, 28, 28)
+    with pytest.raises(ValueError, match="layer 'layer4.1.conv1' does not exist"):
+        replay_channel_pruning(build("small_cnn"), x, [["layer4.1.conv1", True, [0, 1]]])
+
+
+def test_vit_loses_whole_heads_and_mlp_width_and_replays_exactly() -> None:
+    pytest.importorskip("timm", reason="vit_tiny needs timm (the zoo extra)")
+    model = build("vit_tiny").eval()
+    fresh = copy.deepcopy(model)
+    x = torch.randn(3, 1, 28, 28)
+    layers = select_layers(model, x[:1], [], True, "test")
+    widths = {name: out_channels(model.get_submodule(name)) for name in layers}
+    history = []
+    for sparsity in (0.25, 0.5):  # gradual: 4 -> 3 -> 2 heads
+        history += prune_channels(model, x[:1], layers, ratios_to_widths(model, widths, sparsity))
+    for block in model.blocks:
+        assert block.attn.num_heads == 2 and block.attn.qkv.out_features == 3 * 2 * 24
+        assert block.attn.proj.in_features == 48 and block.mlp.fc1.out_features == 192
+        assert block.attn.proj.out_features == 96  # the token width, and pos_embed, stay
+    assert model.pos_embed.shape == (1, 50, 96)
+    replay_channel_pruning(fresh, x[:1], history)
+    assert fresh.blocks[0].attn.num_heads == 2
+    torch.testing.assert_close(fresh(x), model(x))
+
+
+def test_global_scope_cannot_rank_heads_against_channels() -> None:
+    pytest.importorskip("timm", reason="vit_tiny needs timm (the zoo extra)")
+    model = build("vit_tiny").eval()
+    x = torch.randn(1, 1, 28, 28)
+    layers = select_layers(model, x, [], True, "test")
+    with pytest.raises(ValueError, match="scope='global' cannot rank attention heads"):
+        prune_channels(model, x, layers, 0.5, global_scope=True)
+    assert model.blocks[0].attn.qkv.out_features == 288
