@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_accel.binarization.functions import binarize_activation, binarize_weight
+from lightning_accel.utilities.distributed import mean_across_ranks
 from lightning_accel.utilities.modules import per_channel, set_submodule
 
 
@@ -46,7 +47,8 @@ class _BinaryMixin:
         shift = self.activation_shift
         if self.training and not bool(self.shift_initialized):
             with torch.no_grad():  # start at the channel means: half the inputs on each side
-                shift.copy_(x.detach().transpose(0, 1).flatten(1).mean(1))
+                # averaged over DDP ranks, so every rank starts from the same threshold
+                shift.copy_(mean_across_ranks(x.detach().transpose(0, 1).flatten(1).mean(1)))
                 self.shift_initialized.fill_(True)
         binary = binarize_activation(x - per_channel(shift, x), self.estimator)
         return _blend(x, binary, self.progress)

@@ -7,6 +7,7 @@ logs and what it declares through ``logged_metrics()``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar, cast
 
@@ -37,6 +38,40 @@ class AccelCallback(Callback):
 
     def __init__(self) -> None:
         self.metrics: dict[str, float] = {}
+        self._batch: tuple[int, Any] | None = None  # index and batch of the running step
+
+    # ----------------------------------------------------------------- non-finite values
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._batch = (batch_idx, batch)
+
+    @override
+    def on_before_backward(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor
+    ) -> None:
+        """Stop at the first non-finite loss, before it reaches any weight.
+
+        Raises:
+            ValueError: Saying where the loss became non-finite and whether the batch held
+                non-finite inputs.
+        """
+        if bool(torch.isfinite(loss.detach()).all()):
+            return
+        index, batch = self._batch if self._batch is not None else (-1, None)
+        bad_inputs = count_non_finite(batch)
+        where = f"epoch {trainer.current_epoch}, training batch {index}"
+        cause = (
+            f"that batch holds {bad_inputs} non-finite input values (NaN or inf): clean the data"
+            if bad_inputs
+            else "its inputs are finite, so training diverged: lower the learning rate or use "
+            "gradient clipping (Trainer(gradient_clip_val=...))"
+        )
+        raise ValueError(
+            f"{self.technique}: the loss is {float(loss.detach().float().mean())} at {where}; "
+            f"{cause}. Stopped before the optimizer step, so the weights are still finite."
+        )
 
     # ----------------------------------------------------------------- metrics
     def metric_names(self) -> tuple[str, ...]:
@@ -90,6 +125,35 @@ class AccelCallback(Callback):
                 f"max_epochs >= {last_epoch + 1}."
             )
 
+    def check_reached_within_max_steps(
+        self, trainer: pl.Trainer, what: str, epoch: int, completes: bool = False
+    ) -> None:
+        """Refuse a schedule point that ``max_steps`` stops training before (in ``on_train_start``).
+
+        Args:
+            trainer: The Trainer, with its train dataloader loaded.
+            what: The setting that asks for the epoch, e.g. ``"end_epoch=4"``.
+            epoch: The epoch the schedule needs (0-based).
+            completes: ``True``: the epoch must run to its end; ``False``: its first batch must
+                run.
+
+        Raises:
+            ValueError: Naming the epoch, the step it needs, ``max_steps`` and the fix.
+        """
+        max_steps, batches = trainer.max_steps, trainer.num_training_batches
+        if max_steps is None or max_steps < 0 or not math.isfinite(batches):
+            return
+        accumulate = max(int(getattr(trainer, "accumulate_grad_batches", 1)), 1)
+        batch = (epoch + 1) * int(batches) - 1 if completes else epoch * int(batches)
+        needed = batch // accumulate + 1  # optimizer steps until that batch has run
+        if needed > max_steps:
+            raise ValueError(
+                f"The {self.technique} schedule cannot finish: {what} needs training batch "
+                f"{batch} of epoch {epoch} (optimizer step {needed}, {int(batches)} batches per "
+                f"epoch), but max_steps={max_steps} stops training before. Raise max_steps to "
+                f">= {needed} or move the schedule earlier."
+            )
+
     def check_starts_after_channel_pruning(self, trainer: pl.Trainer, start_epoch: int) -> None:
         """Refuse a layer swap that would start before structured pruning has finished.
 
@@ -126,6 +190,32 @@ class AccelCallback(Callback):
             )
 
 
+def count_non_finite(batch: Any) -> int:
+    """How many NaN or inf values the floating-point tensors of a batch hold (any nesting)."""
+    if isinstance(batch, Tensor):
+        return int((~torch.isfinite(batch)).sum()) if batch.is_floating_point() else 0
+    if isinstance(batch, dict):
+        return sum(count_non_finite(v) for v in batch.values())
+    if isinstance(batch, (list, tuple)):
+        return sum(count_non_finite(v) for v in batch)
+    return 0
+
+
+def check_finite_weights(model: torch.nn.Module, technique: str) -> None:
+    """Refuse to act on a model with NaN or inf parameters.
+
+    Raises:
+        ValueError: Naming the first such parameter.
+    """
+    for name, parameter in model.named_parameters():
+        if not bool(torch.isfinite(parameter.detach()).all()):
+            raise ValueError(
+                f"{technique}: parameter {name!r} holds NaN or inf values, so ranking or "
+                "quantizing it would be meaningless. Training diverged or the data holds "
+                "non-finite values; fix that first."
+            )
+
+
 def check_epoch(value: object, argument: str, example: str, minimum: int = 0) -> int:
     """An epoch index ``>= minimum``; ``bool`` is refused (``True`` is not an epoch).
 
@@ -143,6 +233,80 @@ def check_epoch(value: object, argument: str, example: str, minimum: int = 0) ->
             f"{argument} must be an integer >= {minimum}; got {value!r}. Example: {example}"
         )
     return value
+
+
+def check_int(
+    value: object, argument: str, example: str, minimum: int = 1, optional: bool = False
+) -> int | None:
+    """An integer ``>= minimum`` (``None`` too when ``optional``); ``bool`` is refused.
+
+    Args:
+        value: The value given.
+        argument: The argument's name, for the message.
+        example: A valid call, for the message.
+        minimum: The smallest allowed value.
+        optional: Whether ``None`` is allowed.
+
+    Raises:
+        ValueError: Naming the argument, the value and an example.
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = f"an integer >= {minimum}" + (" or None" if optional else "")
+        raise ValueError(f"{argument} must be {allowed}; got {value!r}. Example: {example}")
+    return value
+
+
+def check_number(value: object, argument: str, example: str, low: float, high: float) -> float:
+    """A real number in ``[low, high]``; strings and ``bool`` are refused.
+
+    Args:
+        value: The value given.
+        argument: The argument's name, for the message.
+        example: A valid call, for the message.
+        low: Smallest allowed value.
+        high: Largest allowed value.
+
+    Raises:
+        ValueError: Naming the argument, the range and an example.
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        raise ValueError(
+            f"{argument} must be a number in [{low}, {high}]; got {value!r}. Example: {example}"
+        )
+    return float(value)
+
+
+def check_bool(value: object, argument: str) -> bool:
+    """``True`` or ``False``, nothing else (``0``, ``"yes"`` and ``None`` are refused).
+
+    Raises:
+        ValueError: Naming the argument and the value.
+    """
+    if not isinstance(value, bool):
+        raise ValueError(f"{argument} must be True or False; got {value!r}")
+    return value
+
+
+def check_patterns(value: object, argument: str) -> list[str]:
+    """Glob patterns over layer names: one string or a list of strings.
+
+    Raises:
+        ValueError: Naming the argument and the first item that is not a string.
+    """
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+        raise ValueError(
+            f"{argument} must be a glob pattern or a list of them (strings); got {value!r}. "
+            f"Example: {argument}=['model.fc', 'model.layer4.*']"
+        )
+    return list(items)
 
 
 def check_end_epoch(start_epoch: int, end_epoch: object, example: str) -> int | None:
@@ -212,15 +376,29 @@ def example_input(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor:
         ValueError: If neither gives a tensor.
     """
     sample: Any = pl_module.example_input_array
+    loader = trainer.train_dataloader
+    data: Any = None
+    if loader is not None:
+        batch = next(iter(loader))
+        data = batch[0] if isinstance(batch, (list, tuple)) else batch
     if sample is None:
-        loader = trainer.train_dataloader
         if loader is None:
             raise ValueError(
                 "Cannot find an example input: set `self.example_input_array` in your "
                 "LightningModule or give the Trainer a train dataloader."
             )
-        batch = next(iter(loader))
-        sample = batch[0] if isinstance(batch, (list, tuple)) else batch
+        sample = data
+    elif (
+        isinstance(sample, Tensor)
+        and isinstance(data, Tensor)
+        and tuple(sample.shape[1:]) != tuple(data.shape[1:])
+    ):
+        raise ValueError(
+            f"{type(pl_module).__name__}.example_input_array has shape {tuple(sample.shape)}, "
+            f"but the training data's inputs are {tuple(data.shape)} (batch first): set "
+            f"example_input_array to one input batch, e.g. torch.zeros(1, "
+            f"{', '.join(str(d) for d in data.shape[1:])})."
+        )
     if not isinstance(sample, Tensor):
         raise ValueError(
             f"The example input must be a tensor (the first element of a batch); got "

@@ -19,8 +19,10 @@ from lightning_accel.binarization.layers import (
 )
 from lightning_accel.callbacks.base import (
     AccelCallback,
+    check_bool,
     check_end_epoch,
     check_epoch,
+    check_patterns,
     example_input,
     rebuild_optimizers,
 )
@@ -81,6 +83,9 @@ class Binarize(AccelCallback):
             raise ValueError(
                 f"ste must be one of {ESTIMATORS}; got {ste!r}. Example: Binarize(ste='clipped')"
             )
+        check_bool(weights, "weights")
+        check_bool(activations, "activations")
+        check_bool(keep_first_and_last, "keep_first_and_last")
         if not (weights or activations):
             raise ValueError("Binarize needs weights=True or activations=True (or both).")
         super().__init__()
@@ -92,7 +97,7 @@ class Binarize(AccelCallback):
         self.ste = ste
         self.start_epoch = start_epoch
         self.end_epoch = end_epoch
-        self.ignore = [ignore] if isinstance(ignore, str) else list(ignore)
+        self.ignore = check_patterns(ignore, "ignore")
         self.keep_first_and_last = keep_first_and_last
         self.progress = 0.0
         self._layers: list[str] = []
@@ -124,6 +129,12 @@ class Binarize(AccelCallback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        last, argument = (
+            (self.end_epoch, "end_epoch")
+            if self.end_epoch is not None
+            else (self.start_epoch, "start_epoch")
+        )
+        self.check_reached_within_max_steps(trainer, f"{argument}={last}", last)
         self._steps_per_epoch = max(int(trainer.num_training_batches), 1)
         binary = binary_layer_names(pl_module)
         if binary:  # resumed from a checkpoint of the binarized model
@@ -139,6 +150,7 @@ class Binarize(AccelCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         epoch = trainer.current_epoch
         if epoch < self.start_epoch:
             return

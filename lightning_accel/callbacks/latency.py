@@ -12,7 +12,12 @@ import lightning.pytorch as pl
 from typing_extensions import override
 
 from lightning_accel.backends import DEFAULT_BACKEND, BackendName, get_backend
-from lightning_accel.callbacks.base import AccelCallback, check_batch_sizes, example_input
+from lightning_accel.callbacks.base import (
+    AccelCallback,
+    check_batch_sizes,
+    check_int,
+    example_input,
+)
 from lightning_accel.export.onnx import to_onnx
 from lightning_accel.tracking.wandb_logging import define_epoch_axis, log_epoch_table, wandb_run
 from lightning_accel.utilities.model_stats import model_stats
@@ -51,13 +56,10 @@ class LatencyMonitor(AccelCallback):
     ) -> None:
         super().__init__()
         self.backend = get_backend(backend, "LatencyMonitor(backend=...)").name
-        if any(isinstance(v, bool) or not isinstance(v, int) for v in (every_n_epochs, runs)) or (
-            every_n_epochs < 1 or runs < 1
-        ):
-            raise ValueError(
-                "every_n_epochs and runs must be >= 1; "
-                f"got every_n_epochs={every_n_epochs}, runs={runs}"
-            )
+        example = "LatencyMonitor(every_n_epochs=1, runs=20, threads=2)"
+        check_int(every_n_epochs, "every_n_epochs", example)
+        check_int(runs, "runs", example)
+        check_int(threads, "threads", example, optional=True)
         batch_sizes = check_batch_sizes(batch_sizes, "batch_sizes")
         self.every_n_epochs = every_n_epochs
         self.batch_sizes = tuple(batch_sizes)
@@ -84,6 +86,18 @@ class LatencyMonitor(AccelCallback):
                 f"LatencyMonitor(backend={self.backend!r}) cannot run here: {problem}. "
                 f"Use backend={DEFAULT_BACKEND!r}."
             )
+        max_epochs = trainer.max_epochs
+        if stage == "fit" and max_epochs is not None and 0 <= max_epochs < self.every_n_epochs:
+            raise ValueError(
+                f"LatencyMonitor(every_n_epochs={self.every_n_epochs}) never measures: training "
+                f"stops after max_epochs={max_epochs}. Set every_n_epochs <= {max_epochs}."
+            )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        first = self.every_n_epochs - 1  # the first epoch measured, at its end
+        what = f"every_n_epochs={self.every_n_epochs} (a first measurement)"
+        self.check_reached_within_max_steps(trainer, what, first, completes=True)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

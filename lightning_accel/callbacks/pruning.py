@@ -14,8 +14,13 @@ from typing_extensions import override
 
 from lightning_accel.callbacks.base import (
     AccelCallback,
+    check_bool,
     check_end_epoch,
     check_epoch,
+    check_finite_weights,
+    check_int,
+    check_number,
+    check_patterns,
     example_input,
     layer_modules,
     rebuild_optimizers,
@@ -44,6 +49,7 @@ PruningScope = Literal["global", "layer"]
 _MODES = ("structured", "unstructured", "2:4")
 _SCOPES = ("global", "layer")
 _EXAMPLE = "GradualPruning(0.5, start_epoch=1, end_epoch=5)"
+_EXAMPLE_INITIAL = "GradualPruning(0.8, initial_sparsity=0.1)"
 
 
 class GradualPruning(AccelCallback):
@@ -121,17 +127,10 @@ class GradualPruning(AccelCallback):
             )
         if scope is not None and scope not in _SCOPES:
             raise ValueError(f"scope must be one of {_SCOPES}; got {scope!r}")
-        if not 0.0 <= initial_sparsity <= target_sparsity:
-            raise ValueError(
-                f"initial_sparsity must be in [0, target_sparsity={target_sparsity}]; got "
-                f"{initial_sparsity}. Example: GradualPruning(0.8, initial_sparsity=0.1)"
-            )
-        if round_to is not None and (
-            isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1
-        ):
-            raise ValueError(f"round_to must be a positive integer or None; got {round_to}")
-        if isinstance(ignore, str):
-            ignore = [ignore]
+        check_number(initial_sparsity, "initial_sparsity", _EXAMPLE_INITIAL, 0.0, target_sparsity)
+        check_int(round_to, "round_to", "GradualPruning(0.5, round_to=8)", optional=True)
+        ignore = check_patterns(ignore, "ignore")
+        check_bool(keep_first_and_last, "keep_first_and_last")
         self.target_sparsity = float(target_sparsity)
         self.mode = mode
         self.schedule = schedule
@@ -162,7 +161,8 @@ class GradualPruning(AccelCallback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(mode=self.mode, target_sparsity=self.target_sparsity)
+        # Keyed by mode only: a run resumed with another target still finds its initial widths.
+        return self._generate_state_key(mode=self.mode)
 
     def resolved_end_epoch(self, max_epochs: int | None) -> int:
         """``end_epoch``, or its default ``max(max_epochs - 1, start_epoch + 1)``.
@@ -197,6 +197,8 @@ class GradualPruning(AccelCallback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self.end_epoch is not None  # resolved in setup
+        self.check_reached_within_max_steps(trainer, f"end_epoch={self.end_epoch}", self.end_epoch)
         self._example = example_input(trainer, pl_module)
         self._module = weakref.ref(pl_module)
         for name, parameter in pl_module.named_parameters():
@@ -241,6 +243,7 @@ class GradualPruning(AccelCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         assert self._step_schedule is not None
         step = trainer.current_epoch * self._step_schedule.steps_per_epoch + batch_idx
         if not (self._pending_update or self._step_schedule.is_update_step(step)):
@@ -325,6 +328,7 @@ class GradualPruning(AccelCallback):
             "applied_sparsity": self.applied_sparsity,
             "end_epoch": self.end_epoch,
             "initial_widths": dict(self._initial_widths),
+            "target_sparsity": self.target_sparsity,
             "dense_stats": list(self._dense_stats) if self._dense_stats else None,
             "pending_update": self._pending_update,
             # A gradient criterion ranks by the last batch's gradients; a checkpoint keeps them so
@@ -335,6 +339,19 @@ class GradualPruning(AccelCallback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.applied_sparsity = float(state_dict.get("applied_sparsity", 0.0))
+        saved_target = state_dict.get("target_sparsity", self.target_sparsity)
+        if saved_target != self.target_sparsity:
+            rank_zero_warn(
+                f"GradualPruning: resumed a run that targeted sparsity {saved_target} with "
+                f"target {self.target_sparsity}; pruning continues to {self.target_sparsity} of "
+                "the original widths."
+            )
+        if self.applied_sparsity > self.target_sparsity + 1e-9:
+            raise ValueError(
+                f"GradualPruning(target_sparsity={self.target_sparsity}) cannot resume a run "
+                f"that has already pruned to {self.applied_sparsity:.3f}: pruned channels cannot "
+                f"come back. Resume with target_sparsity >= {self.applied_sparsity:.3f}."
+            )
         self.end_epoch = state_dict.get("end_epoch", self.end_epoch)
         self._initial_widths = dict(state_dict.get("initial_widths", {}))
         dense = state_dict.get("dense_stats")
@@ -347,6 +364,7 @@ class GradualPruning(AccelCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, sparsity: float
     ) -> None:
         assert self._example is not None
+        check_finite_weights(pl_module, self.technique)
         if self.mode == "structured":
             history = prune_channels(
                 pl_module,
@@ -425,7 +443,11 @@ def _validate(
     end_epoch: int | None,
     update_every_n_steps: int | None,
 ) -> None:
-    if not isinstance(target_sparsity, (int, float)) or not 0.0 <= target_sparsity < 1.0:
+    if (
+        isinstance(target_sparsity, bool)
+        or not isinstance(target_sparsity, (int, float))
+        or not 0.0 <= target_sparsity < 1.0  # also refuses NaN
+    ):
         raise ValueError(
             f"target_sparsity must be in [0, 1); got {target_sparsity!r}. "
             "Example: GradualPruning(target_sparsity=0.5)"

@@ -13,7 +13,10 @@ from typing_extensions import override
 from lightning_accel.backends import DEFAULT_BACKEND, BackendName, get_backend
 from lightning_accel.callbacks.base import (
     AccelCallback,
+    check_bool,
     check_epoch,
+    check_finite_weights,
+    check_patterns,
     example_input,
     rebuild_optimizers,
 )
@@ -114,13 +117,20 @@ class QuantizationAware(AccelCallback):
         self.freeze_bn_epoch = freeze_bn_epoch
         self.weight_bits = check_bits(weight_bits, "weight_bits")
         self.activation_bits = check_bits(activation_bits, "activation_bits")
+        if layer_bits is not None and not isinstance(layer_bits, Mapping):
+            raise ValueError(
+                f"layer_bits must map glob patterns to bit widths; got {layer_bits!r}. "
+                "Example: QuantizationAware(layer_bits={'model.layer4.*': 4})"
+            )
         self.layer_bits = {
-            str(pattern): check_bits(bits, f"layer_bits[{pattern!r}]")
+            check_patterns(pattern, "layer_bits keys")[0]: check_bits(
+                bits, f"layer_bits[{pattern!r}]"
+            )
             for pattern, bits in (layer_bits or {}).items()
         }
-        self.ignore = [ignore] if isinstance(ignore, str) else list(ignore)
+        self.ignore = check_patterns(ignore, "ignore")
         self.observer = observer
-        self.learnable_scales = bool(learnable_scales)
+        self.learnable_scales = check_bool(learnable_scales, "learnable_scales")
         self.spec: QuantizationSpec | None = None
 
     changes_structure = True
@@ -151,6 +161,8 @@ class QuantizationAware(AccelCallback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        start = self.start_epoch
+        self.check_reached_within_max_steps(trainer, f"start_epoch={start}", start)
         if quantized_layers(pl_module):
             return  # resumed from a checkpoint of the quantized model
         self.spec = self._plan(pl_module, example_input(trainer, pl_module))
@@ -164,6 +176,7 @@ class QuantizationAware(AccelCallback):
             return
         if not quantized_layers(pl_module):
             assert self.spec is not None  # planned in on_train_start
+            check_finite_weights(pl_module, self.technique)
             quantize_submodules(pl_module, self.spec)
             record_structural_change(pl_module, "quantization_aware", spec=self.spec.to_dict())
             rebuild_optimizers(trainer)

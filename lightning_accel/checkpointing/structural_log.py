@@ -73,7 +73,9 @@ def save_structural_log(model: nn.Module, checkpoint: dict[str, Any]) -> None:
     section["surgery"] = copy.deepcopy(structural_changes(model))
 
 
-def restore_compression(model: nn.Module, checkpoint: Mapping[str, Any]) -> None:
+def restore_compression(
+    model: nn.Module, checkpoint: Mapping[str, Any], strict: bool = True
+) -> None:
     """Replay a checkpoint's structural changes on ``model`` so its weights fit.
 
     Call it before loading the weights; :class:`CompressionCheckpointMixin` does so for a
@@ -84,6 +86,9 @@ def restore_compression(model: nn.Module, checkpoint: Mapping[str, Any]) -> None
         model: A freshly built model of the checkpoint's architecture.
         checkpoint: A Lightning checkpoint dict, or any dict with a ``"lightning_accel"`` section
             (and optionally ``"state_dict"``, whose shapes are checked).
+        strict: Also require the checkpoint's tensor names to equal the model's (what a strict
+            ``load_state_dict`` will require), checked before anything is loaded: PyTorch's
+            own strict load copies the matching tensors before it reports missing ones.
 
     Raises:
         ValueError: If the checkpoint was made from a different architecture.
@@ -110,7 +115,7 @@ def restore_compression(model: nn.Module, checkpoint: Mapping[str, Any]) -> None
             f"does not fit this architecture ({err}). Build the same architecture the checkpoint "
             "was trained with (same model name, num_classes and in_channels)."
         ) from err
-    _check_shapes(trial, checkpoint.get("state_dict"))
+    _check_shapes(trial, checkpoint.get("state_dict"), strict)
     if entries:
         _replay_all(model, entries)
 
@@ -126,10 +131,24 @@ def _replay_all(model: nn.Module, entries: list[dict[str, Any]]) -> None:
         structural_changes(model).append(copy.deepcopy(entry))
 
 
-def _check_shapes(model: nn.Module, state_dict: Mapping[str, torch.Tensor] | None) -> None:
+def _check_shapes(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor] | None, strict: bool
+) -> None:
     if not state_dict:
         return
     own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
+    if strict and (missing or unexpected):
+        raise ValueError(
+            f"This checkpoint does not fit {type(model).__name__}: "
+            + "; ".join(
+                f"{label} {len(keys)} tensors (e.g. {keys[:3]})"
+                for label, keys in (("it lacks", missing), ("it has another", unexpected))
+                if keys
+            )
+            + ". It comes from another architecture. Build the same architecture the checkpoint "
+            "was trained with (same model name, num_classes and in_channels). Nothing was loaded."
+        )
     for key, value in state_dict.items():
         if key in own and hasattr(value, "shape") and own[key].shape != value.shape:
             raise ValueError(
@@ -155,5 +174,6 @@ class CompressionCheckpointMixin:
         super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        restore_compression(self, checkpoint)  # type: ignore[arg-type]
+        strict = bool(getattr(self, "strict_loading", True))
+        restore_compression(self, checkpoint, strict)  # type: ignore[arg-type]
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]

@@ -46,7 +46,7 @@ def test_works_with_tensorboard_and_without_logger(digits, tmp_path) -> None:
     ("kwargs", "message"),
     [
         (dict(backend="coreml"), "Unknown backend 'coreml'"),
-        (dict(every_n_epochs=0), "every_n_epochs and runs must be >= 1"),
+        (dict(every_n_epochs=0), r"every_n_epochs must be an integer >= 1; got 0"),
         (dict(batch_sizes=()), "batch_sizes must be positive integers"),
     ],
 )

@@ -82,6 +82,28 @@ def test_resume_mid_schedule_ends_with_the_same_architecture(pruned_run, tmp_pat
     assert shapes == {k: v.shape for k, v in module.state_dict().items()}
 
 
+def test_resume_with_another_target_prunes_to_it_from_the_original_widths(
+    pruned_run, tmp_path
+) -> None:
+    from lightning_accel.pruning.channels import out_channels
+
+    data, ckpt_dir, _, pruning = pruned_run
+    module = small_module()
+    resumed = GradualPruning(0.6, end_epoch=3, update_every_n_steps=5)
+    trainer = quiet_trainer(tmp_path, max_epochs=4, callbacks=[resumed])
+    with pytest.warns(UserWarning, match="targeted sparsity 0.5 with target 0.6"):
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_dir / "epoch=1.ckpt")
+    original = pruning._initial_widths
+    assert resumed._initial_widths == original
+    for name, width in original.items():
+        assert out_channels(module.get_submodule(name)) == max(1, round(width * 0.4)), name
+    # a lower target than what the checkpoint already pruned cannot be reached: refused
+    lower = GradualPruning(0.1, end_epoch=3, update_every_n_steps=5)
+    trainer = quiet_trainer(tmp_path / "lower", max_epochs=4, callbacks=[lower])
+    with pytest.raises(ValueError, match=r"cannot resume a run that has already pruned to 0\.\d+"):
+        trainer.fit(small_module(), datamodule=data, ckpt_path=ckpt_dir / "epoch=2.ckpt")
+
+
 def test_unstructured_resume_keeps_the_masks(digits, tmp_path) -> None:
     _train_with_checkpoints(digits, tmp_path / "a", mode="unstructured", epochs=4)
     resumed, pruning = _train_with_checkpoints(
@@ -111,6 +133,28 @@ def test_checkpoint_from_another_architecture_is_refused_and_model_kept(pruned_r
         k: v.shape for k, v in before.items()
     }
     assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+
+
+class _WithExtraHead(ClassificationModule):
+    def __init__(self) -> None:
+        super().__init__("small_cnn", input_size=8, lr=0.05)
+        self.extra = torch.nn.Linear(10, 10)
+
+
+def test_resume_into_a_partly_matching_module_touches_nothing(digits, tmp_path) -> None:
+    dense = quiet_trainer(tmp_path / "dense", max_steps=2, enable_checkpointing=False)
+    dense.fit(small_module(), datamodule=digits)
+    dense.save_checkpoint(tmp_path / "dense.ckpt")
+    for module in (_WithExtraHead(), ClassificationModule("resnet18", input_size=8)):
+        before = copy.deepcopy(module.state_dict())
+        trainer = quiet_trainer(tmp_path / "resumed", max_epochs=1)
+        with pytest.raises(
+            ValueError,
+            match=r"does not fit .*Build the same architecture.*"
+            r"Nothing was loaded",
+        ):
+            trainer.fit(module, datamodule=digits, ckpt_path=tmp_path / "dense.ckpt")
+        assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
 
 
 def test_load_from_checkpoint_into_another_architecture_names_the_fix(pruned_run) -> None:
