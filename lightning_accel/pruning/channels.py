@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from lightning_accel.pruning.criteria import Criterion, group_importance
 from lightning_accel.utilities.layer_selection import WEIGHTED_LAYERS
+from lightning_accel.utilities.modules import eval_mode
 
 PruningHistory = list[list]  # [[module_name, is_out_channel_pruning, [indices]], ...]
 
@@ -56,14 +57,9 @@ def sync_attention_heads(model: nn.Module) -> None:
 @contextmanager
 def _tracing_mode(model: nn.Module) -> Iterator[None]:
     """Trace in eval mode with grad on, so BatchNorm statistics are not updated by the trace."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.enable_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def unsupported_layers(model: nn.Module, prunable: Sequence[str] | None = None) -> list[str]:

@@ -8,6 +8,8 @@ from fnmatch import fnmatchcase
 import torch
 from torch import Tensor, nn
 
+from lightning_accel.utilities.modules import eval_mode
+
 WEIGHTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 WeightedLayer = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear
 
@@ -16,7 +18,8 @@ WeightedLayer = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear
 def layers_in_call_order(model: nn.Module, example_input: Tensor) -> list[str]:
     """Names of conv and linear layers in the order a forward pass calls them.
 
-    Runs one forward pass in eval mode on ``example_input`` and restores the training mode.
+    Runs one forward pass in eval mode on ``example_input`` and restores every submodule's own
+    training mode.
     """
     order: list[str] = []
     handles = [
@@ -24,12 +27,10 @@ def layers_in_call_order(model: nn.Module, example_input: Tensor) -> list[str]:
         for name, module in model.named_modules()
         if isinstance(module, WEIGHTED_LAYERS)
     ]
-    was_training = model.training
     try:
-        model.eval()
-        model(example_input)
+        with eval_mode(model):
+            model(example_input)
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     return list(dict.fromkeys(order))

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from lightning_accel.utilities.modules import eval_mode
+
 
 @dataclass(frozen=True)
 class ModelStats:
@@ -30,18 +32,15 @@ class ModelStats:
 def model_stats(model: nn.Module, example_input: Tensor) -> ModelStats:
     """Count parameters and MACs for a single input shaped like ``example_input[:1]``.
 
-    The model's training mode is restored afterwards (eval mode keeps BatchNorm statistics).
+    Every submodule's own training mode is restored afterwards (eval mode keeps BatchNorm
+    statistics).
     """
     import torch_pruning as tp  # imported here: it pulls in timm when installed
 
     _count_quantized_layers_as_their_float_kind()
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         device = next(model.parameters()).device
         macs, params = tp.utils.count_ops_and_params(model, example_input[:1].to(device))
-    finally:
-        model.train(was_training)
     nonzero = sum(int((p != 0).sum()) for p in model.parameters())
     return ModelStats(params=int(params), nonzero_params=nonzero, macs=int(macs))
 

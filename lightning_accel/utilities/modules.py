@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -89,3 +91,19 @@ def batchnorm_to_affine(model: nn.Module) -> int:
     for name in norms:
         set_submodule(model, name, ChannelAffine(model.get_submodule(name)))  # type: ignore[arg-type]
     return len(norms)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode, then give every submodule back its *own* mode.
+
+    ``model.train(was_training)`` would set every submodule alike, putting a BatchNorm the user
+    froze in eval mode back into training (its running statistics would move again).
+    """
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes.items():
+            module.training = training

@@ -1,0 +1,47 @@
+"""The callbacks respect what the user set on their model: per-submodule train/eval mode."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from lightning_accel import GradualPruning, LatencyMonitor
+from lightning_accel.utilities.modules import eval_mode
+from tests.conftest import quiet_trainer, small_module
+
+
+def _frozen_stem():
+    module = small_module()
+    norm = module.model[1]  # after the first conv, which pruning keeps dense
+    norm.eval()
+    norm.requires_grad_(False)
+    return module, norm, copy.deepcopy(norm.state_dict())
+
+
+@pytest.mark.parametrize(
+    "callbacks",
+    [
+        [GradualPruning(0.5, end_epoch=1)],
+        [GradualPruning(0.5, mode="unstructured", end_epoch=1), LatencyMonitor(runs=2)],
+    ],
+    ids=["structured", "unstructured+latency"],
+)
+def test_a_batchnorm_the_user_froze_stays_frozen(digits, tmp_path, callbacks) -> None:
+    module, norm, before = _frozen_stem()
+    quiet_trainer(tmp_path, max_epochs=2, callbacks=callbacks).fit(module, datamodule=digits)
+    assert norm.training is False
+    assert module.model[5].training is True  # the others are back in train mode
+    for key, value in norm.state_dict().items():
+        assert torch.equal(value, before[key]), key  # running statistics did not move
+
+
+def test_eval_mode_gives_each_submodule_its_own_mode_back() -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2), torch.nn.Dropout())
+    net.train()
+    net[1].eval()
+    with eval_mode(net):
+        assert not any(m.training for m in net.modules())
+    assert [m.training for m in net] == [True, False, True]
+    assert net.training is True
