@@ -46,3 +46,61 @@ def quiet_trainer(tmp_path: object = None, **kwargs: object) -> pl.Trainer:
     )
     settings.update(kwargs)
     return pl.Trainer(**settings)
+
+
+# ----------------------------------------------------------------------------- bad-input tally
+# Tests of bad input and faults carry @pytest.mark.bad_input("<kind>") (or a module-level
+# pytestmark); every parametrized case counts once. The run ends with the tally by kind, the
+# figure the README quotes.
+BAD_INPUT_KINDS = (
+    "constructor",
+    "recipe",
+    "cli",
+    "checkpoint",
+    "file system",
+    "data",
+    "distributed",
+    "schedule",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"bad_input(kind): a bad input or fault the library must refuse; {BAD_INPUT_KINDS}",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        marker = item.get_closest_marker("bad_input")
+        if marker is None:
+            continue
+        kind = marker.args[0] if marker.args else ""
+        if kind not in BAD_INPUT_KINDS:
+            raise pytest.UsageError(
+                f"{item.nodeid}: bad_input kind {kind!r} not in {BAD_INPUT_KINDS}"
+            )
+        item.user_properties.append(("bad_input", kind))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    tally: dict[str, dict[str, int]] = {}
+    for outcome in ("passed", "failed", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "when", "call") != "call" and outcome != "skipped":
+                continue
+            for key, kind in getattr(report, "user_properties", []):
+                if key == "bad_input":
+                    tally.setdefault(kind, {}).setdefault(outcome, 0)
+                    tally[kind][outcome] += 1
+    if not tally:
+        return
+    total = sum(sum(v.values()) for v in tally.values())
+    passed = sum(v.get("passed", 0) for v in tally.values())
+    terminalreporter.section("bad inputs and faults tried")
+    for kind in BAD_INPUT_KINDS:
+        if kind in tally:
+            counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(tally[kind].items()))
+            terminalreporter.write_line(f"{kind:12s} {counts}")
+    terminalreporter.write_line(f"{'all':12s} {total} tried, {passed} passed")

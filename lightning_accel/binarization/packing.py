@@ -89,8 +89,8 @@ def load_packed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is truncated or not a packed file, or belongs to another
-            architecture (names or shapes differ).
+        ValueError: If the file is truncated or not a packed file (a field missing or of the
+            wrong type), or belongs to another architecture (names or shapes differ).
     """
     path = Path(path)
     if not path.is_file():
@@ -104,8 +104,8 @@ def load_packed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         ) from err
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} file; write one with save_packed().")
-    state = dict(content["state"])
-    for key, entry in content["packed"].items():
+    state, packed = _check_content(content, path)
+    for key, entry in packed.items():
         state[key] = _unpack(key, entry, path)
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
@@ -122,6 +122,67 @@ def load_packed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     return model
 
 
+def _not_packed(path: Path, what: str) -> ValueError:
+    return ValueError(f"{path} is not a packed model: {what}. Write it again with save_packed().")
+
+
+def _check_content(
+    content: dict[str, Any], path: Path
+) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+    """The file's plain tensors and packed entries, every field checked before any is used.
+
+    Raises:
+        ValueError: ``"<path> is not a packed model: <what>"`` for a missing or mistyped field.
+    """
+    for field, kind in (("state", dict), ("packed", dict)):
+        if field not in content:
+            raise _not_packed(path, f"the {field!r} field is missing")
+        if not isinstance(content[field], kind):
+            raise _not_packed(
+                path, f"{field!r} is of type {type(content[field]).__name__}, not a {kind.__name__}"
+            )
+    state: dict[str, torch.Tensor] = dict(content["state"])
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise _not_packed(path, f"state has a key {key!r} that is not a string")
+        if not isinstance(value, torch.Tensor):
+            raise _not_packed(
+                path, f"state entry {key!r} is of type {type(value).__name__}, not a tensor"
+            )
+    packed: dict[str, dict[str, Any]] = content["packed"]
+    for key, entry in packed.items():
+        if not isinstance(key, str):
+            raise _not_packed(path, f"packed has a key {key!r} that is not a string")
+        if not isinstance(entry, dict):
+            raise _not_packed(
+                path, f"packed entry {key!r} is of type {type(entry).__name__}, not a dict"
+            )
+        missing = [name for name in ("bits", "scale", "shape") if name not in entry]
+        if missing:
+            raise _not_packed(path, f"packed entry {key!r} lacks {', '.join(missing)}")
+        for name in ("bits", "scale"):
+            if not isinstance(entry[name], torch.Tensor):
+                raise _not_packed(
+                    path, f"{key}.{name} is of type {type(entry[name]).__name__}, not a tensor"
+                )
+        if entry["bits"].dtype != torch.uint8:
+            raise _not_packed(path, f"{key}.bits holds {entry['bits'].dtype}, not torch.uint8")
+        shape = entry["shape"]
+        if (
+            not isinstance(shape, (list, tuple))
+            or not shape
+            or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape)
+        ):
+            raise _not_packed(path, f"{key}.shape is {shape!r}, not a list of positive integers")
+        if entry["scale"].numel() not in (1, shape[0]):
+            raise _not_packed(
+                path,
+                f"{key}.scale holds {entry['scale'].numel()} values, not 1 or {shape[0]} "
+                "(one per tensor or per output channel)",
+            )
+    return state, packed
+
+
 def _unpack(key: str, entry: dict[str, Any], path: Path) -> torch.Tensor:
     shape = [int(d) for d in entry["shape"]]
     count = int(np.prod(shape))
@@ -131,7 +192,7 @@ def _unpack(key: str, entry: dict[str, Any], path: Path) -> torch.Tensor:
             f"{path} is truncated: {key} holds {bits.size} bytes of bits, not "
             f"{(count + 7) // 8}. Write it again with save_packed()."
         )
-    signs = np.unpackbits(bits)[:count].astype(np.float32) * 2 - 1
+    signs = np.unpackbits(bits.reshape(-1))[:count].astype(np.float32) * 2 - 1
     scale = entry["scale"].float().reshape([-1] + [1] * (len(shape) - 1))
     return torch.from_numpy(signs).reshape(shape) * scale
 

@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +16,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_accel.backends import DEFAULT_BACKEND, BackendName, check_backends, get_backend
+from lightning_accel.backends import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    BackendName,
+    check_backends,
+    get_backend,
+)
 from lightning_accel.callbacks.base import AccelCallback, check_batch_sizes
 from lightning_accel.export.compare import (
     PRECISIONS,
@@ -23,10 +30,19 @@ from lightning_accel.export.compare import (
     ExportPrecision,
     export_and_compare,
     format_summary,
+    json_ready,
+)
+from lightning_accel.export.folder import (
+    STAGED_CHECKPOINT,
+    ExportFolder,
+    describe_files,
+    publish_checkpoint,
+    remove_stale,
 )
 from lightning_accel.tracking.wandb_logging import log_export_to_wandb
 from lightning_accel.utilities.copying import detached_copy
 from lightning_accel.utilities.files import atomic_write
+from lightning_accel.utilities.modules import eval_mode
 
 __all__ = ["ExportOnFitEnd", "format_summary"]
 
@@ -38,6 +54,11 @@ class ExportOnFitEnd(AccelCallback):
     (captured when fit starts) to ONNX; compile both for each backend; verify the runtime's
     outputs against PyTorch on real validation batches; time both at each batch size; write
     ``summary.json`` and log a table. A failure at any step leaves ``last.ckpt`` and says so.
+
+    A run owns its folder while it runs (a lock file, ``.lightning_accel.lock``, taken in
+    ``setup`` and released in ``teardown``): a second run into the same folder is refused. An
+    earlier run's files found there are moved to ``earlier/<its run id>/`` at fit end, with
+    a warning, before anything is written; ``summary.json`` names its run and lists its files.
 
     Args:
         dirpath: Folder for the checkpoint, ONNX files, engines and ``summary.json``.
@@ -54,9 +75,12 @@ class ExportOnFitEnd(AccelCallback):
         latency_runs: Timed runs per latency figure.
 
     Raises:
-        ValueError: At construction, for any argument out of range; in ``setup``, for a folder
-            that cannot be written, an ``input_shape`` the model rejects, or a
-            ``QuantizationAware`` target whose Q/DQ graph an export backend cannot run.
+        ValueError: At construction, for any argument of the wrong type or out of range; in
+            ``setup``, for a folder that cannot be written or that another run is exporting
+            into, an ``input_shape`` the model rejects, or a ``QuantizationAware`` target whose
+            Q/DQ graph an export backend cannot run.
+        RuntimeError: At fit end, if ``last.ckpt`` cannot be written (saying where the model
+            can still be recovered) or a later step fails (saying the checkpoint is safe).
 
     Example:
         >>> export = ExportOnFitEnd("export", backends=("onnxruntime",))
@@ -78,6 +102,11 @@ class ExportOnFitEnd(AccelCallback):
         latency_runs: int = 50,
     ) -> None:
         super().__init__()
+        if not isinstance(dirpath, (str, os.PathLike)) or not str(dirpath):
+            raise ValueError(
+                f"dirpath must be a folder path (str or os.PathLike); got {dirpath!r}. "
+                "Example: ExportOnFitEnd(dirpath='export')"
+            )
         checked = check_backends(backends, "ExportOnFitEnd(backends=...)")
         batch_sizes = check_batch_sizes(batch_sizes, "batch_sizes")
         if precision not in PRECISIONS:
@@ -87,13 +116,21 @@ class ExportOnFitEnd(AccelCallback):
                 "on_verification_failure must be 'error' or 'warn'; "
                 f"got {on_verification_failure!r}"
             )
-        if input_shape is not None and (len(input_shape) < 2 or any(d < 1 for d in input_shape)):
+        if input_shape is not None and not _is_batch_shape(input_shape):
             raise ValueError(
-                f"input_shape must be a batch shape like (1, 1, 28, 28); got {tuple(input_shape)}"
+                f"input_shape must be a batch shape like (1, 1, 28, 28); got {input_shape!r}"
             )
-        counts = (verify_batches, latency_runs)
-        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in counts):
-            raise ValueError("verify_batches and latency_runs must be >= 1")
+        for name, count in (("verify_batches", verify_batches), ("latency_runs", latency_runs)):
+            if not _is_positive_int(count):
+                raise ValueError(
+                    f"verify_batches and latency_runs must be >= 1 (integers); got {name}="
+                    f"{count!r}. Example: ExportOnFitEnd(verify_batches=4, latency_runs=50)"
+                )
+        if threads is not None and not _is_positive_int(threads):
+            raise ValueError(
+                f"threads must be None (all cores) or an integer >= 1; got {threads!r}. "
+                "Example: ExportOnFitEnd(threads=2)"
+            )
         self.dirpath = Path(dirpath)
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.settings = ComparisonSettings(
@@ -109,6 +146,9 @@ class ExportOnFitEnd(AccelCallback):
         self.on_verification_failure = on_verification_failure
         self.summary: dict[str, Any] = {}
         self._baseline: nn.Module | None = None
+        self.folder = ExportFolder(
+            self.dirpath, f"ExportOnFitEnd(dirpath={str(self.dirpath)!r})", tuple(BACKENDS)
+        )
 
     technique = "ExportOnFitEnd"
 
@@ -133,6 +173,18 @@ class ExportOnFitEnd(AccelCallback):
                     f"{name} step fails."
                 )
         self._check_quantization_targets(trainer)
+        if trainer.is_global_zero:
+            self.folder.take()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.folder.release()
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self.folder.release()  # Lightning skips teardown when fit raises
 
     def _check_quantization_targets(self, trainer: pl.Trainer) -> None:
         """Refuse export backends that cannot run the Q/DQ graph QAT trains; warn on a mismatch.
@@ -170,11 +222,24 @@ class ExportOnFitEnd(AccelCallback):
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         checkpoint = self.dirpath / "last.ckpt"
-        trainer.save_checkpoint(checkpoint)  # collective under DDP: every rank calls it
+        staged = self.dirpath / STAGED_CHECKPOINT
+        problem = None
+        if trainer.is_global_zero:
+            problem, moved = self.folder.set_aside_earlier_run()
+            if moved:
+                rank_zero_warn(f"ExportOnFitEnd: {moved}")
+            remove_stale(staged)
+        # Written beside, checked, then renamed: never a half-written file named last.ckpt.
+        trainer.save_checkpoint(staged)  # collective under DDP: every rank calls it
         if not trainer.is_global_zero:
             return
+        problem = problem or publish_checkpoint(staged, checkpoint)
+        if problem is not None:
+            kept = self.folder.keep_staged(staged)
+            saved = _model_checkpoint_paths(trainer)
+            raise RuntimeError(self.folder.unsaved_message(kept, problem, saved))
         try:
-            failures = self._export(trainer, pl_module)
+            failures = self._export(trainer, pl_module, checkpoint)
         except Exception as err:
             raise RuntimeError(
                 f"ExportOnFitEnd failed: {err}\nThe trained model is safe in {checkpoint}; "
@@ -186,12 +251,26 @@ class ExportOnFitEnd(AccelCallback):
                 f"{checkpoint} and the ONNX file in {self.dirpath / 'model.onnx'}."
             )
 
-    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[str]:
+    def _export(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: Path
+    ) -> list[str]:
         final = detached_copy(pl_module).cpu().eval()
         batches = self._validation_inputs(trainer, pl_module)
         outcome = export_and_compare(final, self._baseline, batches, self.dirpath, self.settings)
-        self.summary = {"accuracy": _metric(trainer, "val/acc"), **outcome.summary}
-        atomic_write(self.dirpath / "summary.json", json.dumps(self.summary, indent=2, default=str))
+        written = [checkpoint, outcome.onnx_path, outcome.onnx_path.with_suffix(".onnx.data")]
+        if self._baseline is not None:
+            written += [self.dirpath / "baseline.onnx", self.dirpath / "baseline.onnx.data"]
+        written += [self.dirpath / backend for backend in self.settings.backends]
+        run = {
+            **self.folder.run,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "files": describe_files(self.dirpath, [p for p in written if p.exists()]),
+        }
+        self.summary = json_ready(
+            {"run": run, "accuracy": _metric(trainer, "val/acc"), **outcome.summary}
+        )
+        text = json.dumps(self.summary, indent=2, allow_nan=False, default=str)
+        atomic_write(self.dirpath / "summary.json", text)
         rank_zero_info(format_summary(self.summary))
         artifacts = [outcome.onnx_path, self.dirpath / "summary.json"]
         log_export_to_wandb(trainer, self.summary, artifacts)
@@ -226,6 +305,19 @@ class ExportOnFitEnd(AccelCallback):
         return batches
 
 
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_batch_shape(value: object) -> bool:
+    return (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) >= 2
+        and all(_is_positive_int(d) for d in value)
+    )
+
+
 def _metric(trainer: pl.Trainer, name: str) -> float | None:
     value = trainer.callback_metrics.get(name)
     return float(value) if value is not None else None
@@ -244,15 +336,20 @@ def _check_writable(dirpath: Path) -> None:
 
 
 def _check_accepts(pl_module: pl.LightningModule, input_shape: tuple[int, ...]) -> None:
-    was_training = pl_module.training
-    pl_module.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(pl_module), torch.no_grad():
             pl_module(torch.zeros(input_shape, device=pl_module.device))
     except Exception as err:
         raise ValueError(
             f"ExportOnFitEnd(input_shape={input_shape}): the model rejects this input ({err}). "
             "Pass the shape of one input batch, e.g. (1, 1, 28, 28)."
         ) from err
-    finally:
-        pl_module.train(was_training)
+
+
+def _model_checkpoint_paths(trainer: pl.Trainer) -> list[str]:
+    paths: list[str] = []
+    for callback in trainer.checkpoint_callbacks:
+        for attribute in ("last_model_path", "best_model_path"):
+            paths.append(str(getattr(callback, attribute, "") or ""))
+        paths += [str(p) for p in getattr(callback, "best_k_models", {})]
+    return [p for p in dict.fromkeys(paths) if p and os.path.isfile(p)]

@@ -6,71 +6,25 @@ import argparse
 import json
 import sys
 import time
-import typing
 from collections.abc import Sequence
 
 from lightning_accel.backends import DEFAULT_BACKEND, backend_names
 
 
 def _fit_parser(sub: argparse._SubParsersAction) -> None:
-    from lightning_accel.callbacks.pruning import PruningMode
-    from lightning_accel.cli.fit_job import PruningJobConfig
-
-    defaults = PruningJobConfig()
     p = sub.add_parser(
         "fit",
         help="train a dense baseline and a pruned model on Fashion-MNIST, export both, compare",
         description=(
             "Train ResNet-18 on Fashion-MNIST, prune it during fine-tuning with GradualPruning, "
-            "export both to ONNX and print accuracy, size, MACs and ONNX Runtime latency."
+            "export both to ONNX and print accuracy, size, MACs and ONNX Runtime latency. "
+            "With --recipe: fit a recipe instead; its keys are set with --set KEY=VALUE. "
+            "Exit code 2: bad input (nothing has run)."
         ),
     )
-    p.add_argument("--model", default=defaults.model, help="zoo model (default: %(default)s)")
-    p.add_argument("--mode", default=defaults.mode, choices=list(typing.get_args(PruningMode)))
-    p.add_argument("--target-sparsity", type=float, default=defaults.target_sparsity)
-    p.add_argument("--dense-epochs", type=int, default=defaults.dense_epochs)
-    p.add_argument("--prune-epochs", type=int, default=defaults.prune_epochs)
-    p.add_argument(
-        "--train-size",
-        type=int,
-        default=defaults.train_size,
-        help="training images used (default: %(default)s; 0 = all 55,000)",
-    )
-    p.add_argument("--data", dest="data_dir", default=None, help="folder with the IDX files")
-    p.add_argument("--output-dir", default=defaults.output_dir)
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime / torch threads")
-    p.add_argument("--quick", action="store_true", help="a one-minute version on small subsets")
-    p.add_argument(
-        "--recipe",
-        default=None,
-        help="run a recipe file (see `lightning-accel recipes`) instead of the main job",
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe key, e.g. callbacks.pruning.target_sparsity=0.7",
-    )
-    p.add_argument(
-        "positional_overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="with --recipe: more overrides, as W&B's ${args_no_hyphens} passes them",
-    )
-    p.add_argument(
-        "--latency-budget-ms",
-        type=float,
-        default=None,
-        help="with --recipe: batch-1 latency budget of the logged sweep/objective",
-    )
-    p.add_argument(
-        "--logger",
-        choices=["wandb", "csv", "none"],
-        default="csv",
-        help="with --recipe: where metrics go (wandb logs offline without credentials)",
-    )
+    from lightning_accel.cli.fit_job import add_fit_arguments
+
+    add_fit_arguments(p)
 
 
 def _recipes_parser(sub: argparse._SubParsersAction) -> None:
@@ -129,32 +83,39 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_fit(args: argparse.Namespace) -> int:
+    from lightning_accel.cli.fit_job import (
+        PruningJobConfig,
+        check_threads,
+        given_main_job_flags,
+        print_report,
+        run_pruning_job,
+    )
+
+    check_threads(args)
     if args.recipe:
         return _run_recipe(args)
-    if args.positional_overrides or args.overrides or args.latency_budget_ms is not None:
+    given = [
+        flag
+        for flag, value in (
+            ("KEY=VALUE overrides", args.positional_overrides),
+            ("--set", args.overrides),
+            ("--latency-budget-ms", args.latency_budget_ms),
+            ("--logger", args.logger),
+        )
+        if value not in (None, [])
+    ]
+    if given:
         raise ValueError(
-            "KEY=VALUE overrides, --set and --latency-budget-ms apply to recipes: add "
-            "--recipe FILE (see `lightning-accel recipes`)."
+            f"{', '.join(given)}: only used with a recipe; add --recipe FILE (see "
+            "`lightning-accel recipes`), or leave out for the main job."
         )
-    from lightning_accel.cli.fit_job import PruningJobConfig, print_report, run_pruning_job
-
-    settings = dict(
-        model=args.model,
-        mode=args.mode,
-        target_sparsity=args.target_sparsity,
-        data_dir=args.data_dir,
-        output_dir=args.output_dir,
-        threads=args.threads,
-    )
-    if args.quick:
-        cfg = PruningJobConfig.quick(**settings)
-    else:
-        cfg = PruningJobConfig(
-            **settings,
-            dense_epochs=args.dense_epochs,
-            prune_epochs=args.prune_epochs,
-            train_size=args.train_size or None,
-        )
+    settings = dict(data_dir=args.data_dir, output_dir=args.output_dir, threads=args.threads)
+    for name, _ in given_main_job_flags(args).values():
+        settings[name] = getattr(args, name)
+    if settings.get("train_size") == 0:
+        settings["train_size"] = None  # all 55,000 images
+    # Flags given apply on top of the quick settings; the config refuses bad values.
+    cfg = PruningJobConfig.quick(**settings) if args.quick else PruningJobConfig(**settings)
     started = time.perf_counter()
     rows = run_pruning_job(cfg)
     print()
@@ -167,8 +128,10 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 
 def _run_recipe(args: argparse.Namespace) -> int:
+    from lightning_accel.cli.fit_job import refuse_main_job_flags
     from lightning_accel.recipes.run import run_recipe, summary_table
 
+    refuse_main_job_flags(args)
     overrides = list(args.overrides) + list(args.positional_overrides)
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
@@ -178,9 +141,10 @@ def _run_recipe(args: argparse.Namespace) -> int:
         args.recipe,
         overrides,
         quick=args.quick,
-        logger=args.logger,
+        logger=args.logger or "csv",
         output_dir=args.output_dir,
         latency_budget_ms=args.latency_budget_ms,
+        threads=args.threads,
     )
     print()
     print(summary_table(summary))
@@ -326,12 +290,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return commands[args.command](args)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
-        print(f"lightning-accel: error: {err}", file=sys.stderr)
+    except (ValueError, OSError, ModuleNotFoundError) as err:  # bad input: nothing has run
+        _print_error(err)
         return 2
     except RuntimeError as err:  # a runtime failed (e.g. TensorRT without a GPU)
-        print(f"lightning-accel: error: {err}", file=sys.stderr)
+        _print_error(err)
         return 1
+
+
+def _print_error(err: BaseException) -> None:
+    """One line on stderr, however many lines the message has."""
+    print(f"lightning-accel: error: {' '.join(str(err).split())}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ ONNX, compile, verify against PyTorch and time it next to the baseline.
 
 from __future__ import annotations
 
-import importlib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,20 +25,42 @@ DEFAULT_MODULE = "lightning_accel.ClassificationModule"
 def import_module_class(dotted: str) -> type[pl.LightningModule]:
     """The LightningModule class named ``package.module.Class``.
 
+    Nothing is called before the name is checked to be a LightningModule subclass: a function
+    or any other object is refused.
+
     Raises:
-        ValueError: If it cannot be imported or is not a LightningModule.
+        ValueError: If it cannot be imported or is not a LightningModule subclass.
     """
-    module_name, _, class_name = dotted.rpartition(".")
+    from lightning_accel.recipes.typecheck import import_class
+
+    fix = f"Pass the full dotted path of its class, e.g. --module {DEFAULT_MODULE}."
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as err:
+        return import_class(dotted, pl.LightningModule, "lightning.pytorch.LightningModule")
+    except ImportError as err:
+        raise ValueError(f"Cannot import the module class {dotted!r} ({err}). {fix}") from err
+    except ValueError as err:
+        raise ValueError(f"{dotted!r} is not a LightningModule class: {err}. {fix}") from err
+
+
+def check_output_dir(dirpath: Path) -> None:
+    """Refuse an output folder that is a file or cannot be created, before any work.
+
+    Raises:
+        ValueError: Naming the path and the fix.
+    """
+    existing = next((p for p in (dirpath, *dirpath.parents) if p.exists()), None)
+    if existing is None:
+        return
+    if not existing.is_dir():
+        what = "is an existing file" if existing == dirpath else f"is inside the file {existing}"
         raise ValueError(
-            f"Cannot import the module class {dotted!r} ({err}). Pass its full dotted path, "
-            f"e.g. --module {DEFAULT_MODULE}."
-        ) from err
-    if not (isinstance(cls, type) and issubclass(cls, pl.LightningModule)):
-        raise ValueError(f"{dotted!r} is not a LightningModule class.")
-    return cls
+            f"--output-dir {dirpath} {what}, not a folder. Pass a folder path (it is created "
+            "if missing), e.g. --output-dir export"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"--output-dir {dirpath}: {existing} is not writable. Pass a folder you can write to."
+        )
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -164,11 +186,12 @@ def export_checkpoint(
 
     Raises:
         FileNotFoundError: If the checkpoint does not exist.
-        ValueError: If ``module_class`` cannot be imported or is not a LightningModule, the file
-            is not a Lightning checkpoint, its model cannot be rebuilt, or the module sets no
-            ``example_input_array``.
+        ValueError: If ``dirpath`` is a file or not writable, ``module_class`` cannot be imported
+            or is not a LightningModule subclass, the file is not a Lightning checkpoint, its
+            model cannot be rebuilt, or the module sets no ``example_input_array``.
     """
     path, out = Path(checkpoint), Path(dirpath)
+    check_output_dir(out)
     cls = import_module_class(module_class)
     contents = read_checkpoint(path)
     progress(f"loading {path}")

@@ -6,6 +6,7 @@ The final export hook (:class:`~lightning_accel.callbacks.ExportOnFitEnd`) and t
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ class Comparison:
     """The outcome of :func:`export_and_compare`.
 
     Attributes:
-        summary: JSON-ready results per backend and batch size.
+        summary: JSON-ready results per backend and batch size (no NaN or infinity).
         errors: Backends that could not run, one line each (e.g. TensorRT without a GPU).
         mismatches: Verifications that failed, one line each.
         onnx_path: The exported model.
@@ -148,7 +149,25 @@ def export_and_compare(
         summary["backends"][backend] = entry
         if mismatch:
             outcome.mismatches.append(mismatch)
+    outcome.summary = json_ready(summary)
     return outcome
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with NaN and infinities as ``None`` and numpy scalars as Python numbers.
+
+    ``summary.json`` must stay valid JSON (``json.dumps(..., allow_nan=False)``): a non-finite
+    figure (a diverged model's accuracy, a speedup over a zero time) becomes ``null``.
+    """
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _run_backend(
@@ -269,8 +288,13 @@ def format_summary(summary: dict[str, Any]) -> str:
                 lines.append(f"| {backend} | - | - | - | - | {verdict} |")
             else:
                 lines.append(
-                    f"| {backend} | {batch} | {row['model_ms']:.2f} | {row['baseline_ms']:.2f} | "
-                    f"{row['speedup']:.2f}x | {verdict} |"
+                    f"| {backend} | {batch} | {_figure(row['model_ms'])} | "
+                    f"{_figure(row['baseline_ms'])} | {_figure(row['speedup'], 'x')} | {verdict} |"
                 )
     lines += [f"note: {note}" for note in summary.get("notes", [])]
     return "\n".join(lines)
+
+
+def _figure(value: float | None, unit: str = "") -> str:
+    """A table cell: two decimals, or ``n/a`` for a figure that could not be measured."""
+    return "n/a" if value is None else f"{value:.2f}{unit}"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -32,8 +34,10 @@ def to_onnx(
     """Export ``model`` to a self-contained ONNX file with the dynamo exporter.
 
     The model is exported from an eval-mode copy on the CPU, so its training mode, device and
-    parameters are untouched. The file is written under a temporary name and renamed at the
-    end: an interrupted export never leaves a half-written file at ``path``.
+    parameters are untouched. The file (and its external data, for models near 2 GB) is
+    written into a temporary folder beside ``path`` and renamed into place at the end: an
+    interrupted or failed export never leaves a half-written file at ``path`` and never
+    replaces a complete one there.
 
     Args:
         model: The module to export.
@@ -48,14 +52,15 @@ def to_onnx(
         The path written.
 
     Raises:
-        ValueError: If the model rejects ``example_input``.
-        RuntimeError: If the exporter cannot trace the model.
+        ValueError: If the model rejects ``example_input``, or ``path`` is a directory or
+            lies in a folder that cannot be created or written.
+        RuntimeError: If the exporter cannot trace the model, or writing the file fails (a
+            full disk): the message says which, naming the layer or the path.
 
     Example:
         >>> to_onnx(model, torch.randn(1, 1, 28, 28), "model.onnx")  # doctest: +SKIP
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _writable_target(Path(path))
     exportable = detached_copy(model).cpu().eval()
     if has_fake_quant(exportable):
         exportable = convert_to_qdq(exportable)  # Q/DQ nodes the runtime fuses into int8 kernels
@@ -74,43 +79,100 @@ def to_onnx(
             "Pass an example input shaped like one training batch."
         ) from err
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
-    fd, tmp_name = tempfile.mkstemp(suffix=".onnx.partial", dir=path.parent)
-    os.close(fd)
+    # Everything is written into a temporary folder beside the target and renamed into place:
+    # an interrupted or failed export never replaces a complete file with an incomplete one.
+    staging = Path(_make_staging_dir(path))
     try:
-        with warnings.catch_warnings(), _module_stack(exportable) as stack:
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                exportable,
-                (sample,),
-                dynamo=True,
-                input_names=["input"],
-                output_names=["output"],
-                dynamic_shapes=dynamic_shapes,
-                opset_version=opset,
-                verbose=False,
+        try:
+            with warnings.catch_warnings(), _module_stack(exportable) as stack:
+                warnings.simplefilter("ignore")
+                program = torch.onnx.export(
+                    exportable,
+                    (sample,),
+                    dynamo=True,
+                    input_names=["input"],
+                    output_names=["output"],
+                    dynamic_shapes=dynamic_shapes,
+                    opset_version=opset,
+                    verbose=False,
+                )
+            if program is None:
+                raise RuntimeError("torch.onnx.export returned no ONNX program")
+        except Exception as err:
+            where = (
+                f" in layer {stack[-1]!r} ({type(exportable.get_submodule(stack[-1])).__name__})"
+                if stack and stack[-1]
+                else ""
             )
-        if program is None:
-            raise RuntimeError("torch.onnx.export returned no ONNX program")
-        if _weight_bytes(exportable) > 0.9 * _PROTOBUF_LIMIT:
-            # Too big for one protobuf: weights go to "<path>.data" beside the graph.
-            program.save(path, external_data=True)
-        else:
-            program.save(tmp_name, external_data=False)
-            os.replace(tmp_name, path)
-    except Exception as err:
-        where = (
-            f" in layer {stack[-1]!r} ({type(exportable.get_submodule(stack[-1])).__name__})"
-            if stack and stack[-1]
-            else ""
-        )
-        raise RuntimeError(
-            f"ONNX export of {type(model).__name__} failed{where}: {_root_cause(err)}. Make the "
-            "forward pass traceable by torch.export (no Python control flow on tensor values)."
-        ) from err
+            raise RuntimeError(
+                f"ONNX export of {type(model).__name__} failed{where}: {_root_cause(err)}. Make "
+                "the forward pass traceable by torch.export (no Python control flow on tensor "
+                "values)."
+            ) from err
+        # Too big for one protobuf: weights go to "<name>.data" beside the graph.
+        external = _weight_bytes(exportable) > 0.9 * _PROTOBUF_LIMIT
+        try:
+            program.save(staging / path.name, external_data=external)
+            _move_into_place(staging, path)
+        except OSError as err:
+            raise _write_error(path, err) from err
     finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
+        shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _writable_target(path: Path) -> Path:
+    """``path`` if an ONNX file can be written there (its folder created); else a clear error.
+
+    Raises:
+        ValueError: If ``path`` is a folder, or its folder cannot be created or written.
+    """
+    if path.is_dir():
+        raise ValueError(
+            f"Cannot write the ONNX file to {path}: it is a directory. Pass a file path, "
+            f"e.g. {path / 'model.onnx'}."
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"Cannot write the ONNX file to {path}: its folder {path.parent} cannot be created "
+            f"({err.strerror or err}). Pass a path in a writable folder."
+        ) from err
+    return path
+
+
+def _make_staging_dir(path: Path) -> str:
+    try:
+        return tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as err:
+        raise ValueError(
+            f"Cannot write the ONNX file to {path}: its folder {path.parent} is not writable "
+            f"({err.strerror or err}). Pass a path in a writable folder."
+        ) from err
+
+
+def _move_into_place(staging: Path, path: Path) -> None:
+    """Rename the staged graph (and its external data, first) onto ``path`` and its siblings."""
+    graph = staging / path.name
+    if not graph.is_file():
+        raise OSError(errno.EIO, "the exporter wrote no file", str(graph))
+    staged = sorted(staging.iterdir(), key=lambda p: p == graph)  # the graph goes last
+    for file in staged:
+        os.replace(file, path.parent / file.name)
+    stale_data = path.with_name(f"{path.name}.data")
+    if stale_data.name not in {file.name for file in staged} and stale_data.is_file():
+        # Weights of the graph just replaced: left beside it they would pass for its data.
+        stale_data.unlink()
+
+
+def _write_error(path: Path, err: OSError) -> RuntimeError:
+    reason = err.strerror or str(err)
+    return RuntimeError(
+        f"Could not write the ONNX file {path}: {reason} (a write error, not a tracing problem; "
+        "any earlier file there is unchanged). Free disk space or pass a path on a writable "
+        "disk."
+    )
 
 
 @contextmanager

@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from lightning_accel.callbacks.export import ExportOnFitEnd
 from lightning_accel.callbacks.latency import LatencyMonitor
 from lightning_accel.export.compare import format_summary
-from lightning_accel.recipes.recipe import Recipe
+from lightning_accel.recipes.recipe import Recipe, RecipeError
 from lightning_accel.sweeps.objective import trial_result
 from lightning_accel.utilities.files import atomic_write
 
@@ -95,6 +96,7 @@ def run_recipe(
     output_dir: str | Path = "runs",
     progress: bool = True,
     latency_budget_ms: float | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Fit a recipe and return its export summary (empty if it has no ExportOnFitEnd).
 
@@ -112,9 +114,14 @@ def run_recipe(
         progress: Show the Trainer's progress bar.
         latency_budget_ms: Batch-1 latency budget of ``sweep/objective``, in milliseconds;
             ``None``: no budget (the objective is the accuracy).
+        threads: Torch threads for training, and the ``threads`` of the recipe's
+            ``LatencyMonitor`` and ``ExportOnFitEnd`` (ONNX Runtime); ``None``: as configured.
 
     Returns:
         The export summary of the recipe's ``ExportOnFitEnd``, or ``{}`` if it has none.
+
+    Loggers the recipe names under ``trainer.logger`` (class_path entries) log next to the
+    one ``logger`` picks.
 
     Raises:
         RecipeError: If the recipe or an override is invalid; nothing has run then.
@@ -126,19 +133,32 @@ def run_recipe(
         [f"callbacks.export.dirpath={out / 'export'}"] if recipe.callback_config("export") else []
     )
     extra = quick_overrides(recipe, out) if quick else []
-    recipe = Recipe.from_yaml(path, placed + extra + list(overrides or []))
+    threaded = [
+        f"callbacks.{name}.threads={threads}"
+        for name in ("latency", "export")
+        if threads is not None and recipe.callback_config(name) is not None
+    ]
+    recipe = Recipe.from_yaml(path, placed + extra + threaded + list(overrides or []))
+    trainer_kwargs = recipe.trainer_kwargs()
+    named = trainer_kwargs.pop("logger", None)
+    if named is True:
+        raise RecipeError(
+            f"{path}: trainer.logger true (Lightning's default logger) is chosen here with "
+            "--logger / logger=; remove it, or name a Logger class_path"
+        )
+    loggers = list(named or []) + [make_logger(logger, out, Path(path).stem)]
     seed = recipe.config.get("seed_everything")
-    if seed is not None:
+    if seed is True:  # as in LightningCLI: a random seed, logged by Lightning
+        pl.seed_everything(workers=True)
+    elif seed is not None and seed is not False:
         pl.seed_everything(seed, workers=True)
+    if threads is not None:
+        torch.set_num_threads(threads)
     callbacks = recipe.callbacks()
     trainer = pl.Trainer(
-        **{
-            "default_root_dir": str(out),
-            "enable_progress_bar": progress,
-            **recipe.trainer_kwargs(),
-        },
+        **{"default_root_dir": str(out), "enable_progress_bar": progress, **trainer_kwargs},
         callbacks=callbacks,
-        logger=make_logger(logger, out, Path(path).stem),
+        logger=[each for each in loggers if isinstance(each, Logger)] or False,
     )
     trainer.fit(recipe.build_model(), datamodule=recipe.datamodule())
     export = next((c for c in callbacks if isinstance(c, ExportOnFitEnd)), None)

@@ -1,18 +1,116 @@
-"""Checking plain YAML values against a callable's type hints, with errors that name the key."""
+"""YAML files: read with one-line errors, class paths resolved, values checked against hints."""
 
 from __future__ import annotations
 
 import collections.abc
+import importlib
 import inspect
+import re
 import types
 import typing
-from collections.abc import Callable
-from typing import Any, Literal, Union
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+T = TypeVar("T")
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 
-def signature_hints(target: Callable[..., Any]) -> dict[str, tuple[Any, Any]]:
-    """``{argument: (type hint, default)}`` of a class's ``__init__`` or a function."""
-    fn = target.__init__ if inspect.isclass(target) else target  # type: ignore[misc]
+def read_yaml(path: Path, error: type[ValueError]) -> tuple[str, Any]:
+    """The text of a YAML file and what it holds; every failure is one line naming the file.
+
+    Args:
+        path: The file; it must exist.
+        error: The exception to raise, e.g. :class:`RecipeError`.
+
+    Raises:
+        ValueError: (``error``) If the file cannot be read, is not UTF-8 text or not YAML.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise error(
+            f"{path} is not a UTF-8 text file (byte 0x{err.object[err.start]:02x} at offset "
+            f"{err.start}); pass the YAML file itself"
+        ) from err
+    except OSError as err:
+        raise error(f"{path} cannot be read ({err.strerror}); pass a readable YAML file") from err
+    try:
+        return text, yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise error(f"{path} is not valid YAML: {yaml_problem(err)}") from err
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: ``"line 3, column 7: <problem>"``."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or " ".join(str(err).split())
+    return (f"line {mark.line + 1}, column {mark.column + 1}: " if mark else "") + problem
+
+
+def import_class(dotted: Any, base: type[T], base_name: str) -> type[T]:
+    """The class named ``package.module.Class``, checked to be a subclass of ``base``.
+
+    The object the name refers to is looked up, never called: a function, an instance or a
+    class of another kind is refused before anything can run it. (Importing its module runs
+    that module's top-level code, as any import does.)
+
+    Args:
+        dotted: The name, e.g. ``"lightning_accel.GradualPruning"``.
+        base: The class it must derive from, e.g. ``lightning.pytorch.callbacks.Callback``.
+        base_name: How messages name ``base``, e.g. ``"lightning.pytorch.callbacks.Callback"``.
+
+    Raises:
+        ModuleNotFoundError: If its module, or a package that module imports, is missing.
+        ValueError: If ``dotted`` is not a dotted name, names nothing, or names something
+            other than a subclass of ``base``.
+
+    Example:
+        >>> from lightning.pytorch.callbacks import Callback
+        >>> import_class("os.system", Callback, "Callback")
+        Traceback (most recent call last):
+        ...
+        ValueError: 'os.system' is a built-in function, not a class derived from Callback
+    """
+    if not isinstance(dotted, str) or not _DOTTED.fullmatch(dotted):
+        raise ValueError(f"{dotted!r} is not a dotted class name such as package.module.Class")
+    module_name, _, name = dotted.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        raise
+    except ImportError as err:
+        raise ValueError(f"{dotted!r} cannot be imported ({err})") from err
+    target = getattr(module, name, None)
+    if target is None:
+        raise ValueError(f"{dotted!r} does not exist (module {module_name} has no {name})")
+    if not isinstance(target, type):
+        raise ValueError(f"{dotted!r} is {_kind(target)}, not a class derived from {base_name}")
+    if not issubclass(target, base):
+        raise ValueError(f"{dotted!r} is a class, but not a subclass of {base_name}")
+    return target
+
+
+def _kind(target: Any) -> str:
+    if isinstance(target, types.BuiltinFunctionType):
+        return "a built-in function"
+    if inspect.isfunction(target) or inspect.ismethod(target):
+        return "a function"
+    if inspect.ismodule(target):
+        return "a module"
+    return f"a {type(target).__name__} object"
+
+
+def signature_hints(target: type) -> dict[str, tuple[Any, Any]]:
+    """``{argument: (type hint, default)}`` of a class's ``__init__``.
+
+    Raises:
+        TypeError: If ``target`` is not a class (so nothing else is ever inspected or called).
+    """
+    if not isinstance(target, type):
+        raise TypeError(f"signature_hints takes a class; got {target!r}")
+    fn = target.__init__  # type: ignore[misc]
     try:
         hints = typing.get_type_hints(fn)
     except Exception:  # unresolvable forward references: fall back to no hints

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lightning_accel.recipes.recipe import Recipe, RecipeError
+from lightning_accel.recipes.typecheck import read_yaml
 from lightning_accel.sweeps.objective import TRIAL_METRICS
 
 METHODS = ("grid", "random", "bayes")
@@ -31,6 +31,13 @@ _KEYS = {
     "project", "entity", "early_terminate", "run_cap",
 }  # fmt: skip
 _DISTRIBUTION_KEYS = {"values", "value", "min", "max", "distribution", "q", "mu", "sigma"}
+# W&B's distributions that take values, value or min/max (the keys above)
+DISTRIBUTIONS = {
+    "categorical": "values", "constant": "value", "uniform": "min", "int_uniform": "min",
+    "q_uniform": "min", "log_uniform": "min", "log_uniform_values": "min",
+    "q_log_uniform": "min", "q_log_uniform_values": "min", "inv_log_uniform": "min",
+    "inv_log_uniform_values": "min",
+}  # fmt: skip
 
 
 class SweepError(ValueError):
@@ -77,10 +84,7 @@ class SweepConfig:
         path = Path(path)
         if not path.is_file():
             raise SweepError(f"Sweep file {path} does not exist.")
-        try:
-            config = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise SweepError(f"{path} is not valid YAML: {err}") from err
+        _, config = read_yaml(path, SweepError)
         if not isinstance(config, dict):
             raise SweepError(f"{path} must hold a mapping of W&B sweep keys (method, metric, ...)")
         unknown = sorted(set(config) - _KEYS)
@@ -95,7 +99,9 @@ class SweepConfig:
             raise SweepError(f"{path}: metric must be a mapping with a name and a goal")
         if metric.get("goal", "minimize") not in GOALS:
             raise SweepError(f"{path}: metric.goal must be one of {GOALS}; got {metric['goal']!r}")
-        recipe, fit_args, budget = _parse_command(path, config.get("command"))
+        recipe, fit_args, budget = _parse_command(
+            path, config.get("command"), config.get("program")
+        )
         sweep = cls(path, config, recipe, fit_args, budget)
         sweep._check_parameters()
         sweep._check_metric()
@@ -121,6 +127,7 @@ class SweepConfig:
                     f"{self.path}: parameters.{key} has unknown keys {unknown}; "
                     f"allowed: {sorted(_DISTRIBUTION_KEYS)}"
                 )
+            self._check_spec(key, spec)
             if self.method == "grid" and "values" not in spec and "value" not in spec:
                 raise SweepError(
                     f"{self.path}: parameters.{key}: a grid sweep needs values: [...] "
@@ -134,6 +141,41 @@ class SweepConfig:
                         f"{self.path}: parameter {key}={value!r} does not fit recipe "
                         f"{self.recipe}: {err}"
                     ) from err
+
+    def _check_spec(self, key: str, spec: dict[str, Any]) -> None:
+        """One parameter's values, range and distribution have W&B's shapes."""
+        where = f"{self.path}: parameters.{key}"
+        if "values" in spec and not (isinstance(spec["values"], list) and spec["values"]):
+            raise SweepError(
+                f"{where}.values must be a non-empty list, e.g. values: [0.3, 0.5]; "
+                f"got {spec['values']!r}"
+            )
+        if ("min" in spec) != ("max" in spec):
+            raise SweepError(f"{where} needs both min and max; got {spec!r}")
+        for bound in ("min", "max", "q", "mu", "sigma"):
+            if bound in spec and not _is_number(spec[bound]):
+                raise SweepError(f"{where}.{bound} must be a number; got {spec[bound]!r}")
+        if "min" in spec and spec["min"] > spec["max"]:
+            raise SweepError(
+                f"{where}: min must not exceed max; got min={spec['min']}, max={spec['max']}"
+            )
+        if "q" in spec and spec["q"] <= 0:
+            raise SweepError(f"{where}.q must be > 0; got {spec['q']}")
+        distribution = spec.get("distribution")
+        if distribution is None:
+            return
+        if distribution not in DISTRIBUTIONS:
+            raise SweepError(
+                f"{where}.distribution must be one of {sorted(DISTRIBUTIONS)}; got {distribution!r}"
+            )
+        needs = DISTRIBUTIONS[distribution]
+        if needs not in spec:
+            what = {"values": "values: [...]", "value": "value: x"}.get(needs, "min and max")
+            raise SweepError(f"{where}: distribution {distribution} needs {what}; got {spec!r}")
+        if distribution.endswith("_values") and spec["min"] <= 0:
+            raise SweepError(
+                f"{where}: distribution {distribution} needs min > 0; got min={spec['min']}"
+            )
 
     def _check_metric(self) -> None:
         logged = metrics_logged_by(Recipe.from_yaml(self.recipe))
@@ -154,6 +196,10 @@ def metrics_logged_by(recipe: Recipe) -> set[str]:
     return logged
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _edge_values(spec: dict[str, Any]) -> list[Any]:
     if "values" in spec:
         return list(spec["values"])
@@ -162,7 +208,9 @@ def _edge_values(spec: dict[str, Any]) -> list[Any]:
     return [spec["min"], spec["max"]]
 
 
-def _parse_command(path: Path, command: Any) -> tuple[Path, list[str], float | None]:
+def _parse_command(
+    path: Path, command: Any, program: Any = None
+) -> tuple[Path, list[str], float | None]:
     """The recipe, the other ``fit`` options and the latency budget of the trial command."""
     example = (
         "command: [lightning-accel, fit, --recipe, recipes/resnet18.yaml, --logger, wandb, "
@@ -174,7 +222,10 @@ def _parse_command(path: Path, command: Any) -> tuple[Path, list[str], float | N
     parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     parser.add_argument("--recipe")
     parser.add_argument("--latency-budget-ms", type=float)
-    known, rest = parser.parse_known_args(tokens)
+    try:
+        known, rest = parser.parse_known_args(tokens)
+    except argparse.ArgumentError as err:
+        raise SweepError(f"{path}: command: {err}") from err
     if not known.recipe:
         raise SweepError(f"{path}: command names no --recipe, e.g. {example}")
     recipe = _find(Path(known.recipe), path)
@@ -183,7 +234,31 @@ def _parse_command(path: Path, command: Any) -> tuple[Path, list[str], float | N
     budget = known.latency_budget_ms
     if budget is not None and budget <= 0:
         raise SweepError(f"{path}: --latency-budget-ms must be > 0; got {budget}")
+    launcher = [str(t) for t in command[: command.index("fit")]]
+    if not _runs_lightning_accel(launcher, program):
+        raise SweepError(
+            f"{path}: command must run `lightning-accel fit`; it runs {' '.join(launcher)!r} "
+            f"(e.g. {example})"
+        )
+    from lightning_accel.cli.fit_job import check_recipe_fit_options
+
+    try:
+        check_recipe_fit_options([*rest, "--recipe", str(recipe)])
+    except ValueError as err:
+        raise SweepError(f"{path}: command: {err}") from err
     return recipe, rest, budget
+
+
+def _runs_lightning_accel(launcher: list[str], program: Any) -> bool:
+    """Whether the words before ``fit`` start this package's command line, nothing else."""
+    if launcher[:1] == ["${env}"]:
+        launcher = launcher[1:]
+    if launcher in (["lightning-accel"], ["${program}"] if program == "lightning-accel" else []):
+        return True
+    python = launcher[:1] == ["${interpreter}"] or (
+        bool(launcher) and re.fullmatch(r"python[\d.]*", Path(launcher[0]).name) is not None
+    )
+    return python and launcher[1:] == ["-m", "lightning_accel.cli"]
 
 
 def _find(recipe: Path, sweep_file: Path) -> Path | None:

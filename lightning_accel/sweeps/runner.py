@@ -104,11 +104,13 @@ def run_local(
     """
     if count is not None and count < 1:
         raise ValueError(f"--count must be >= 1; got {count}")
-    if count is None and sweep.method != "grid":
-        raise ValueError(f"A {sweep.method} sweep never ends by itself: pass --count N.")
     grid = grid_points(sweep) if sweep.method == "grid" else []
-    total = min(count or len(grid), len(grid)) if grid else count
-    assert total is not None
+    if sweep.method == "grid":
+        total = min(count or len(grid), len(grid))
+    elif count is None:
+        raise ValueError(f"A {sweep.method} sweep never ends by itself: pass --count N.")
+    else:
+        total = count
     rng = random.Random(seed)
     trials: list[Trial] = []
     for number in range(total):

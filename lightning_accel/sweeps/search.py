@@ -27,9 +27,14 @@ def random_point(sweep: SweepConfig, rng: random.Random) -> dict[str, Any]:
     """One random sample of every parameter.
 
     ``values`` are chosen uniformly; ``min``/``max`` ranges are sampled uniformly (integers when
-    both bounds are integers, log-uniformly with ``distribution: log_uniform_values``).
+    both bounds are integers or with ``distribution: int_uniform``; rounded to ``q`` with
+    ``q_uniform``; log-uniformly with ``log_uniform_values`` and ``q_log_uniform_values``).
+
+    Raises:
+        ValueError: If a parameter uses a W&B distribution this local search does not sample
+            (it is never replaced by another one), naming the parameter and the choices.
     """
-    return {key: _sample(spec, rng) for key, spec in sweep.parameters.items()}
+    return {key: _sample(key, spec, rng) for key, spec in sweep.parameters.items()}
 
 
 def bayes_point(sweep: SweepConfig, finished: list[tuple[dict[str, Any], float | None]]) -> dict:
@@ -65,15 +70,31 @@ def _values(spec: dict[str, Any]) -> list[Any]:
     return list(spec["values"]) if "values" in spec else [spec["value"]]
 
 
-def _sample(spec: dict[str, Any], rng: random.Random) -> Any:
+LOCAL_DISTRIBUTIONS = (
+    "categorical", "constant", "uniform", "int_uniform", "q_uniform", "log_uniform_values",
+    "q_log_uniform_values",
+)  # fmt: skip
+
+
+def _sample(key: str, spec: dict[str, Any], rng: random.Random) -> Any:
+    distribution = spec.get("distribution")
+    if distribution is not None and distribution not in LOCAL_DISTRIBUTIONS:
+        raise ValueError(
+            f"parameters.{key}: distribution {distribution!r} is not sampled by a local random "
+            f"sweep (it samples {list(LOCAL_DISTRIBUTIONS)}); use one of those, or run the file "
+            "with the W&B agent (without --local)"
+        )
     if "values" in spec or "value" in spec:
         return rng.choice(_values(spec))
     low, high = spec["min"], spec["max"]
-    if spec.get("distribution") == "log_uniform_values":
-        return math.exp(rng.uniform(math.log(low), math.log(high)))
-    if isinstance(low, int) and isinstance(high, int):
-        return rng.randint(low, high)
-    value = rng.uniform(low, high)
+    if distribution in ("log_uniform_values", "q_log_uniform_values"):
+        value = math.exp(rng.uniform(math.log(low), math.log(high)))
+    elif distribution == "int_uniform" or (
+        distribution is None and isinstance(low, int) and isinstance(high, int)
+    ):
+        return rng.randint(int(low), int(high))
+    else:
+        value = rng.uniform(low, high)
     return round(value / spec["q"]) * spec["q"] if "q" in spec else value
 
 

@@ -32,6 +32,7 @@ def test_onnxruntime_saves_its_optimized_graph_and_runs_like_torch(small_onnx, t
     assert compiled.latency(1, runs=5).median_ms > 0
 
 
+@pytest.mark.bad_input("constructor")
 def test_unknown_backend_lists_the_valid_ones() -> None:
     with pytest.raises(
         ValueError,
@@ -43,6 +44,7 @@ def test_unknown_backend_lists_the_valid_ones() -> None:
 @pytest.mark.skipif(
     tensorrt_problem() is None, reason="TensorRT is available: the missing-path error cannot occur"
 )
+@pytest.mark.bad_input("constructor")
 def test_tensorrt_without_package_or_gpu_names_what_is_missing(small_onnx, tmp_path) -> None:
     _, path = small_onnx
     with pytest.raises(RuntimeError, match="TensorRT backend unavailable: .*(tensorrt|NVIDIA GPU)"):

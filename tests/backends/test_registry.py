@@ -31,6 +31,7 @@ def test_the_literal_type_and_the_registry_agree() -> None:
         assert name in backend.runs_qdq_of  # every runtime runs the Q/DQ it asks QAT for
 
 
+@pytest.mark.bad_input("constructor")
 def test_unknown_backend_names_the_argument_and_the_valid_ones() -> None:
     with pytest.raises(
         ValueError, match=r"Unknown backend 'openvino' in backends; choose from \['onnxruntime'"
@@ -84,6 +85,7 @@ def test_timing_summary_is_computed_once_for_every_backend() -> None:
     assert len(times) == 5 and len(calls) == 8 and min(times) >= 0
 
 
+@pytest.mark.bad_input("constructor")
 def test_export_refuses_a_backend_that_cannot_run_the_trained_qdq(digits, tmp_path) -> None:
     module = small_module()
     trainer = quiet_trainer(

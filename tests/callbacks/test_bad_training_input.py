@@ -10,6 +10,7 @@ from lightning_accel.callbacks.base import check_finite_weights, count_non_finit
 from tests.conftest import quiet_trainer, small_module
 
 
+@pytest.mark.bad_input("data")
 def test_nan_pixel_stops_training_before_any_weight_turns_nan(digits, tmp_path) -> None:
     images, labels = digits.train_set.tensors
     images = images.clone()
@@ -26,6 +27,7 @@ def test_nan_pixel_stops_training_before_any_weight_turns_nan(digits, tmp_path) 
     assert all(bool(torch.isfinite(p).all()) for p in module.parameters())
 
 
+@pytest.mark.bad_input("data")
 def test_diverging_run_is_told_to_lower_the_learning_rate(digits, tmp_path) -> None:
     module = ClassificationModule("small_cnn", input_size=8, lr=1e12)
     trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[LatencyMonitor(runs=2)])
@@ -45,6 +47,7 @@ def test_non_finite_helpers() -> None:
         check_finite_weights(model, "X")
 
 
+@pytest.mark.bad_input("data")
 def test_example_input_array_of_the_wrong_size_is_named(digits, tmp_path) -> None:
     module = small_module()
     module.example_input_array = torch.zeros(1, 1, 28, 28)  # the data is 8x8

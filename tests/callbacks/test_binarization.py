@@ -124,6 +124,7 @@ def test_packed_file_is_32x_smaller_for_binary_layers_and_reloads_exactly(
     torch.testing.assert_close(_outputs(fresh, data), _outputs(module, data))
 
 
+@pytest.mark.bad_input("file system")
 def test_truncated_or_foreign_packed_files_are_refused_and_model_kept(binary_run, tmp_path) -> None:
     _, ckpt_dir, module, _, _ = binary_run
     path = tmp_path / "model.packed"
@@ -206,6 +207,7 @@ def test_structured_pruning_then_binarization(digits, tmp_path) -> None:
         ({"start_epoch": 3, "end_epoch": 2}, "end_epoch must be after start_epoch"),
     ],
 )
+@pytest.mark.bad_input("constructor")
 def test_bad_arguments_are_refused(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         Binarize(**kwargs)
@@ -238,6 +240,7 @@ class _TwoLayers(nn.Module):
         ),
     ],
 )
+@pytest.mark.bad_input("schedule")
 def test_impossible_plans_fail_before_any_change(
     module, callbacks, match, digits, tmp_path
 ) -> None:
@@ -249,6 +252,7 @@ def test_impossible_plans_fail_before_any_change(
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
 
 
+@pytest.mark.bad_input("schedule")
 def test_binarizing_before_structured_pruning_ends_is_refused(digits, tmp_path) -> None:
     module = small_module()
     callbacks = [GradualPruning(0.5, end_epoch=2), Binarize(start_epoch=1)]

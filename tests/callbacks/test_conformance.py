@@ -88,6 +88,7 @@ def test_every_public_callback_derives_from_the_base_and_is_covered() -> None:
         (lambda: ExportOnFitEnd(latency_runs=0), r"verify_batches and latency_runs must be >= 1"),
     ],
 )
+@pytest.mark.bad_input("constructor")
 def test_bad_argument_types_are_refused_at_construction(build, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build()

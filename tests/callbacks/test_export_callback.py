@@ -61,6 +61,7 @@ def _noisy_module() -> ClassificationModule:
     return ClassificationModule(net, input_size=8)
 
 
+@pytest.mark.bad_input("data")
 def test_failed_verification_is_an_error_and_keeps_the_checkpoint(digits, tmp_path) -> None:
     export = ExportOnFitEnd(tmp_path / "export", benchmark=False, threads=1)
     with pytest.raises(
@@ -85,6 +86,7 @@ def test_failed_verification_can_be_a_warning(digits, tmp_path) -> None:
     tensorrt_problem() is None,
     reason="TensorRT is available here: the missing-TensorRT error cannot occur",
 )
+@pytest.mark.bad_input("constructor")
 def test_tensorrt_requested_without_it_fails_after_writing_onnx_and_checkpoint(
     digits, tmp_path
 ) -> None:
@@ -114,13 +116,22 @@ def test_tensorrt_requested_without_it_fails_after_writing_onnx_and_checkpoint(
             dict(on_verification_failure="ignore"),
             "on_verification_failure must be 'error' or 'warn'",
         ),
+        (dict(input_shape=28), r"input_shape must be a batch shape like \(1, 1, 28, 28\); got 28"),
+        (dict(dirpath=None), r"dirpath must be a folder path \(str or os.PathLike\); got None"),
+        (dict(threads="x"), r"threads must be None \(all cores\) or an integer >= 1; got 'x'"),
+        (dict(threads=0), r"threads must be None \(all cores\) or an integer >= 1; got 0"),
+        (dict(verify_batches="4"), r"must be >= 1 \(integers\); got verify_batches='4'"),
+        (dict(latency_runs=2.5), r"must be >= 1 \(integers\); got latency_runs=2.5"),
+        (dict(precision=3), r"precision must be one of \(.*\); got 3"),
     ],
 )
+@pytest.mark.bad_input("constructor")
 def test_invalid_arguments_are_refused_at_construction(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ExportOnFitEnd(**kwargs)
 
 
+@pytest.mark.bad_input("constructor")
 def test_input_shape_the_model_rejects_is_refused_before_training(digits, tmp_path) -> None:
     module = small_module()
     before = {k: v.clone() for k, v in module.state_dict().items()}
@@ -131,6 +142,7 @@ def test_input_shape_the_model_rejects_is_refused_before_training(digits, tmp_pa
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
 
 
+@pytest.mark.bad_input("file system")
 def test_unwritable_dirpath_is_refused_before_training(digits, tmp_path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
@@ -139,6 +151,7 @@ def test_unwritable_dirpath_is_refused_before_training(digits, tmp_path) -> None
     assert blocker.read_text() == "not a folder"
 
 
+@pytest.mark.bad_input("data")
 def test_untraceable_model_fails_with_the_layer_named_and_keeps_the_checkpoint(
     digits, tmp_path
 ) -> None:

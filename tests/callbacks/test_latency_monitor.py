@@ -50,6 +50,7 @@ def test_works_with_tensorboard_and_without_logger(digits, tmp_path) -> None:
         (dict(batch_sizes=()), "batch_sizes must be positive integers"),
     ],
 )
+@pytest.mark.bad_input("constructor")
 def test_invalid_arguments_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         LatencyMonitor(**kwargs)

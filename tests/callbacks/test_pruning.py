@@ -36,11 +36,13 @@ def _fit(module, data, callback, tmp_path, epochs=3, **trainer_kwargs):
         (dict(target_sparsity=0.5, scope="net"), "scope must be one of"),
     ],
 )
+@pytest.mark.bad_input("constructor")
 def test_invalid_arguments_are_refused_at_construction(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         GradualPruning(**kwargs)
 
 
+@pytest.mark.bad_input("schedule")
 def test_schedule_that_cannot_finish_is_refused_before_training(digits, tmp_path) -> None:
     module = small_module()
     before = copy.deepcopy(module.state_dict())
@@ -51,6 +53,7 @@ def test_schedule_that_cannot_finish_is_refused_before_training(digits, tmp_path
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
 
 
+@pytest.mark.bad_input("constructor")
 def test_ignore_pattern_matching_nothing_is_refused_before_any_change(digits, tmp_path) -> None:
     module = small_module()
     before = copy.deepcopy(module.state_dict())
@@ -59,6 +62,7 @@ def test_ignore_pattern_matching_nothing_is_refused_before_any_change(digits, tm
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
 
 
+@pytest.mark.bad_input("data")
 def test_model_without_prunable_layer_is_refused(digits, tmp_path) -> None:
     linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     module = ClassificationModule(linear, input_size=8)
@@ -196,6 +200,7 @@ def test_unstructured_accuracy_survives_high_sparsity(digits, tmp_path) -> None:
     assert trainer.callback_metrics["val/acc"] > 0.9
 
 
+@pytest.mark.bad_input("data")
 def test_layer_structured_pruning_cannot_handle_is_refused_before_any_change(
     digits, tmp_path
 ) -> None:

@@ -152,6 +152,7 @@ class _NoLayers(nn.Module):
     ("model", "match"),
     [(_Untraceable, "torch.fx cannot trace"), (_NoLayers, "nothing to quantize")],
 )
+@pytest.mark.bad_input("data")
 def test_unquantizable_models_fail_before_training_and_stay_intact(
     model, match, digits, tmp_path
 ) -> None:
@@ -183,6 +184,7 @@ def test_unquantizable_models_fail_before_training_and_stay_intact(
         ),
     ],
 )
+@pytest.mark.bad_input("constructor")
 def test_bad_arguments_are_refused(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         QuantizationAware(**kwargs)
@@ -203,6 +205,7 @@ def test_bad_arguments_are_refused(kwargs, match) -> None:
         ),
     ],
 )
+@pytest.mark.bad_input("schedule")
 def test_impossible_plans_fail_before_any_change(callbacks, match, digits, tmp_path) -> None:
     module = small_module()
     before = {k: v.clone() for k, v in module.state_dict().items()}

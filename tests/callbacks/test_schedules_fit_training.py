@@ -36,6 +36,7 @@ from tests.conftest import quiet_trainer, small_module
     ],
     ids=["pruning", "quantization", "binarization", "latency"],
 )
+@pytest.mark.bad_input("schedule")
 def test_max_steps_that_cuts_a_schedule_short_is_refused(digits, tmp_path, callback, message):
     module = small_module()
     before = copy.deepcopy(module.state_dict())
@@ -59,6 +60,7 @@ def test_gradient_accumulation_counts_optimizer_steps(digits, tmp_path) -> None:
     assert trainer.callbacks[0].applied_sparsity == pytest.approx(0.5)
 
 
+@pytest.mark.bad_input("schedule")
 def test_latency_monitor_that_never_measures_is_refused(digits, tmp_path) -> None:
     trainer = quiet_trainer(tmp_path, max_epochs=3, callbacks=[LatencyMonitor(every_n_epochs=5)])
     with pytest.raises(ValueError, match=r"every_n_epochs=5\) never measures: .*max_epochs=3"):

@@ -82,6 +82,7 @@ def test_resume_mid_schedule_ends_with_the_same_architecture(pruned_run, tmp_pat
     assert shapes == {k: v.shape for k, v in module.state_dict().items()}
 
 
+@pytest.mark.bad_input("checkpoint")
 def test_resume_with_another_target_prunes_to_it_from_the_original_widths(
     pruned_run, tmp_path
 ) -> None:
@@ -119,6 +120,7 @@ def test_unstructured_resume_keeps_the_masks(digits, tmp_path) -> None:
     assert zeros == pytest.approx(0.8, abs=1e-3)
 
 
+@pytest.mark.bad_input("checkpoint")
 def test_checkpoint_from_another_architecture_is_refused_and_model_kept(pruned_run) -> None:
     _, tmp_path, _, _ = pruned_run
     checkpoint = torch.load(tmp_path / "epoch=3.ckpt", weights_only=True)
@@ -141,6 +143,7 @@ class _WithExtraHead(ClassificationModule):
         self.extra = torch.nn.Linear(10, 10)
 
 
+@pytest.mark.bad_input("checkpoint")
 def test_resume_into_a_partly_matching_module_touches_nothing(digits, tmp_path) -> None:
     dense = quiet_trainer(tmp_path / "dense", max_steps=2, enable_checkpointing=False)
     dense.fit(small_module(), datamodule=digits)
@@ -157,6 +160,7 @@ def test_resume_into_a_partly_matching_module_touches_nothing(digits, tmp_path) 
         assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
 
 
+@pytest.mark.bad_input("checkpoint")
 def test_load_from_checkpoint_into_another_architecture_names_the_fix(pruned_run) -> None:
     _, tmp_path, _, _ = pruned_run
     with pytest.raises(

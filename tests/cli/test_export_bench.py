@@ -69,6 +69,7 @@ def test_export_with_tensorrt_missing_exits_1_after_writing_the_onnx_file(
     assert (out / "model.onnx").is_file() and (out / "summary.json").is_file()
 
 
+@pytest.mark.bad_input("cli")
 def test_export_errors_exit_2_and_name_the_fix(tmp_path: Path, capsys) -> None:
     assert main(["export", str(tmp_path / "missing.ckpt")]) == 2
     assert "No checkpoint at" in capsys.readouterr().err
@@ -124,6 +125,7 @@ def test_bench_times_a_model_against_its_baseline(tmp_path: Path, capsys) -> Non
     assert speedup > 2  # 64 -> 8 channels: far fewer MACs, measured in one run
 
 
+@pytest.mark.bad_input("cli")
 def test_bench_errors_exit_2(tmp_path: Path, capsys) -> None:
     assert main(["bench", str(tmp_path / "missing.onnx")]) == 2
     assert "No ONNX model at" in capsys.readouterr().err

@@ -34,11 +34,13 @@ def test_quick_fit_trains_prunes_exports_and_reports_a_speedup(tmp_path) -> None
     assert 0 <= pruned["accuracy"] <= 100 and dense["accuracy"] > 30  # real learning happened
 
 
+@pytest.mark.bad_input("cli")
 def test_bad_sparsity_exits_2_with_the_message(capsys) -> None:
     assert main(["fit", "--quick", "--target-sparsity", "1.5"]) == 2
     assert "target_sparsity must be in [0, 1); got 1.5" in capsys.readouterr().err
 
 
+@pytest.mark.bad_input("file system")
 def test_missing_data_exits_2_naming_the_install_command(tmp_path, capsys) -> None:
     assert main(["fit", "--quick", "--data", str(tmp_path)]) == 2
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err

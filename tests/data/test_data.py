@@ -40,11 +40,13 @@ def test_data_dir_and_environment_variable_point_elsewhere(tmp_path, monkeypatch
     assert find_data_dir() == tmp_path
 
 
+@pytest.mark.bad_input("file system")
 def test_missing_data_names_the_install_command(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         FashionMNISTDataModule(data_dir=tmp_path / "nowhere").prepare_data()
 
 
+@pytest.mark.bad_input("file system")
 def test_truncated_idx_file_is_refused(tmp_path) -> None:
     path = tmp_path / "x-idx3-ubyte.gz"
     _write_idx(path, np.zeros((4, 28, 28)))
@@ -63,6 +65,7 @@ def test_digits_split_is_real_and_deterministic() -> None:
 
 
 @pytest.mark.parametrize("kwargs", [dict(batch_size=0), dict(train_size=0)])
+@pytest.mark.bad_input("constructor")
 def test_invalid_fashion_mnist_settings(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="must be >= 1"):
         FashionMNISTDataModule(**kwargs)

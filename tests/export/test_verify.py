@@ -1,6 +1,11 @@
+import json
+
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
+from lightning_accel.export.compare import ComparisonSettings, export_and_compare
 from lightning_accel.export.verify import TOLERANCES, compare_outputs
 
 
@@ -26,6 +31,7 @@ def test_tolerances_are_ordered_by_precision() -> None:
     assert TOLERANCES["fp32"].max_abs < TOLERANCES["fp16"].max_abs < TOLERANCES["int8"].max_abs
 
 
+@pytest.mark.bad_input("data")
 def test_shape_mismatch_and_unknown_precision_are_errors() -> None:
     with pytest.raises(
         ValueError, match=r"runtime output shape \(2, 5\) differs from PyTorch's \(2, 10\)"
@@ -33,3 +39,40 @@ def test_shape_mismatch_and_unknown_precision_are_errors() -> None:
         compare_outputs(np.zeros((2, 10)), np.zeros((2, 5)))
     with pytest.raises(ValueError, match="precision must be one of"):
         compare_outputs(np.zeros((2, 10)), np.zeros((2, 10)), "int4")
+
+
+@pytest.mark.bad_input("data")
+def test_non_finite_pytorch_outputs_fail_and_blame_the_model_not_the_runtime() -> None:
+    logits = np.random.default_rng(0).standard_normal((8, 10)).astype(np.float32)
+    logits[3, 2] = np.nan
+    result = compare_outputs(logits, logits.copy(), "fp32")
+    assert not result.passed
+    assert result.max_abs_error is None and result.relative_max_error is None
+    assert "the PyTorch model produced non-finite outputs (1 of 80" in result.describe()
+    assert "logit error" not in result.describe()  # no "max logit error nan"
+    json.dumps(result.as_dict(), allow_nan=False)
+
+
+@pytest.mark.bad_input("data")
+def test_non_finite_runtime_outputs_fail_and_blame_the_runtime() -> None:
+    logits = np.random.default_rng(0).standard_normal((8, 10)).astype(np.float32)
+    candidate = logits.copy()
+    candidate[0] = np.inf
+    result = compare_outputs(logits, candidate, "fp16")
+    assert not result.passed
+    assert "the runtime produced non-finite outputs (10 of 80" in result.describe()
+    json.dumps(result.as_dict(), allow_nan=False)
+
+
+@pytest.mark.bad_input("data")
+def test_export_of_a_nan_model_fails_verification_and_its_summary_is_valid_json(tmp_path) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    with torch.no_grad():
+        model[1].weight.fill_(float("nan"))
+    settings = ComparisonSettings(benchmark=False, threads=1)
+    outcome = export_and_compare(model, None, [torch.randn(4, 1, 4, 4)], tmp_path, settings)
+    (mismatch,) = outcome.mismatches
+    assert mismatch.startswith("onnxruntime verification FAILED (fp32, 4 samples): the PyTorch")
+    assert "produced non-finite outputs (12 of 12 values" in mismatch
+    assert "logit error" not in mismatch
+    json.dumps(outcome.summary, allow_nan=False)

@@ -14,6 +14,7 @@ def test_zoo_models_take_28x28_images(name: str, in_channels: int) -> None:
     assert model(torch.randn(2, in_channels, 28, 28)).shape == (2, 7)
 
 
+@pytest.mark.bad_input("constructor")
 def test_unknown_model_lists_the_available_ones() -> None:
     names = ", ".join(sorted(MODELS))
     with pytest.raises(ValueError, match=f"Unknown model 'resnet19'. Available: {names}"):
@@ -34,11 +35,13 @@ def test_classification_module_wraps_any_module_and_trains_a_step(digits) -> Non
     assert torch.nn.functional.cross_entropy(module(x), y) < loss_before
 
 
+@pytest.mark.bad_input("constructor")
 def test_classification_module_rejects_unknown_optimizer() -> None:
     with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adamw'; got 'adam'"):
         ClassificationModule("small_cnn", optimizer="adam")
 
 
+@pytest.mark.bad_input("constructor")
 def test_a_model_whose_library_is_missing_names_the_extra(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "timm", None)  # as if timm were not installed
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'lightning-accel\[zoo\]'"):

@@ -38,6 +38,7 @@ def test_replayed_history_rebuilds_the_same_model() -> None:
     torch.testing.assert_close(fresh(x), model(x))
 
 
+@pytest.mark.bad_input("data")
 def test_layer_with_raw_parameters_is_refused_before_any_change() -> None:
     class LayerScale(nn.Module):
         def __init__(self, channels: int) -> None:
@@ -56,6 +57,7 @@ def test_layer_with_raw_parameters_is_refused_before_any_change() -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.bad_input("checkpoint")
 def test_history_from_another_architecture_is_refused() -> None:
     x = torch.randn(1, 1, 28, 28)
     with pytest.raises(ValueError, match="layer 'layer4.1.conv1' does not exist"):
@@ -82,6 +84,7 @@ def test_vit_loses_whole_heads_and_mlp_width_and_replays_exactly() -> None:
     torch.testing.assert_close(fresh(x), model(x))
 
 
+@pytest.mark.bad_input("constructor")
 def test_global_scope_cannot_rank_heads_against_channels() -> None:
     pytest.importorskip("timm", reason="vit_tiny needs timm (the zoo extra)")
     model = build("vit_tiny").eval()

@@ -25,6 +25,7 @@ def _scale_channels(net: nn.Sequential) -> None:
         net[2].weight.fill_(0.1)
 
 
+@pytest.mark.bad_input("constructor")
 def test_unknown_criterion_lists_the_valid_ones() -> None:
     with pytest.raises(ValueError, match=r"criterion must be one of \['l1', 'l2', 'taylor'\]"):
         GradualPruning(0.5, criterion="fisher")

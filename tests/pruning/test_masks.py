@@ -45,6 +45,7 @@ def test_2_4_mask_keeps_two_largest_of_every_four_inputs(shape: tuple[int, ...])
     ).all()
 
 
+@pytest.mark.bad_input("data")
 def test_2_4_refuses_input_dim_not_multiple_of_four() -> None:
     with pytest.raises(ValueError, match="multiple of 4; got 6. Add this layer to `ignore`"):
         n_m_mask(torch.randn(8, 6))

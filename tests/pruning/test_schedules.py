@@ -40,6 +40,7 @@ def test_step_schedule_defaults_to_once_per_epoch() -> None:
     assert [s for s in range(30) if schedule.is_update_step(s)] == [0, 7, 14]
 
 
+@pytest.mark.bad_input("constructor")
 def test_unknown_schedule_lists_valid_names() -> None:
     with pytest.raises(
         ValueError, match=r"schedule must be one of \['constant', 'cubic', 'linear'\]"

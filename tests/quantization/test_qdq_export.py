@@ -158,6 +158,7 @@ class _DataDependent(nn.Module):
         return self.conv(-x)
 
 
+@pytest.mark.bad_input("data")
 def test_untraceable_network_is_refused_and_left_untouched() -> None:
     holder = Holder(nn.Sequential(nn.Conv2d(1, 4, 3), _DataDependent()))
     before = {k: v.clone() for k, v in holder.state_dict().items()}
@@ -168,6 +169,7 @@ def test_untraceable_network_is_refused_and_left_untouched() -> None:
     assert holder.state_dict().keys() == before.keys()
 
 
+@pytest.mark.bad_input("data")
 def test_layer_directly_on_the_root_is_refused() -> None:
     root = nn.Sequential(nn.Conv2d(1, 4, 3))
     with pytest.raises(ValueError, match="Keep the network in a submodule"):

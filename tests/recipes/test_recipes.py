@@ -128,6 +128,7 @@ GOOD = (RECIPES / "small_cnn.yaml").read_text()
         ),
     ],
 )
+@pytest.mark.bad_input("recipe")
 def test_bad_recipes_name_the_file_the_key_and_the_fix(tmp_path, text, overrides, message) -> None:
     with pytest.raises(RecipeError, match=message):
         Recipe.from_yaml(_write(tmp_path, text), overrides)
@@ -158,6 +159,7 @@ def test_recipes_work_with_lightning_cli(tmp_path) -> None:
     )
 
 
+@pytest.mark.bad_input("cli")
 def test_cli_lists_recipes_and_exits_2_on_a_bad_override(capsys) -> None:
     assert main(["recipes"]) == 0
     listing = capsys.readouterr().out

@@ -134,6 +134,7 @@ def test_local_grid_sweep_runs_two_offline_trials_and_reports_the_front(tmp_path
     ids=["not-yaml", "unknown-key", "method", "not-a-recipe-key", "range", "type", "grid-range",
          "metric", "metric-shape", "goal", "spec-key", "spec-shape"],
 )  # fmt: skip
+@pytest.mark.bad_input("recipe")
 def test_bad_sweep_files_are_refused_before_any_trial(tmp_path, body, message, capsys) -> None:
     path = _sweep_file(tmp_path, body)
     with pytest.raises(SweepError) as error:
@@ -143,6 +144,7 @@ def test_bad_sweep_files_are_refused_before_any_trial(tmp_path, body, message, c
     assert not (tmp_path / "o").exists()  # nothing ran
 
 
+@pytest.mark.bad_input("recipe")
 def test_command_without_recipe_and_random_without_count_are_refused(tmp_path, capsys) -> None:
     with pytest.raises(SweepError, match="command names no --recipe"):
         SweepConfig.from_yaml(_sweep_file(tmp_path, GRID, "[lightning-accel, fit]"))
@@ -153,6 +155,7 @@ def test_command_without_recipe_and_random_without_count_are_refused(tmp_path, c
     assert "never ends by itself: pass --count N" in capsys.readouterr().err
 
 
+@pytest.mark.bad_input("cli")
 def test_missing_sweep_file_and_non_positive_budget_or_count_are_refused(tmp_path, capsys):
     with pytest.raises(SweepError, match="Sweep file .*nowhere.yaml does not exist"):
         SweepConfig.from_yaml(tmp_path / "nowhere.yaml")

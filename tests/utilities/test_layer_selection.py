@@ -26,11 +26,13 @@ def test_first_and_last_layers_stay_dense_by_default() -> None:
     assert "layer1.0.conv1" in layers and "layer2.0.downsample.0" in layers
 
 
+@pytest.mark.bad_input("constructor")
 def test_ignore_pattern_that_matches_nothing_is_an_error() -> None:
     with pytest.raises(ValueError, match=r"pattern 'layer9\.\*' matches no layer"):
         select_layers(build("resnet18"), torch.randn(1, 1, 28, 28), ["layer9.*"], True, "X")
 
 
+@pytest.mark.bad_input("data")
 def test_model_with_no_prunable_layer_is_an_error() -> None:
     with pytest.raises(ValueError, match="found no layer to compress"):
         select_layers(

@@ -1,0 +1,209 @@
+"""Bad command-line input exits 2 with one line naming the file, the key and the fix.
+
+Every case fails before any training: flags are applied or refused, never silently dropped.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_accel import ClassificationModule
+from lightning_accel.cli.fit_job import MAIN_JOB_FLAGS
+from lightning_accel.cli.main import main
+
+RECIPES = Path(__file__).parents[2] / "recipes"
+CLEAN = RECIPES / "small_cnn.yaml"
+
+
+def _error_line(capsys) -> str:
+    """The one line on stderr, checked to be the CLI's error and not a traceback."""
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("lightning-accel: error: "), err
+    return lines[0]
+
+
+def _recipe(tmp_path: Path, old: str, new: str) -> Path:
+    text = CLEAN.read_text()
+    assert old in text
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+@pytest.mark.bad_input("cli")
+def test_a_binary_recipe_names_the_file(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"model:\n  \xff\xfe\x00\x81 binary")
+    assert main(["fit", "--recipe", str(path)]) == 2
+    line = _error_line(capsys)
+    assert f"{path} is not a UTF-8 text file (byte 0xff at offset 9)" in line
+    assert "pass the YAML file itself" in line
+
+
+@pytest.mark.bad_input("recipe")
+def test_a_seed_that_is_not_a_number_names_the_key(tmp_path: Path, capsys) -> None:
+    path = _recipe(tmp_path, "seed_everything: 0", "seed_everything: abc")
+    assert main(["fit", "--recipe", str(path)]) == 2
+    line = _error_line(capsys)
+    assert f"{path}: seed_everything must be an integer; got 'abc'" in line
+    assert "e.g. seed_everything: 0" in line
+
+
+@pytest.mark.bad_input("recipe")
+def test_init_args_as_a_list_names_the_key(tmp_path: Path, capsys) -> None:
+    old = "  init_args:\n    model: small_cnn\n    lr: 0.05\n    cosine_epochs: 6\n"
+    path = _recipe(tmp_path, old, "  init_args: [small_cnn, 0.05]\n")
+    assert main(["fit", "--recipe", str(path)]) == 2
+    line = _error_line(capsys)
+    assert f"{path}: model.init_args must be a mapping of argument: value" in line
+    assert "got ['small_cnn', 0.05]" in line and "e.g. init_args: {lr: 0.1}" in line
+
+
+@pytest.mark.bad_input("cli")
+def test_an_override_that_is_not_yaml_names_the_key(capsys) -> None:
+    assert main(["fit", "--recipe", str(CLEAN), "--set", "trainer.max_epochs=[1"]) == 2
+    line = _error_line(capsys)
+    assert f"{CLEAN}: trainer.max_epochs has a value that is not YAML: '[1'" in line
+    assert "close brackets and quotes" in line
+
+
+@pytest.mark.bad_input("file system")
+def test_export_to_an_existing_file_is_refused_before_loading(tmp_path: Path, capsys) -> None:
+    module = ClassificationModule("small_cnn", input_size=8)
+    checkpoint = tmp_path / "model.ckpt"
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": "2.6.0",
+        },
+        checkpoint,
+    )
+    taken = tmp_path / "notes.txt"
+    taken.write_text("keep me")
+    assert main(["export", str(checkpoint), "--output-dir", str(taken)]) == 2
+    line = _error_line(capsys)
+    assert f"--output-dir {taken} is an existing file, not a folder" in line
+    assert "Pass a folder path" in line
+    assert taken.read_text() == "keep me"
+    assert main(["export", str(checkpoint), "--output-dir", str(taken / "sub")]) == 2
+    assert f"is inside the file {taken}" in _error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("{values: 0.3}", "target_sparsity.values must be a non-empty list, e.g. values: [0.3"),
+        ("{values: []}", "target_sparsity.values must be a non-empty list"),
+        ("{min: 0.3}", "target_sparsity needs both min and max"),
+        ("{min: low, max: 0.9}", "target_sparsity.min must be a number; got 'low'"),
+        ("{min: 0.9, max: 0.3}", "min must not exceed max; got min=0.9, max=0.3"),
+        ("{min: 0.1, max: 0.9, distribution: gaussian}", "target_sparsity.distribution must be"),
+        ("{min: 0, max: 0.9, distribution: log_uniform_values}", "needs min > 0; got min=0"),
+    ],
+    ids=["scalar-values", "empty-values", "min-only", "text-bound", "reversed", "unknown", "log0"],
+)
+@pytest.mark.bad_input("recipe")
+def test_bad_sweep_values_name_the_key(tmp_path: Path, capsys, spec, message) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        "method: random\nmetric: {name: sweep/objective, goal: maximize}\n"
+        f"parameters:\n  callbacks.pruning.target_sparsity: {spec}\n"
+        f"command: [lightning-accel, fit, --recipe, {CLEAN}]\n"
+    )
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--local", "--count", "1", "--output-dir", str(out)]) == 2
+    line = _error_line(capsys)
+    assert f"{path}: parameters.callbacks.pruning" in line and message in line
+    assert not out.exists()
+
+
+@pytest.mark.bad_input("cli")
+def test_a_sweep_command_with_a_main_job_flag_is_refused(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        "method: grid\nmetric: {name: sweep/objective, goal: maximize}\n"
+        "parameters:\n  model.lr: {values: [0.1]}\n"
+        f"command: [lightning-accel, fit, --recipe, {CLEAN}, --target-sparsity, '0.3']\n"
+    )
+    assert main(["sweep", str(path), "--local"]) == 2
+    line = _error_line(capsys)
+    assert "--target-sparsity 0.3 applies to the main job and is not used with --recipe" in line
+    assert "--set callbacks.pruning.target_sparsity=VALUE" in line
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--prune-epochs", "1"],
+            "prune_epochs must be an integer >= 2 (pruning, then fine-tuning); got 1",
+        ),
+        (["--prune-epochs", "0"], "prune_epochs must be an integer >= 2"),
+        (
+            ["--dense-epochs", "0"],
+            "dense_epochs must be an integer >= 1; got 0. Example: --dense-epochs 3",
+        ),
+        (
+            ["--target-sparsity", "1.5"],
+            "target_sparsity must be in [0, 1); got 1.5. Example: --target-sparsity 0.5",
+        ),
+        (
+            ["--train-size", "-5"],
+            "train_size must be an integer >= 1, or None for all (--train-size 0); got -5",
+        ),
+        (["--model", "resnet9000"], "model must be one of ['efficientnet_b0', "),
+        (["--threads", "0"], "--threads must be >= 1; got 0"),
+    ],
+    ids=["prune-1", "prune-0", "dense-0", "sparsity", "train-size", "model", "threads"],
+)
+@pytest.mark.parametrize("quick", [True, False], ids=["quick", "full"])
+@pytest.mark.bad_input("cli")
+def test_main_job_values_are_checked_before_training(capsys, monkeypatch, flags, message, quick):
+    def no_training(cfg):
+        raise AssertionError(f"training started with {cfg}")
+
+    monkeypatch.setattr("lightning_accel.cli.fit_job.run_pruning_job", no_training)
+    assert main(["fit", *(["--quick"] if quick else []), *flags]) == 2
+    assert message in _error_line(capsys)
+
+
+def test_main_job_flags_apply_on_top_of_quick(monkeypatch, capsys) -> None:
+    seen = []
+
+    def record(cfg):
+        seen.append(cfg)
+        raise ValueError("stopped before training")
+
+    monkeypatch.setattr("lightning_accel.cli.fit_job.run_pruning_job", record)
+    flags = ["--prune-epochs", "3", "--dense-epochs", "2", "--target-sparsity", "0.3"]
+    assert main(["fit", "--quick", *flags, "--train-size", "0", "--mode", "unstructured"]) == 2
+    (cfg,) = seen
+    assert (cfg.prune_epochs, cfg.dense_epochs, cfg.target_sparsity) == (3, 2, 0.3)
+    assert cfg.train_size is None and cfg.mode == "unstructured"
+    assert cfg.test_size == 1000 and cfg.latency_runs == 20  # the rest stays quick
+    assert main(["fit", "--quick"]) == 2
+    assert (seen[1].prune_epochs, seen[1].train_size, seen[1].model) == (2, 2048, "resnet18")
+    assert main(["fit", "--model", "small_cnn"]) == 2
+    assert (seen[2].model, seen[2].prune_epochs, seen[2].train_size) == ("small_cnn", 4, 12_000)
+
+
+@pytest.mark.parametrize("flag", list(MAIN_JOB_FLAGS))
+@pytest.mark.bad_input("cli")
+def test_main_job_flags_with_a_recipe_are_refused_naming_the_recipe_key(capsys, flag) -> None:
+    value = {"--model": "resnet18", "--mode": "structured", "--target-sparsity": "0.3"}.get(
+        flag, "2"
+    )
+    assert main(["fit", "--recipe", str(CLEAN), flag, value]) == 2
+    line = _error_line(capsys)
+    assert f"{flag} {value} applies to the main job and is not used with --recipe" in line
+    assert f"set the recipe's key instead: {MAIN_JOB_FLAGS[flag][1]}" in line
+
+
+@pytest.mark.bad_input("cli")
+def test_recipe_flags_without_a_recipe_are_refused(capsys) -> None:
+    assert main(["fit", "--logger", "wandb"]) == 2
+    assert "--logger: only used with a recipe; add --recipe FILE" in _error_line(capsys)
