@@ -23,7 +23,12 @@ from lightning_accel.backends import (
     check_backends,
     get_backend,
 )
-from lightning_accel.callbacks.base import AccelCallback, check_batch_sizes
+from lightning_accel.callbacks.base import (
+    AccelCallback,
+    check_batch_sizes,
+    check_bool,
+    check_int,
+)
 from lightning_accel.export.compare import (
     PRECISIONS,
     ComparisonSettings,
@@ -120,17 +125,12 @@ class ExportOnFitEnd(AccelCallback):
             raise ValueError(
                 f"input_shape must be a batch shape like (1, 1, 28, 28); got {input_shape!r}"
             )
-        for name, count in (("verify_batches", verify_batches), ("latency_runs", latency_runs)):
-            if not _is_positive_int(count):
-                raise ValueError(
-                    f"verify_batches and latency_runs must be >= 1 (integers); got {name}="
-                    f"{count!r}. Example: ExportOnFitEnd(verify_batches=4, latency_runs=50)"
-                )
-        if threads is not None and not _is_positive_int(threads):
-            raise ValueError(
-                f"threads must be None (all cores) or an integer >= 1; got {threads!r}. "
-                "Example: ExportOnFitEnd(threads=2)"
-            )
+        example = "ExportOnFitEnd(verify_batches=4, latency_runs=50, threads=2)"
+        check_int(verify_batches, "verify_batches", example)
+        check_int(latency_runs, "latency_runs", example)
+        check_int(threads, "threads", example, optional=True)
+        check_bool(verify, "verify")
+        check_bool(benchmark, "benchmark")
         self.dirpath = Path(dirpath)
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.settings = ComparisonSettings(
@@ -305,16 +305,12 @@ class ExportOnFitEnd(AccelCallback):
         return batches
 
 
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 def _is_batch_shape(value: object) -> bool:
     return (
         isinstance(value, Sequence)
         and not isinstance(value, str)
         and len(value) >= 2
-        and all(_is_positive_int(d) for d in value)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in value)
     )
 
 

@@ -85,7 +85,7 @@ def test_every_public_callback_derives_from_the_base_and_is_covered() -> None:
         (lambda: LatencyMonitor(batch_sizes=4), r"batch_sizes must be positive integers"),
         (lambda: ExportOnFitEnd(backends=()), r"must name at least one of"),
         (lambda: ExportOnFitEnd(batch_sizes=(1, True)), r"batch_sizes must be positive integers"),
-        (lambda: ExportOnFitEnd(latency_runs=0), r"verify_batches and latency_runs must be >= 1"),
+        (lambda: ExportOnFitEnd(latency_runs=0), r"latency_runs must be an integer >= 1; got 0"),
     ],
 )
 @pytest.mark.bad_input("constructor")
