@@ -39,7 +39,13 @@ from lightning_accel.pruning.criteria import (
     needs_gradients,
     weight_scores,
 )
-from lightning_accel.pruning.masks import apply_masks, magnitude_masks, n_m_mask, weight_sparsity
+from lightning_accel.pruning.masks import (
+    apply_masks,
+    magnitude_masks,
+    n_m_mask,
+    weight_owners,
+    weight_sparsity,
+)
 from lightning_accel.pruning.schedules import SCHEDULES, ScheduleName, StepSchedule
 from lightning_accel.utilities.layer_selection import select_layers
 from lightning_accel.utilities.model_stats import model_stats
@@ -205,12 +211,12 @@ class GradualPruning(AccelCallback):
             if name in self._gradients:  # resumed: the gradients the criterion would have seen
                 parameter.grad = self._gradients[name].to(parameter.device)
         self._gradients = {}
-        if self._dense_stats is None:  # else restored from a checkpoint, mid-schedule
-            dense = model_stats(pl_module, self._example)
-            self._dense_stats = (dense.params, dense.macs)
         layers = select_layers(
             pl_module, self._example, self.ignore, self.keep_first_and_last, "GradualPruning"
         )
+        if self._dense_stats is None:  # else restored from a checkpoint, mid-schedule
+            dense = model_stats(pl_module, self._example)
+            self._dense_stats = (dense.params, dense.macs)
         if self.mode == "structured":
             check_structured_support(pl_module, layers, self.scope == "global")
             if not self._initial_widths:  # else restored from a checkpoint, mid-schedule
@@ -381,13 +387,17 @@ class GradualPruning(AccelCallback):
             rebuild_optimizers(trainer)
         else:
             modules = layer_modules(pl_module, self._layers)
+            owners = weight_owners(modules)  # a shared weight is ranked once, masked alike
             scores = {
-                name: weight_scores(mod.weight, self.criterion) for name, mod in modules.items()
+                name: weight_scores(mod.weight, self.criterion)
+                for name, mod in modules.items()
+                if owners[name] == name
             }
             if self.mode == "2:4":
-                self._masks = {name: n_m_mask(score) for name, score in scores.items()}
+                masks = {name: n_m_mask(score) for name, score in scores.items()}
             else:
-                self._masks = magnitude_masks(scores, sparsity, self.scope)
+                masks = magnitude_masks(scores, sparsity, self.scope)
+            self._masks = {name: masks[owners[name]] for name in modules}
             apply_masks(modules, self._masks)
         self.applied_sparsity = sparsity
 

@@ -37,6 +37,7 @@ from lightning_accel.quantization.spec import QuantizationSpec, check_bits
 from lightning_accel.utilities.copying import detached_copy
 from lightning_accel.utilities.layer_selection import (
     WEIGHTED_LAYERS,
+    check_plain_weights,
     layers_in_call_order,
     match_patterns,
 )
@@ -216,6 +217,7 @@ class QuantizationAware(AccelCallback):
                 f"QuantizationAware(ignore={self.ignore}) leaves none of the {len(order)} "
                 "conv/linear layers to quantize. Ignore fewer layers."
             )
+        check_plain_weights(pl_module, selected, self.technique)
         bits = dict.fromkeys(selected, self.weight_bits)
         for pattern, width in self.layer_bits.items():
             for name in match_patterns(selected, [pattern], "QuantizationAware(layer_bits=...)"):

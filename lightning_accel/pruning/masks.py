@@ -108,8 +108,20 @@ def apply_masks(modules: Mapping[str, WeightedLayer], masks: Mapping[str, Tensor
         modules[name].weight.mul_(mask.to(modules[name].weight.dtype))
 
 
+def weight_owners(modules: Mapping[str, WeightedLayer]) -> dict[str, str]:
+    """For each layer, the first layer (in order) holding the same weight tensor.
+
+    Layers that share one weight (tied embeddings, reused blocks) must be ranked and counted
+    once: ranked twice, a shared tensor would take twice its share of the sparsity.
+    """
+    first: dict[int, str] = {}
+    return {name: first.setdefault(id(mod.weight), name) for name, mod in modules.items()}
+
+
 def weight_sparsity(modules: Mapping[str, WeightedLayer]) -> float:
-    """Fraction of exactly-zero weights over the given layers."""
-    total = sum(mod.weight.numel() for mod in modules.values())
-    zeros = sum(int((mod.weight == 0).sum()) for mod in modules.values())
+    """Fraction of exactly-zero weights over the distinct weight tensors of the given layers."""
+    owners = weight_owners(modules)
+    distinct = [mod for name, mod in modules.items() if owners[name] == name]
+    total = sum(mod.weight.numel() for mod in distinct)
+    zeros = sum(int((mod.weight == 0).sum()) for mod in distinct)
     return zeros / max(total, 1)

@@ -80,7 +80,8 @@ def select_layers(
         technique: Name used in error messages, e.g. ``"GradualPruning"``.
 
     Raises:
-        ValueError: If a pattern matches nothing or no layer is left.
+        ValueError: If a pattern matches nothing, no layer is left, or a selected layer's weight
+            is already reparametrized (``torch.nn.utils.prune``, ``parametrize``).
     """
     order = layers_in_call_order(model, example_input)
     skipped = match_patterns(order, ignore, f"{technique}(ignore=...)")
@@ -94,4 +95,41 @@ def select_layers(
             "`ignore` removes more). Use a model with hidden conv/linear layers, or pass "
             "keep_first_and_last=False."
         )
+    check_plain_weights(model, selected, technique)
     return selected
+
+
+def reparametrized_weight(module: nn.Module) -> str | None:
+    """How a layer's ``weight`` is reparametrized, or ``None`` for a plain parameter."""
+    from torch.nn.utils import parametrize
+
+    if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):
+        return "torch.nn.utils.prune (weight_orig * weight_mask)"
+    if parametrize.is_parametrized(module, "weight"):
+        return "torch.nn.utils.parametrize (module.parametrizations.weight)"
+    return None
+
+
+def check_plain_weights(model: nn.Module, names: Sequence[str], technique: str) -> None:
+    """Refuse layers whose weight another tool already reparametrizes, before any change.
+
+    Ranking or swapping such a layer would act on the derived ``weight`` while the optimizer
+    trains ``weight_orig``: the reported sparsity would not be the model's.
+
+    Args:
+        model: The root module.
+        names: Dotted names of the layers the technique will act on.
+        technique: Name used in the message, e.g. ``"GradualPruning"``.
+
+    Raises:
+        ValueError: Naming the layer, the reparametrization and both fixes.
+    """
+    for name in names:
+        how = reparametrized_weight(model.get_submodule(name))
+        if how is not None:
+            raise ValueError(
+                f"{technique} cannot act on layer {name!r}: its weight is already "
+                f"reparametrized by {how}. Fold it into a plain weight before fit (for "
+                f"torch.nn.utils.prune: prune.remove(module, 'weight'); the zeros stay), or "
+                f"leave the layer out with ignore=[{name!r}]."
+            )

@@ -40,6 +40,11 @@ def model_stats(model: nn.Module, example_input: Tensor) -> ModelStats:
     _count_quantized_layers_as_their_float_kind()
     with eval_mode(model):
         device = next(model.parameters()).device
+        if any(hasattr(m, "weight_orig") for m in model.modules()):
+            # torch.nn.utils.prune recomputes `weight` in a forward pre-hook; after a training
+            # step it is a non-leaf tensor, which torch-pruning's deepcopy cannot copy. A
+            # no-grad forward makes it a plain tensor again.
+            model(example_input[:1].to(device))
         macs, params = tp.utils.count_ops_and_params(model, example_input[:1].to(device))
     nonzero = sum(int((p != 0).sum()) for p in model.parameters())
     return ModelStats(params=int(params), nonzero_params=nonzero, macs=int(macs))
