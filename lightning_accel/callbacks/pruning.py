@@ -46,6 +46,7 @@ from lightning_accel.pruning.masks import (
     weight_owners,
     weight_sparsity,
 )
+from lightning_accel.pruning.plan import channel_sparsity, layers_short_of_plan, rehearse
 from lightning_accel.pruning.schedules import SCHEDULES, ScheduleName, StepSchedule
 from lightning_accel.utilities.layer_selection import select_layers
 from lightning_accel.utilities.model_stats import model_stats
@@ -222,6 +223,7 @@ class GradualPruning(AccelCallback):
             if not self._initial_widths:  # else restored from a checkpoint, mid-schedule
                 modules = layer_modules(pl_module, layers)
                 self._initial_widths = {name: out_channels(m) for name, m in modules.items()}
+                self._rehearse(pl_module, layers)
         if self.mode == "2:4":
             layers = self._layers_fitting_2_4(pl_module, layers)
         self._layers = layers
@@ -289,7 +291,7 @@ class GradualPruning(AccelCallback):
         stats = model_stats(pl_module, self._example)
         params, macs = self._dense_stats or (stats.params, stats.macs)
         metrics = {
-            "compress/sparsity": self.applied_sparsity,
+            "compress/sparsity": self.measured_sparsity(pl_module),
             "compress/params_kept": (stats.nonzero_params / params) if params else 1.0,
             "compress/macs_kept": (stats.macs / macs) if macs else 1.0,
         }
@@ -318,9 +320,60 @@ class GradualPruning(AccelCallback):
                 + (" and TensorRT's 2:4 sparse kernels" if self.mode == "2:4" else "")
             )
         rank_zero_info(
-            f"GradualPruning({self.mode}): reached sparsity {self.applied_sparsity:.3f} "
-            f"of target {self.target_sparsity:.3f}; {note}."
+            f"GradualPruning({self.mode}): measured sparsity "
+            f"{self.measured_sparsity(pl_module):.3f} (target {self.target_sparsity:.3f}); "
+            f"{note}."
         )
+
+    def measured_sparsity(self, pl_module: pl.LightningModule) -> float:
+        """Sparsity measured on the model: channels removed (structured) or zero weights.
+
+        Structured: the fraction of the prunable layers' initial output channels removed.
+        Unstructured and 2:4: the fraction of zeros over the selected layers' distinct weights.
+        """
+        if not self._layers:
+            return 0.0
+        if self.mode == "structured":
+            return channel_sparsity(pl_module, self._initial_widths)
+        return weight_sparsity(layer_modules(pl_module, self._layers))
+
+    def _rehearse(self, pl_module: pl.LightningModule, layers: list[str]) -> None:
+        """Prune a copy to the target before training; warn about layers the graph holds back.
+
+        Raises:
+            ValueError: If the pruned copy fails or changes its outputs (model untouched).
+        """
+        example = self._example
+        assert example is not None
+        # Gradient criteria have no gradients yet; which channels go does not change shapes.
+        criterion = "l2" if needs_gradients(self.criterion) else self.criterion
+
+        def prune(model: Any) -> None:
+            prune_channels(
+                model,
+                example,
+                layers,
+                self._channel_ratios(model, self.target_sparsity),
+                global_scope=self.scope == "global",
+                round_to=self.round_to,
+                criterion=criterion,
+            )
+
+        trial = rehearse(pl_module, example, prune, self.technique)
+        short = (
+            layers_short_of_plan(trial, self._initial_widths, self.target_sparsity, self.round_to)
+            if self.scope == "layer"
+            else []
+        )
+        if short:
+            reached = channel_sparsity(trial, self._initial_widths)
+            rank_zero_warn(
+                f"GradualPruning: {len(short)} layer(s) cannot reach the planned width, because "
+                "torch-pruning's dependency graph couples their channels to a layer that keeps "
+                f"its width (e.g. a 1-channel gate, an ignored layer or the classifier): "
+                f"{'; '.join(short[:5])}. The model will reach sparsity {reached:.3f}, not "
+                f"{self.target_sparsity:.3f}; compress/sparsity reports what is measured."
+            )
 
     def _widths_off_multiples_of_8(self, pl_module: pl.LightningModule) -> list[str]:
         if self.round_to is not None or not self.applied_sparsity:

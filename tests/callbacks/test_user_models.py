@@ -80,3 +80,76 @@ def test_the_refused_layer_can_be_left_out_with_ignore(digits, tmp_path) -> None
     quiet_trainer(tmp_path, max_epochs=2, callbacks=[pruning]).fit(module, datamodule=digits)
     assert pruning.metrics["compress/weight_sparsity"] == pytest.approx(0.8, abs=1e-3)
     assert hasattr(module.model[4], "weight_orig")  # the user's reparametrization is untouched
+
+
+class _Gated(nn.Module):
+    """conv(1→16) → conv(16→32)+BN+ReLU → x·sigmoid(conv1x1(32→1)(x)) → conv(32→16) → head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.conv = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.gate = nn.Conv2d(32, 1, 1)
+        self.out = nn.Conv2d(32, 16, 3, padding=1)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(torch.relu(self.stem(x)))
+        x = x * torch.sigmoid(self.gate(x))
+        return self.head(torch.relu(self.out(x)))
+
+
+def test_gate_keeps_reported_sparsity_honest(digits, tmp_path) -> None:
+    from lightning_accel.pruning.channels import out_channels
+
+    module = ClassificationModule(_Gated(), input_size=8, lr=0.05)
+    pruning = GradualPruning(0.5, mode="structured", end_epoch=1)
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[pruning])
+    with pytest.warns(UserWarning, match=r"cannot reach the planned width") as caught:
+        trainer.fit(module, datamodule=digits)
+    widths = {n: out_channels(module.get_submodule(n)) for n in pruning._initial_widths}
+    initial = pruning._initial_widths
+    measured = 1 - sum(widths.values()) / sum(initial.values())
+    assert pruning.metrics["compress/sparsity"] == pytest.approx(measured)
+    assert pruning.measured_sparsity(module) == pytest.approx(measured)
+    message = next(str(w.message) for w in caught if "planned width" in str(w.message))
+    short = [n for n in initial if widths[n] > max(1, round(initial[n] * 0.5))]
+    assert short and all(name in message for name in short)
+    assert measured < 0.5  # the gate holds a layer back: the honest figure is below the target
+
+
+class _Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
+        self.attention = nn.MultiheadAttention(embed_dim=32, num_heads=4, batch_first=True)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).unsqueeze(1)
+        mixed, _ = self.attention(tokens, tokens, tokens)
+        return self.head(mixed.squeeze(1))
+
+
+@pytest.mark.bad_input("data")
+def test_attention_that_pruning_would_break_is_refused_before_training(digits, tmp_path) -> None:
+    module = ClassificationModule(_Attention(), input_size=8, lr=0.05)
+    before = copy.deepcopy(module.state_dict())
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[GradualPruning(0.3, end_epoch=1)])
+    with pytest.raises(
+        ValueError,
+        match=r"would break ClassificationModule: .*`embed_dim` must divide evenly by "
+        r"`num_heads`.*round_to=.*The model was not changed",
+    ):
+        trainer.fit(module, datamodule=digits)
+    assert trainer.global_step == 0
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def test_attention_widths_kept_a_multiple_of_the_heads_prune_and_run(digits, tmp_path) -> None:
+    module = ClassificationModule(_Attention(), input_size=8, lr=0.05)
+    pruning = GradualPruning(0.3, end_epoch=1, round_to=4)
+    quiet_trainer(tmp_path, max_epochs=2, callbacks=[pruning]).fit(module, datamodule=digits)
+    attention = module.model.attention
+    assert attention.embed_dim < 32 and attention.embed_dim % attention.num_heads == 0
+    assert module.eval()(torch.zeros(2, 1, 8, 8)).shape == (2, 10)

@@ -1,0 +1,123 @@
+"""Structured pruning checked against its plan, and rehearsed on a copy before training.
+
+Measured sparsity, layers left short of their planned width, and a rehearsal that refuses a
+plan which would break the model before anything is changed.
+
+torch-pruning removes a channel only together with everything its dependency graph couples
+to it; a coupled layer that must keep its width (a 1-channel gate, an ignored layer, the
+classifier) can keep a layer from reaching its planned width. What is reported is therefore
+measured on the model, never the requested value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_accel.pruning.channels import attention_modules, out_channels
+from lightning_accel.utilities.copying import detached_copy
+from lightning_accel.utilities.modules import eval_mode
+
+
+def channel_sparsity(model: nn.Module, initial_widths: Mapping[str, int]) -> float:
+    """Measured fraction of output channels removed over the given layers.
+
+    Args:
+        model: The (pruned) model.
+        initial_widths: Output channels of each prunable layer before pruning, by name.
+
+    Returns:
+        ``1 - sum(current widths) / sum(initial widths)``, in [0, 1].
+    """
+    initial = sum(initial_widths.values())
+    current = sum(out_channels(model.get_submodule(name)) for name in initial_widths)
+    return 1.0 - current / initial if initial else 0.0
+
+
+def layers_short_of_plan(
+    model: nn.Module, initial_widths: Mapping[str, int], sparsity: float, round_to: int | None
+) -> list[str]:
+    """Layers left wider than ``(1 - sparsity)`` of their initial width (beyond ``round_to``).
+
+    Args:
+        model: The pruned model.
+        initial_widths: Output channels of each prunable layer before pruning, by name.
+        sparsity: The per-layer fraction of channels the plan removes.
+        round_to: Channel multiple the pruner kept (a layer may stay up to ``round_to - 1``
+            channels wider); ``None``: exact.
+
+    Returns:
+        ``"name: W of planned P channels"`` for each such layer (attention layers, which lose
+        whole heads, are not listed).
+    """
+    attention = attention_modules(model)
+    slack = (round_to or 1) - 1
+    short = []
+    for name, initial in initial_widths.items():
+        if name in attention:
+            continue
+        planned = max(1, round(initial * (1.0 - sparsity)))
+        width = out_channels(model.get_submodule(name))
+        if width > planned + slack:
+            short.append(f"{name}: {width} of planned {planned} channels")
+    return short
+
+
+def output_shapes(output: Any) -> Any:
+    """The shapes of a model's output (tensors, tuples, lists, dicts of them)."""
+    if isinstance(output, Tensor):
+        return tuple(output.shape)
+    if isinstance(output, dict):
+        return {key: output_shapes(value) for key, value in output.items()}
+    if isinstance(output, (list, tuple)):
+        return [output_shapes(value) for value in output]
+    return type(output).__name__
+
+
+@torch.no_grad()
+def _shapes_of(model: nn.Module, example: Tensor) -> Any:
+    with eval_mode(model):
+        return output_shapes(model(example))
+
+
+def rehearse(
+    model: nn.Module, example: Tensor, prune: Callable[[nn.Module], object], technique: str
+) -> nn.Module:
+    """Prune a copy of ``model`` with ``prune`` and check it still runs with the same outputs.
+
+    Args:
+        model: The model to protect; it is not changed.
+        example: One input batch on the model's device.
+        prune: Prunes the module it is given in place, to the final target.
+        technique: Name used in messages, e.g. ``"GradualPruning"``.
+
+    Returns:
+        The pruned copy (to measure what the plan reaches).
+
+    Raises:
+        ValueError: If pruning fails, or the pruned copy fails or changes its output shapes,
+            naming the cause and the fix; ``model`` is untouched.
+    """
+    expected = _shapes_of(model, example)
+    trial = detached_copy(model)
+    try:
+        prune(trial)
+        got = _shapes_of(trial, example)
+    except Exception as err:
+        raise ValueError(
+            f"{technique}(mode='structured') would break {type(model).__name__}: pruning a "
+            f"copy to the target fails ({type(err).__name__}: {str(err).splitlines()[0]}). "
+            "Leave the layers involved out with ignore=[...], keep widths a multiple of the "
+            "attention head count with round_to=..., or use mode='unstructured'. The model "
+            "was not changed."
+        ) from err
+    if got != expected:
+        raise ValueError(
+            f"{technique}(mode='structured') would change the model's output shapes from "
+            f"{expected} to {got}. Leave the output layers out with ignore=[...]. The model "
+            "was not changed."
+        )
+    return trial
