@@ -85,9 +85,10 @@ def unsupported_layers(model: nn.Module, prunable: Sequence[str] | None = None) 
         t.LSTM,
     }
     keep_width = set(prunable or ())
+    per_channel = per_channel_parameters(model)
     names = []
     for name, module in model.named_modules():
-        own = {n for n, _ in module.named_parameters(recurse=False)}
+        own = {n for n, p in module.named_parameters(recurse=False) if p not in per_channel}
         if not own:
             continue
         if own <= _EMBEDDING_PARAMETERS and hasattr(module, "patch_embed"):
@@ -95,8 +96,36 @@ def unsupported_layers(model: nn.Module, prunable: Sequence[str] | None = None) 
             if prunable is not None and patch not in keep_width:
                 continue
         if tp.ops.module2type(module) not in sliceable:
-            names.append(name or type(module).__name__)
+            names.append(name)  # "" is the root module
     return names
+
+
+def per_channel_parameters(model: nn.Module) -> dict[nn.Parameter, int]:
+    """Raw parameters that scale channels, with the dimension torch-pruning must cut.
+
+    A parameter of a module torch-pruning has no rule for is taken when it has exactly one
+    dimension longer than 1 (ConvNeXt's layer scale ``[C, 1, 1]``, a learned per-channel
+    gain ``[C]``): torch-pruning cuts it along that dimension as its ``unwrapped_parameters``.
+    Anything else stays unsupported, since the dimension to cut cannot be known.
+
+    Returns:
+        ``{parameter: dimension}``, for torch-pruning's ``unwrapped_parameters``.
+    """
+    import torch_pruning as tp
+
+    t = tp.ops.OPTYPE
+    handled = {t.CONV, t.DEPTHWISE_CONV, t.LINEAR, t.BN, t.PRELU, t.LN, t.GN, t.IN, t.EMBED}
+    found: dict[nn.Parameter, int] = {}
+    for module in model.modules():
+        if tp.ops.module2type(module) in handled | {t.MHA, t.LSTM}:
+            continue
+        for name, parameter in module.named_parameters(recurse=False):
+            if name in _EMBEDDING_PARAMETERS and hasattr(module, "patch_embed"):
+                continue  # a ViT's token width: handled with its patch embedding
+            long_dims = [d for d, size in enumerate(parameter.shape) if size > 1]
+            if len(long_dims) == 1:
+                found[parameter] = long_dims[0]
+    return found
 
 
 def check_structured_support(
@@ -122,8 +151,9 @@ def check_structured_support(
     unsupported = unsupported_layers(model, prunable)
     if unsupported:
         module = model.get_submodule(unsupported[0]) if unsupported[0] else model
+        where = repr(unsupported[0]) if unsupported[0] else "(the root module)"
         raise ValueError(
-            f"Structured pruning cannot handle layer {unsupported[0]!r} "
+            f"Structured pruning cannot handle layer {where} "
             f"({type(module).__name__}): it holds raw nn.Parameters that torch-pruning has no "
             "rule to slice, so removing channels would corrupt it. Use mode='unstructured' or "
             "mode='2:4' for this model, or build the layer from standard modules "
@@ -182,6 +212,7 @@ def prune_channels(
             global_pruning=global_scope,
             max_pruning_ratio=0.95,
             ignored_layers=ignored,
+            unwrapped_parameters=list(per_channel_parameters(model).items()),
             round_to=round_to,
             # whole heads go from qkv (never single dims: the head size stays)
             num_heads={m.qkv: m.num_heads for m in attention.values()},
@@ -273,7 +304,12 @@ def replay_channel_pruning(
     import torch_pruning as tp
 
     with _tracing_mode(model):
-        graph = tp.DependencyGraph().build_dependency(model, example_input, verbose=False)
+        graph = tp.DependencyGraph().build_dependency(
+            model,
+            example_input,
+            unwrapped_parameters=list(per_channel_parameters(model).items()),
+            verbose=False,
+        )
         graph.load_pruning_history([(n, out, list(idxs)) for n, out, idxs in history])
     sync_attention_heads(model)
 

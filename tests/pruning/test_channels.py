@@ -1,5 +1,6 @@
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -38,23 +39,65 @@ def test_replayed_history_rebuilds_the_same_model() -> None:
     torch.testing.assert_close(fresh(x), model(x))
 
 
+class _LayerScale(nn.Module):
+    """ConvNeXt's layer scale: a raw per-channel parameter."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.arange(1.0, channels + 1).view(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class _Mixer(nn.Module):
+    """A raw [C, C] parameter: which dimension to cut cannot be known."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.mix = nn.Parameter(torch.eye(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bchw,cd->bdhw", x, self.mix)
+
+
+def test_a_per_channel_raw_parameter_is_pruned_with_its_channels() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.Conv2d(8, 8, 3), _LayerScale(8), nn.Conv2d(8, 4, 3)
+    )
+    x = torch.randn(1, 1, 12, 12)
+    history = prune_channels(model, x, ["1"], 0.5)
+    kept = sorted(set(range(8)) - {i for n, out, idxs in history if n == "1" and out for i in idxs})
+    assert model[1].out_channels == 4 and model[2].gamma.shape == (1, 4, 1, 1)
+    assert model[2].gamma.flatten().tolist() == [float(i + 1) for i in kept]  # the same channels
+    assert model(x).shape == (1, 4, 6, 6)
+
+
 @pytest.mark.bad_input("data")
-def test_layer_with_raw_parameters_is_refused_before_any_change() -> None:
-    class LayerScale(nn.Module):
-        def __init__(self, channels: int) -> None:
-            super().__init__()
-            self.gamma = nn.Parameter(torch.ones(1, channels, 1, 1))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x * self.gamma
-
-    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.Conv2d(8, 8, 3), LayerScale(8), nn.Conv2d(8, 4, 3))
+def test_layer_with_raw_parameters_of_unknown_layout_is_refused_before_any_change() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.Conv2d(8, 8, 3), _Mixer(8), nn.Conv2d(8, 4, 3))
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(
-        ValueError, match=r"cannot handle layer '2' \(LayerScale\).*mode='unstructured'"
+        ValueError, match=r"cannot handle layer '2' \(_Mixer\).*mode='unstructured'"
     ):
         prune_channels(model, torch.randn(1, 1, 12, 12), ["1"], 0.5)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.bad_input("data")
+def test_raw_parameters_on_the_root_module_are_named_as_such() -> None:
+    class Root(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 8, 3), nn.Conv2d(8, 4, 3)
+            self.mix = nn.Parameter(torch.eye(4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.einsum("bchw,cd->bdhw", self.b(self.a(x)), self.mix)
+
+    with pytest.raises(ValueError, match=r"cannot handle layer \(the root module\) \(Root\)"):
+        prune_channels(Root(), torch.randn(1, 1, 12, 12), ["a"], 0.5)
 
 
 @pytest.mark.bad_input("checkpoint")
@@ -93,3 +136,20 @@ def test_global_scope_cannot_rank_heads_against_channels() -> None:
     with pytest.raises(ValueError, match="scope='global' cannot rank attention heads"):
         prune_channels(model, x, layers, 0.5, global_scope=True)
     assert model.blocks[0].attn.qkv.out_features == 288
+
+
+def test_torchvision_convnext_prunes_exports_and_matches_onnxruntime(tmp_path) -> None:
+    tv = pytest.importorskip("torchvision.models", reason="needs torchvision (the zoo extra)")
+    from lightning_accel.backends import get_backend
+    from lightning_accel.export.onnx import to_onnx
+
+    model = tv.convnext_tiny(num_classes=10).eval()  # layer scales are raw nn.Parameters
+    x = torch.randn(2, 3, 32, 32)
+    before = sum(p.numel() for p in model.parameters())
+    prune_channels(model, x[:1], select_layers(model, x[:1], [], True, "test"), 0.3, round_to=8)
+    assert sum(p.numel() for p in model.parameters()) < 0.6 * before
+    compiled = get_backend("onnxruntime").compile(
+        to_onnx(model, x[:1], tmp_path / "m.onnx"), tmp_path / "ort", threads=2
+    )
+    with torch.no_grad():
+        np.testing.assert_allclose(compiled.run(x.numpy()), model(x).numpy(), atol=1e-4, rtol=1e-4)
