@@ -27,9 +27,11 @@ class CompiledModel(Protocol):
     backend: str
     artifacts: dict[str, Path]
     info: dict[str, object]
+    # Inclusive range of integer inputs (token ids) that random timing inputs are drawn from.
+    input_bounds: tuple[int, int] | None
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
-        """Outputs for one batch of float32 inputs (batch first)."""
+        """Outputs for one batch of inputs (batch first), cast to the graph's input dtype."""
         ...
 
     def latency(self, batch_size: int, runs: int = 50) -> Latency:

@@ -88,6 +88,7 @@ def latency(
     warmup: int = 10,
     runs: int = 50,
     min_seconds: float = 0.0,
+    input_bounds: tuple[int, int] | None = None,
 ) -> Latency:
     """Latency of an ONNX model in ONNX Runtime on the CPU, on seeded random inputs.
 
@@ -98,6 +99,8 @@ def latency(
         warmup: Untimed runs first.
         runs: Timed runs (at least).
         min_seconds: Keep timing until this much time has passed.
+        input_bounds: Inclusive range of integer inputs (token ids); default ``(0, 1)``,
+            valid for any embedding. Float inputs are standard normal.
 
     Raises:
         FileNotFoundError: If ``onnx_path`` does not exist.
@@ -111,12 +114,20 @@ def latency(
             f"runs={runs}, warmup={warmup}"
         )
     session = ort_session(onnx_path, threads)
-    feed = {session.get_inputs()[0].name: _random_input(session, batch_size)}
+    feed = {session.get_inputs()[0].name: _random_input(session, batch_size, input_bounds)}
     times = time_calls(lambda: session.run(None, feed), warmup, runs, min_seconds)
     return summarize_times(times, batch_size, session.get_session_options().intra_op_num_threads)
 
 
-def _random_input(session: Any, batch_size: int) -> np.ndarray:
+def _numpy_dtype(meta: Any) -> Any:
+    """The numpy dtype of an ONNX Runtime input, e.g. ``tensor(int64)`` -> ``np.int64``."""
+    name = str(meta.type).removeprefix("tensor(").removesuffix(")")
+    return np.dtype({"float": "float32", "double": "float64", "float16": "float16"}.get(name, name))
+
+
+def _random_input(
+    session: Any, batch_size: int, input_bounds: tuple[int, int] | None = None
+) -> np.ndarray:
     meta = session.get_inputs()[0]
     dims = [d for d in meta.shape[1:] if isinstance(d, int)]
     if len(dims) != len(meta.shape) - 1:
@@ -125,7 +136,11 @@ def _random_input(session: Any, batch_size: int) -> np.ndarray:
             "fixed image size."
         )
     rng = np.random.default_rng(0)
-    return rng.standard_normal((batch_size, *dims), dtype=np.float32)
+    dtype = _numpy_dtype(meta)
+    if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+        low, high = input_bounds or (0, 1)
+        return rng.integers(low, high + 1, (batch_size, *dims)).astype(dtype)
+    return rng.standard_normal((batch_size, *dims)).astype(dtype)
 
 
 @dataclass
@@ -138,6 +153,7 @@ class OnnxRuntimeModel:
     backend: str = "onnxruntime"
     artifacts: dict[str, Path] = field(default_factory=dict)
     info: dict[str, object] = field(default_factory=dict)
+    input_bounds: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         self._session = ort_session(
@@ -152,10 +168,18 @@ class OnnxRuntimeModel:
         }
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input: inputs.astype(np.float32)})[0]
+        dtype = _numpy_dtype(self._session.get_inputs()[0])
+        return self._session.run(None, {self._input: inputs.astype(dtype)})[0]
 
     def latency(self, batch_size: int, runs: int = 50) -> Latency:
-        return latency(self.onnx_path, batch_size, threads=self.threads, runs=runs, min_seconds=1.0)
+        return latency(
+            self.onnx_path,
+            batch_size,
+            threads=self.threads,
+            runs=runs,
+            min_seconds=1.0,
+            input_bounds=self.input_bounds,
+        )
 
 
 def compile_onnxruntime(

@@ -149,6 +149,7 @@ class TensorRTModel:
 
     engine_path: Path
     backend: str = "tensorrt"
+    input_bounds: tuple[int, int] | None = None
     artifacts: dict[str, Path] = field(default_factory=dict)
     info: dict[str, object] = field(default_factory=dict)
 

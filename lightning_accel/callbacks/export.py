@@ -44,6 +44,7 @@ from lightning_accel.export.folder import (
     publish_checkpoint,
     remove_stale,
 )
+from lightning_accel.export.inputs import model_input, random_input, value_range
 from lightning_accel.tracking.wandb_logging import log_export_to_wandb
 from lightning_accel.utilities.copying import detached_copy
 from lightning_accel.utilities.files import atomic_write
@@ -78,6 +79,8 @@ class ExportOnFitEnd(AccelCallback):
         on_verification_failure: ``"error"`` (default) raises; ``"warn"`` only warns.
         threads: ONNX Runtime threads; default: all cores.
         latency_runs: Timed runs per latency figure.
+        input_key: For dict batches, the key holding the model's input (e.g. ``"image"``);
+            tuple batches use their first element.
 
     Raises:
         ValueError: At construction, for any argument of the wrong type or out of range; in
@@ -105,6 +108,7 @@ class ExportOnFitEnd(AccelCallback):
         on_verification_failure: Literal["error", "warn"] = "error",
         threads: int | None = None,
         latency_runs: int = 50,
+        input_key: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(dirpath, (str, os.PathLike)) or not str(dirpath):
@@ -131,6 +135,11 @@ class ExportOnFitEnd(AccelCallback):
         check_int(threads, "threads", example, optional=True)
         check_bool(verify, "verify")
         check_bool(benchmark, "benchmark")
+        if input_key is not None and not isinstance(input_key, str):
+            raise ValueError(
+                f"input_key must be a dict key (str) or None; got {input_key!r}. "
+                "Example: ExportOnFitEnd(input_key='image')"
+            )
         self.dirpath = Path(dirpath)
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.settings = ComparisonSettings(
@@ -144,8 +153,10 @@ class ExportOnFitEnd(AccelCallback):
         )
         self.verify_batches = verify_batches
         self.on_verification_failure = on_verification_failure
+        self.input_key = input_key
         self.summary: dict[str, Any] = {}
         self._baseline: nn.Module | None = None
+        self._input_bounds: tuple[int, int] | None = None
         self.folder = ExportFolder(
             self.dirpath, f"ExportOnFitEnd(dirpath={str(self.dirpath)!r})", tuple(BACKENDS)
         )
@@ -290,19 +301,29 @@ class ExportOnFitEnd(AccelCallback):
         batches: list[Tensor] = []
         if loaders is not None and not self.input_shape:
             for batch in loaders:
-                inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
-                batches.append(inputs.detach().cpu().float())
+                batches.append(model_input(batch, self.input_key).detach().cpu())
                 if len(batches) >= self.verify_batches:
                     break
         if not batches:
-            if self.input_shape is None and pl_module.example_input_array is None:
+            example = pl_module.example_input_array
+            if self.input_shape is None and not isinstance(example, Tensor):
                 raise ValueError(
                     "No validation data and no input_shape: pass ExportOnFitEnd(input_shape=...) "
                     "or give the Trainer validation data."
                 )
-            shape = self.input_shape or tuple(pl_module.example_input_array.shape)  # type: ignore[union-attr]
-            batches = [torch.randn(shape, generator=torch.Generator().manual_seed(0))]
+            like = example.cpu() if isinstance(example, Tensor) else torch.zeros(1)
+            shape = self.input_shape or tuple(like.shape)
+            batches = [random_input(like, shape, self._input_bounds)]
         return batches
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Check, before training, that the batches hold an input the export can feed."""
+        loader = trainer.train_dataloader
+        if loader is None:
+            return
+        sample = model_input(next(iter(loader)), self.input_key)
+        self._input_bounds = value_range([sample])
 
 
 def _is_batch_shape(value: object) -> bool:

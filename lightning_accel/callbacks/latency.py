@@ -18,6 +18,7 @@ from lightning_accel.callbacks.base import (
     check_int,
     example_input,
 )
+from lightning_accel.export.inputs import value_range
 from lightning_accel.export.onnx import to_onnx
 from lightning_accel.tracking.wandb_logging import define_epoch_axis, log_epoch_table, wandb_run
 from lightning_accel.utilities.model_stats import model_stats
@@ -134,6 +135,7 @@ class LatencyMonitor(AccelCallback):
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = to_onnx(pl_module, example, Path(tmp) / "model.onnx")
             compiled = get_backend(self.backend).compile(onnx_path, Path(tmp), threads=self.threads)
+            compiled.input_bounds = value_range([example])  # token ids: within the seen range
             for batch_size in self.batch_sizes:
                 ms = compiled.latency(batch_size, self.runs).median_ms
                 metrics[f"latency/{self.backend}/b{batch_size}_ms"] = ms

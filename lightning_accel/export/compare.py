@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from lightning_accel.backends import DEFAULT_BACKEND, get_backend
 from lightning_accel.backends.onnxruntime import operator_counts
+from lightning_accel.export.inputs import value_range
 from lightning_accel.export.onnx import to_onnx
 from lightning_accel.export.verify import compare_outputs
 from lightning_accel.quantization.prepare import qdq_target
@@ -192,6 +193,7 @@ def _run_backend(
             f"QuantizationAware(backend={backend!r}) to deploy on {runtime.title}."
         )
     compiled = runtime.compile(model_onnx, dirpath / backend, threads=settings.threads)
+    compiled.input_bounds = value_range(batches)  # token ids: time within the range seen
     entry: dict[str, Any] = {
         "info": compiled.info,
         "artifacts": {k: str(v) for k, v in compiled.artifacts.items()},
@@ -212,6 +214,7 @@ def _run_backend(
         baseline = runtime.compile(
             baseline_onnx, dirpath / backend / "baseline", threads=settings.threads
         )
+        baseline.input_bounds = compiled.input_bounds
         entry["latency"] = {}
         for batch_size in settings.batch_sizes:
             progress(f"timing {backend} at batch {batch_size}")
