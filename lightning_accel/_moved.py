@@ -53,6 +53,10 @@ class _MovedModule(types.ModuleType):
         self._targets = tuple(targets)
 
     def __getattr__(self, attribute: str) -> Any:
+        if attribute == "__all__":  # what ``from old import *`` takes: all the parts' names
+            names = _star_names(self._targets)
+            self.__dict__["__all__"] = names
+            return names
         for target in self._targets:
             module = importlib.import_module(target)
             if hasattr(module, attribute):
@@ -67,6 +71,18 @@ class _MovedModule(types.ModuleType):
         for target in self._targets:
             names.update(dir(importlib.import_module(target)))
         return sorted(names)
+
+
+def _star_names(targets: Sequence[str]) -> list[str]:
+    """The names ``from target import *`` gives, for all ``targets`` in order, each once."""
+    names: dict[str, None] = {}
+    for target in targets:
+        module = importlib.import_module(target)
+        public = getattr(module, "__all__", None)
+        if public is None:  # Python's rule for a module without __all__
+            public = [name for name in vars(module) if not name.startswith("_")]
+        names.update(dict.fromkeys(public))
+    return list(names)
 
 
 class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

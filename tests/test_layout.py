@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from lightning_accel._moved import MOVED
+
 PACKAGE = Path(__file__).parents[1] / "lightning_accel"
 # The compression math, the backends and the structural log: testable without a Trainer.
 MATH_LAYER = ("pruning", "quantization", "binarization", "checkpointing", "backends", "utilities")
@@ -148,6 +150,38 @@ def test_old_import_paths_resolve_with_a_warning_naming_the_new_one(
     assert getattr(module, name) is getattr(importlib.import_module(new), name)
     with pytest.raises(AttributeError, match="moved to .* define no 'no_such_name'"):
         module.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("old", "names"),
+    [
+        ("lightning_accel.schedules", {"cubic_sparsity", "StepSchedule"}),
+        ("lightning_accel.comparison", {"bench_onnx", "export_and_compare"}),  # split in two
+        (
+            "lightning_accel.verify",
+            {"compare_outputs", "Tolerance"},
+        ),  # its new home defines __all__
+    ],
+)
+def test_star_import_from_an_old_path_gives_the_new_modules_names(old: str, names: set) -> None:
+    import importlib
+
+    import lightning_accel  # noqa: F401  installs the resolver
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        namespace: dict = {}
+        exec(f"from {old} import *", namespace)  # the statement under test
+        expected: set[str] = set()
+        for target in MOVED[old]:
+            module = importlib.import_module(target)
+            expected.update(getattr(module, "__all__", None) or _public_names(module))
+    assert names <= set(namespace) and expected <= set(namespace)
+    assert all(namespace[name] is getattr(importlib.import_module(old), name) for name in names)
+
+
+def _public_names(module: object) -> list[str]:
+    return [name for name in vars(module) if not name.startswith("_")]
 
 
 def _public_functions() -> list[tuple[str, ast.FunctionDef]]:

@@ -70,9 +70,16 @@ def check_backends(backends: Sequence[str] | str, argument: str = "backends") ->
     Raises:
         ValueError: Naming the unknown backend and the valid ones, or an empty selection.
     """
+    if not isinstance(backends, (str, Sequence)):
+        raise ValueError(
+            f"{argument} must name at least one of {sorted(BACKENDS)}; got {backends!r}. "
+            "Example: backends=('onnxruntime',)"
+        )
     names = (backends,) if isinstance(backends, str) else tuple(backends)
     if not names:
         raise ValueError(f"{argument} must name at least one of {sorted(BACKENDS)}")
+    if len(set(map(str, names))) != len(names):
+        raise ValueError(f"{argument} names a backend twice: {list(names)}")
     for name in names:
         get_backend(name, argument)
     return names

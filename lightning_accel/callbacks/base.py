@@ -149,9 +149,10 @@ class AccelCallback(Callback):
         if needed > max_steps:
             raise ValueError(
                 f"The {self.technique} schedule cannot finish: {what} needs training batch "
-                f"{batch} of epoch {epoch} (optimizer step {needed}, {int(batches)} batches per "
-                f"epoch), but max_steps={max_steps} stops training before. Raise max_steps to "
-                f">= {needed} or move the schedule earlier."
+                f"{batch} counted from the start (batch {batch - epoch * int(batches)} of epoch "
+                f"{epoch}, optimizer step {needed}, {int(batches)} batches per epoch), but "
+                f"max_steps={max_steps} stops training before. Raise max_steps to >= {needed} "
+                "or move the schedule earlier."
             )
 
     def check_starts_after_channel_pruning(self, trainer: pl.Trainer, start_epoch: int) -> None:
@@ -322,7 +323,11 @@ def check_end_epoch(start_epoch: int, end_epoch: object, example: str) -> int | 
     """
     if end_epoch is None:
         return None
-    if isinstance(end_epoch, bool) or not isinstance(end_epoch, int) or end_epoch <= start_epoch:
+    if isinstance(end_epoch, bool) or not isinstance(end_epoch, int):
+        raise ValueError(
+            f"end_epoch must be an integer or None; got {end_epoch!r}. Example: {example}"
+        )
+    if end_epoch <= start_epoch:
         raise ValueError(
             f"end_epoch must be after start_epoch; got start_epoch={start_epoch}, "
             f"end_epoch={end_epoch!r}. Example: {example}"
@@ -341,9 +346,11 @@ def check_batch_sizes(value: object, argument: str) -> tuple[int, ...]:
         or not isinstance(value, Sequence)
         or not value
         or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in value)
+        or len(set(value)) != len(value)
     ):
         raise ValueError(
-            f"{argument} must be positive integers; got {value!r}. Example: {argument}=(1, 64)"
+            f"{argument} must be positive integers, each once; got {value!r}. "
+            f"Example: {argument}=(1, 64)"
         )
     return tuple(value)
 

@@ -21,6 +21,7 @@ from lightning_accel.callbacks.base import (
 from lightning_accel.export.inputs import value_range
 from lightning_accel.export.onnx import to_onnx
 from lightning_accel.tracking.wandb_logging import define_epoch_axis, log_epoch_table, wandb_run
+from lightning_accel.utilities.layer_selection import WEIGHTED_LAYERS
 from lightning_accel.utilities.model_stats import model_stats
 
 
@@ -30,7 +31,9 @@ class LatencyMonitor(AccelCallback):
     At validation end every ``every_n_epochs`` epochs (rank zero), the model is exported to a
     temporary ONNX file and timed; logged against ``epoch``: ``latency/<backend>/b<N>_ms``,
     ``model/params``, ``model/nonzero_params``, ``model/macs``, ``model/onnx_bytes`` and its own
-    cost, ``latency/monitor_s``. With a ``WandbLogger`` it also logs a per-epoch table and an
+    cost, ``latency/monitor_s``. Each row of :attr:`history` also holds ``model/sparsity``: the
+    fraction of the conv/linear weights of the model at train start that are now zero or
+    removed (measured on the model). With a ``WandbLogger`` it also logs a per-epoch table and an
     accuracy-vs-latency chart at the end of fit.
 
     Args:
@@ -67,6 +70,7 @@ class LatencyMonitor(AccelCallback):
         self.threads = threads
         self.runs = runs
         self.history: list[dict[str, Any]] = []
+        self._start_weights: int | None = None  # conv/linear weight entries at train start
 
     @property
     @override
@@ -99,6 +103,8 @@ class LatencyMonitor(AccelCallback):
         first = self.every_n_epochs - 1  # the first epoch measured, at its end
         what = f"every_n_epochs={self.every_n_epochs} (a first measurement)"
         self.check_reached_within_max_steps(trainer, what, first, completes=True)
+        if self._start_weights is None:  # else restored from a checkpoint
+            self._start_weights = _layer_weights(pl_module)[0]
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -122,9 +128,9 @@ class LatencyMonitor(AccelCallback):
         row = {"epoch": epoch, **metrics}
         if "val/acc" in trainer.callback_metrics:
             row["val/acc"] = float(trainer.callback_metrics["val/acc"])
-        # Measured from the model itself, so it needs nothing from the compression callbacks.
-        first_params = self.history[0]["model/params"] if self.history else metrics["model/params"]
-        row["model/sparsity"] = 1.0 - metrics["model/nonzero_params"] / first_params
+        # Measured from the model itself: conv/linear weights zeroed or removed since train start.
+        total, nonzero = _layer_weights(pl_module)
+        row["model/sparsity"] = 1.0 - nonzero / (self._start_weights or total)
         self.history.append(row)
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
@@ -156,8 +162,16 @@ class LatencyMonitor(AccelCallback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+        return {"history": self.history, "start_weights": self._start_weights}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+        self._start_weights = state_dict.get("start_weights")
+
+
+def _layer_weights(model: Any) -> tuple[int, int]:
+    """Entries and non-zero entries of the conv/linear weights (a shared tensor counts once)."""
+    weights = {id(m.weight): m.weight for m in model.modules() if isinstance(m, WEIGHTED_LAYERS)}
+    total = sum(w.numel() for w in weights.values())
+    return total, sum(int((w != 0).sum()) for w in weights.values())

@@ -136,6 +136,16 @@ class GradualPruning(AccelCallback):
             raise ValueError(f"scope must be one of {_SCOPES}; got {scope!r}")
         check_number(initial_sparsity, "initial_sparsity", _EXAMPLE_INITIAL, 0.0, target_sparsity)
         check_int(round_to, "round_to", "GradualPruning(0.5, round_to=8)", optional=True)
+        if round_to is not None and mode != "structured":
+            raise ValueError(
+                f"round_to keeps channel counts a multiple of a number, so it applies to "
+                f"mode='structured' only; got mode={mode!r} with round_to={round_to}. Drop it."
+            )
+        if mode == "2:4" and scope is not None:
+            raise ValueError(
+                "mode='2:4' keeps 2 of every 4 weights in each group, so it has no scope; got "
+                f"scope={scope!r}. Drop it."
+            )
         ignore = check_patterns(ignore, "ignore")
         check_bool(keep_first_and_last, "keep_first_and_last")
         self.target_sparsity = float(target_sparsity)

@@ -16,6 +16,7 @@ from lightning_accel.callbacks.base import (
     check_bool,
     check_epoch,
     check_finite_weights,
+    check_int,
     check_patterns,
     example_input,
     rebuild_optimizers,
@@ -103,9 +104,8 @@ class QuantizationAware(AccelCallback):
             ("freeze_observers_epoch", freeze_observers_epoch),
             ("freeze_bn_epoch", freeze_bn_epoch),
         ):
-            if epoch is not None and (
-                isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < start_epoch
-            ):
+            check_int(epoch, argument, f"QuantizationAware({argument}=4)", 0, optional=True)
+            if epoch is not None and epoch < start_epoch:
                 raise ValueError(
                     f"{argument}={epoch!r} comes before start_epoch={start_epoch}: there is "
                     "nothing to freeze before quantization starts. Use an epoch >= start_epoch, "
@@ -157,6 +157,8 @@ class QuantizationAware(AccelCallback):
         if stage != "fit":
             return
         self.check_schedule_fits(trainer, "start_epoch", self.start_epoch)
+        for argument, epoch in self._freeze_epochs():
+            self.check_schedule_fits(trainer, argument, epoch)
         self.check_starts_after_channel_pruning(trainer, self.start_epoch)
         self.warn_without_checkpoint_support(pl_module, "quantized")
 
@@ -164,6 +166,8 @@ class QuantizationAware(AccelCallback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         start = self.start_epoch
         self.check_reached_within_max_steps(trainer, f"start_epoch={start}", start)
+        for argument, epoch in self._freeze_epochs():
+            self.check_reached_within_max_steps(trainer, f"{argument}={epoch}", epoch)
         if quantized_layers(pl_module):
             return  # resumed from a checkpoint of the quantized model
         self.spec = self._plan(pl_module, example_input(trainer, pl_module))
@@ -229,6 +233,13 @@ class QuantizationAware(AccelCallback):
             observer=self.observer,
             learnable=self.learnable_scales,
         )
+
+    def _freeze_epochs(self) -> list[tuple[str, int]]:
+        freezes = (
+            ("freeze_observers_epoch", self.freeze_observers_epoch),
+            ("freeze_bn_epoch", self.freeze_bn_epoch),
+        )
+        return [(argument, epoch) for argument, epoch in freezes if epoch is not None]
 
     def _observers_enabled(self, epoch: int) -> bool:
         if self.freeze_observers_epoch is not None:

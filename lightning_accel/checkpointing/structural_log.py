@@ -91,14 +91,15 @@ def restore_compression(
             own strict load copies the matching tensors before it reports missing ones.
 
     Raises:
-        ValueError: If the checkpoint was made from a different architecture.
+        ValueError: If the checkpoint was made from a different architecture, or its
+            ``"lightning_accel"`` section or ``"state_dict"`` is malformed.
 
     Example:
         >>> ckpt = torch.load("pruned.ckpt", weights_only=True)  # doctest: +SKIP
         >>> restore_compression(module, ckpt)  # doctest: +SKIP
         >>> module.load_state_dict(ckpt["state_dict"])  # doctest: +SKIP
     """
-    entries = checkpoint.get(CHECKPOINT_KEY, {}).get("surgery", [])
+    entries = compression_history(checkpoint)
     if structural_changes(model):
         if structural_changes(model) == entries:
             return  # already replayed, e.g. by load_from_checkpoint before fit(ckpt_path=...)
@@ -115,9 +116,55 @@ def restore_compression(
             f"does not fit this architecture ({err}). Build the same architecture the checkpoint "
             "was trained with (same model name, num_classes and in_channels)."
         ) from err
-    _check_shapes(trial, checkpoint.get("state_dict"), strict)
+    _check_shapes(trial, checkpoint.get("state_dict"), strict, has_history=bool(entries))
     if entries:
         _replay_all(model, entries)
+
+
+def compression_history(checkpoint: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The checkpoint's structural log (``[]`` if it has none), its layout checked.
+
+    Args:
+        checkpoint: A Lightning checkpoint dict, as ``torch.load`` returns it.
+
+    Returns:
+        The entries of ``checkpoint["lightning_accel"]["surgery"]``, oldest first.
+
+    Raises:
+        ValueError: Naming the malformed part: the checkpoint itself, its ``"lightning_accel"``
+            section, the section's ``"surgery"`` list or an entry, or ``"state_dict"``.
+    """
+    fix = (
+        "The file was not written by lightning_accel or was edited: re-save it with "
+        "Trainer.save_checkpoint from a module with CompressionCheckpointMixin."
+    )
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"A checkpoint must be a mapping; got {type(checkpoint).__name__}. {fix}")
+    state_dict = checkpoint.get("state_dict")
+    if state_dict is not None and not isinstance(state_dict, Mapping):
+        raise ValueError(
+            f"checkpoint['state_dict'] must be a mapping of tensor names to tensors; got "
+            f"{type(state_dict).__name__}. The file was edited or not written by Lightning: "
+            "re-save it with Trainer.save_checkpoint."
+        )
+    section = checkpoint.get(CHECKPOINT_KEY, {})
+    if not isinstance(section, Mapping):
+        raise ValueError(
+            f"checkpoint[{CHECKPOINT_KEY!r}] must be a mapping; got {type(section).__name__}. {fix}"
+        )
+    entries = section.get("surgery", [])
+    if not isinstance(entries, list):
+        raise ValueError(
+            f"checkpoint[{CHECKPOINT_KEY!r}]['surgery'] must be a list; got "
+            f"{type(entries).__name__}. {fix}"
+        )
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("kind"), str):
+            raise ValueError(
+                f"checkpoint[{CHECKPOINT_KEY!r}]['surgery'][{index}] must be a mapping with a "
+                f"'kind' string; got {entry!r:.80}. {fix}"
+            )
+    return entries
 
 
 def _replay_all(model: nn.Module, entries: list[dict[str, Any]]) -> None:
@@ -132,10 +179,23 @@ def _replay_all(model: nn.Module, entries: list[dict[str, Any]]) -> None:
 
 
 def _check_shapes(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor] | None, strict: bool
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor] | None,
+    strict: bool,
+    has_history: bool,
 ) -> None:
     if not state_dict:
         return
+    # Without a log, a model pruned or swapped by lightning_accel looks like another one.
+    history_hint = (
+        ""
+        if has_history
+        else " It may also have been saved without its compression history (no "
+        f"checkpoint[{CHECKPOINT_KEY!r}] section: the module lacked CompressionCheckpointMixin, "
+        "or its on_save_checkpoint did not call save_structural_log); then compress the model "
+        "the same way before loading, and give the module the mixin (or call "
+        "save_structural_log and restore_compression in its checkpoint hooks) from then on."
+    )
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
     if strict and (missing or unexpected):
@@ -147,7 +207,9 @@ def _check_shapes(
                 if keys
             )
             + ". It comes from another architecture. Build the same architecture the checkpoint "
-            "was trained with (same model name, num_classes and in_channels). Nothing was loaded."
+            "was trained with (same model name, num_classes and in_channels)."
+            + history_hint
+            + " Nothing was loaded."
         )
     for key, value in state_dict.items():
         if key in own and hasattr(value, "shape") and own[key].shape != value.shape:
@@ -155,6 +217,7 @@ def _check_shapes(
                 f"Checkpoint tensor {key!r} has shape {tuple(value.shape)} but this model's has "
                 f"{tuple(own[key].shape)} after replaying the checkpoint's compression: the "
                 "checkpoint comes from another architecture. Build the model it was trained with."
+                + history_hint
             )
 
 

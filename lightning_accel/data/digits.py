@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_accel.data.sampling import EpochShuffleSampler
 from lightning_accel.utilities.imports import require
+from lightning_accel.utilities.validation import check_int, check_number
 
 
 def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
@@ -24,7 +25,10 @@ class DigitsDataModule(pl.LightningDataModule):
     Args:
         batch_size: Batch size of the training loader.
         val_fraction: Fraction held out for validation.
-        seed: Seed of the split and of shuffling.
+        seed: Seed of the split and of shuffling, an integer >= 0.
+
+    Raises:
+        ValueError: If an argument has the wrong type or is out of range (the message names it).
     """
 
     num_classes = 10
@@ -33,11 +37,17 @@ class DigitsDataModule(pl.LightningDataModule):
 
     def __init__(self, batch_size: int = 64, val_fraction: float = 0.2, seed: int = 0) -> None:
         super().__init__()
-        if batch_size < 1 or not 0.0 < val_fraction < 1.0:
-            raise ValueError(
-                f"batch_size must be >= 1 and val_fraction in (0, 1); got batch_size="
-                f"{batch_size}, val_fraction={val_fraction}"
-            )
+        check_int(batch_size, "batch_size", "DigitsDataModule(batch_size=64)")
+        check_number(
+            val_fraction,
+            "val_fraction",
+            "DigitsDataModule(val_fraction=0.2)",
+            0,
+            1,
+            low_open=True,
+            high_open=True,
+        )
+        check_int(seed, "seed", "DigitsDataModule(seed=0)", minimum=0)
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.seed = seed

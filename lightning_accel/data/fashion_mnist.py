@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_accel.data.idx import read_idx
 from lightning_accel.data.sampling import EpochShuffleSampler
+from lightning_accel.utilities.validation import check_int
 
 DATA_DIR_ENV = "LIGHTNING_ACCEL_FASHION_MNIST"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -89,6 +90,7 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         seed: Seed of the split and subsets.
 
     Raises:
+        ValueError: If an argument has the wrong type or is out of range (the message names it).
         FileNotFoundError: At ``setup`` if the files are missing, naming the install command.
     """
 
@@ -107,14 +109,18 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if batch_size < 1 or val_size < 0 or num_workers < 0:
+        if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
             raise ValueError(
-                f"batch_size must be >= 1 and val_size, num_workers >= 0; got batch_size="
-                f"{batch_size}, val_size={val_size}, num_workers={num_workers}"
+                f"data_dir must be a folder path (str or pathlib.Path) or None; got "
+                f"{data_dir!r}. Example: FashionMNISTDataModule(data_dir='data/fashion-mnist')"
             )
+        example = "FashionMNISTDataModule({}={})"
+        check_int(batch_size, "batch_size", example.format("batch_size", 128))
+        check_int(val_size, "val_size", example.format("val_size", 5000), minimum=0)
         for name, size in (("train_size", train_size), ("test_size", test_size)):
-            if size is not None and size < 1:
-                raise ValueError(f"{name} must be >= 1 or None; got {size}")
+            check_int(size, name, example.format(name, 10000), optional=True)
+        check_int(num_workers, "num_workers", example.format("num_workers", 2), minimum=0)
+        check_int(seed, "seed", example.format("seed", 0), minimum=0)
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.val_size = val_size

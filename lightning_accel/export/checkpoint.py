@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from lightning_accel.checkpointing.structural_log import compression_history
 from lightning_accel.export.compare import Comparison, ComparisonSettings, export_and_compare
 from lightning_accel.utilities.files import atomic_write
 
@@ -68,7 +69,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: If there is no file at ``path``.
-        ValueError: If the file is not a Lightning checkpoint.
+        ValueError: If the file is not a Lightning checkpoint, or a section of it is malformed
+            (the message names the file and the section).
     """
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path}. Pass the path of a .ckpt file.")
@@ -85,6 +87,17 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             f"{path} holds no 'state_dict': it is not a Lightning checkpoint. Pass a .ckpt file "
             "written by Trainer.save_checkpoint or ModelCheckpoint."
         )
+    hparams = checkpoint.get("hyper_parameters")
+    if hparams is not None and not isinstance(hparams, Mapping):
+        raise ValueError(
+            f"{path}: checkpoint['hyper_parameters'] must be a mapping of argument names to "
+            f"values; got {type(hparams).__name__}. Re-save the checkpoint with "
+            "Trainer.save_checkpoint from a module that calls self.save_hyperparameters()."
+        )
+    try:
+        compression_history(checkpoint)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
     return checkpoint
 
 
@@ -112,16 +125,25 @@ def load_with_baseline(
     """
     checkpoint = checkpoint if checkpoint is not None else read_checkpoint(path)
     hparams = dict(checkpoint.get("hyper_parameters") or {})
+    name = module_class.__name__
     try:
         baseline = module_class(**hparams)
-        trained = module_class.load_from_checkpoint(path, map_location="cpu")
     except TypeError as err:
         raise ValueError(
-            f"{module_class.__name__} cannot be rebuilt from the hyperparameters saved in {path} "
+            f"{name} cannot be rebuilt from the hyperparameters saved in {path} "
             f"({err}). If it wraps your own nn.Module, export from Python: "
-            f"{module_class.__name__}.load_from_checkpoint(path, model=YourNet()), then "
+            f"{name}.load_from_checkpoint(path, model=YourNet()), then "
             "lightning_accel.export.to_onnx(...)."
         ) from err
+    except ValueError as err:
+        raise ValueError(
+            f"{path}: a hyperparameter in checkpoint['hyper_parameters'] is invalid, so {name} "
+            f"cannot be rebuilt: {err}"
+        ) from err
+    try:
+        trained = module_class.load_from_checkpoint(path, map_location="cpu")
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
     return trained.cpu().eval(), baseline.cpu().eval()
 
 

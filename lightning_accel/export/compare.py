@@ -269,14 +269,23 @@ def runtime_notes(model: nn.Module) -> list[str]:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The export summary as a Markdown table: one row per backend and batch size."""
-    model, base = summary["model"], summary.get("baseline", {})
+    model, base = summary["model"], summary.get("baseline")
     accuracy = summary.get("accuracy")
+    size = (
+        f"params: {model['params']:,}; MACs: {model['macs']:,}; "
+        f"ONNX: {model['onnx_bytes'] / 1e6:.2f} MB"
+    )
+    if base:
+        size = (
+            f"params: {model['params']:,} (baseline {base['params']:,}); "
+            f"MACs: {model['macs']:,} (baseline {base['macs']:,}); "
+            f"ONNX: {model['onnx_bytes'] / 1e6:.2f} MB (baseline {base['onnx_bytes'] / 1e6:.2f} MB)"
+        )
+    else:
+        size += " (baseline not measured)"
     lines = [
         f"accuracy: {accuracy:.4f}" if accuracy is not None else "accuracy: n/a",
-        f"params: {model['params']:,} (baseline {base.get('params', 0):,}); "
-        f"MACs: {model['macs']:,} (baseline {base.get('macs', 0):,}); "
-        f"ONNX: {model['onnx_bytes'] / 1e6:.2f} MB "
-        f"(baseline {base.get('onnx_bytes', 0) / 1e6:.2f} MB)",
+        size,
         "| backend | batch | model ms | baseline ms | speedup | verification |",
         "|---|---|---|---|---|---|",
     ]

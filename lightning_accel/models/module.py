@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_accel.checkpointing.structural_log import CompressionCheckpointMixin
 from lightning_accel.models import zoo
+from lightning_accel.utilities.validation import check_int, check_number
 
 OptimizerName = Literal["sgd", "adamw"]
 
@@ -33,6 +34,10 @@ class ClassificationModule(CompressionCheckpointMixin, pl.LightningModule):
         cosine_epochs: If set, cosine-anneal the learning rate over this many epochs.
         input_size: Image height and width, used for ``example_input_array``.
 
+    Raises:
+        ValueError: If an argument has the wrong type or is out of range (the message names
+            it), or ``model`` names no zoo model.
+
     Example:
         >>> module = ClassificationModule("small_cnn", num_classes=10, lr=0.05)
     """
@@ -49,10 +54,9 @@ class ClassificationModule(CompressionCheckpointMixin, pl.LightningModule):
         input_size: int = 28,
     ) -> None:
         super().__init__()
-        if optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw'; got {optimizer!r}")
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0; got {lr}")
+        _check_arguments(
+            model, num_classes, in_channels, lr, optimizer, weight_decay, cosine_epochs, input_size
+        )
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
         self.model = zoo.build(model, num_classes, in_channels) if isinstance(model, str) else model
         self.example_input_array = torch.zeros(1, in_channels, input_size, input_size)
@@ -108,3 +112,44 @@ class ClassificationModule(CompressionCheckpointMixin, pl.LightningModule):
             return opt
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.cosine_epochs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def _check_arguments(
+    model: object,
+    num_classes: object,
+    in_channels: object,
+    lr: object,
+    optimizer: object,
+    weight_decay: object,
+    cosine_epochs: object,
+    input_size: object,
+) -> None:
+    """Refuse bad constructor arguments before anything is built or saved as a hyperparameter.
+
+    Raises:
+        ValueError: Naming the argument, the value and a valid call.
+    """
+    if not isinstance(model, (str, nn.Module)):
+        raise ValueError(
+            f"model must be a zoo name ({', '.join(sorted(zoo.MODELS))}) or an nn.Module; got "
+            f"{type(model).__name__} {model!r:.80}. Example: ClassificationModule('small_cnn') "
+            "or ClassificationModule(MyNet())"
+        )
+    if optimizer not in ("sgd", "adamw"):
+        raise ValueError(
+            f"optimizer must be 'sgd' or 'adamw'; got {optimizer!r}. "
+            "Example: ClassificationModule('small_cnn', optimizer='adamw')"
+        )
+    for argument, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        check_int(value, argument, f"ClassificationModule('small_cnn', {argument}=3)")
+    check_int(input_size, "input_size", "ClassificationModule('small_cnn', input_size=28)")
+    check_int(
+        cosine_epochs,
+        "cosine_epochs",
+        "ClassificationModule('small_cnn', cosine_epochs=10)",
+        optional=True,
+    )
+    check_number(lr, "lr", "ClassificationModule('small_cnn', lr=0.05)", 0, low_open=True)
+    check_number(
+        weight_decay, "weight_decay", "ClassificationModule('small_cnn', weight_decay=5e-4)", 0
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections.abc
 import importlib
 import inspect
+import os
 import re
 import types
 import typing
@@ -76,6 +77,11 @@ def import_class(dotted: Any, base: type[T], base_name: str) -> type[T]:
     if not isinstance(dotted, str) or not _DOTTED.fullmatch(dotted):
         raise ValueError(f"{dotted!r} is not a dotted class name such as package.module.Class")
     module_name, _, name = dotted.rpartition(".")
+    if "__main__" in module_name.split("."):
+        raise ValueError(
+            f"{dotted!r} is inside a __main__ module, which runs a program when imported; "
+            "name the class where it is defined"
+        )
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError:
@@ -124,7 +130,17 @@ def signature_hints(target: type) -> dict[str, tuple[Any, Any]]:
 
 
 def type_problem(value: Any, hint: Any) -> str | None:
-    """Why ``value`` does not fit ``hint``, or ``None`` if it fits (or cannot be checked)."""
+    """Why ``value`` does not fit ``hint``, or ``None`` if it fits (or cannot be checked).
+
+    A nested ``{class_path: ...}`` mapping is always refused: recipes build objects only in
+    their top-level slots (model, data, trainer.callbacks, trainer.logger), where the class
+    is checked first; anywhere else it would reach a constructor as a plain dict.
+    """
+    if isinstance(value, dict) and "class_path" in value:
+        return (
+            "must not be a {class_path: ...} object: recipes build objects only as the model, "
+            "the data, trainer.callbacks and trainer.logger"
+        )
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if hint is Any or hint is inspect.Parameter.empty:
@@ -164,7 +180,11 @@ def type_problem(value: Any, hint: Any) -> str | None:
         return None
     if origin in (dict, collections.abc.Mapping) or hint in (dict, collections.abc.Mapping):
         return None if isinstance(value, dict) else "must be a mapping"
-    return None  # classes, callables, paths...: left to the constructor
+    if hint in (os.PathLike, Path) or origin is os.PathLike:
+        return None if isinstance(value, str) else "must be a path (a string)"
+    if isinstance(value, (dict, list)) and isinstance(hint, type) and hint not in (object,):
+        return f"must be {getattr(hint, '__name__', hint)}, not a {type(value).__name__}"
+    return None  # classes, callables...: left to the constructor
 
 
 def _describe(hint: Any) -> str:

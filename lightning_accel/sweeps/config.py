@@ -246,6 +246,13 @@ def _parse_command(
         check_recipe_fit_options([*rest, "--recipe", str(recipe)])
     except ValueError as err:
         raise SweepError(f"{path}: command: {err}") from err
+    overrides = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    overrides.add_argument("--set", dest="overrides", action="append", default=[])
+    try:
+        # The command's own overrides go through the recipe's checks, class paths included.
+        Recipe.from_yaml(recipe, overrides.parse_known_args(rest)[0].overrides)
+    except (argparse.ArgumentError, RecipeError) as err:
+        raise SweepError(f"{path}: command: {err}") from err
     return recipe, rest, budget
 
 
@@ -255,8 +262,9 @@ def _runs_lightning_accel(launcher: list[str], program: Any) -> bool:
         launcher = launcher[1:]
     if launcher in (["lightning-accel"], ["${program}"] if program == "lightning-accel" else []):
         return True
+    # A bare interpreter name only: a path (/tmp/x/python) could be any program.
     python = launcher[:1] == ["${interpreter}"] or (
-        bool(launcher) and re.fullmatch(r"python[\d.]*", Path(launcher[0]).name) is not None
+        bool(launcher) and re.fullmatch(r"python[\d.]*", launcher[0]) is not None
     )
     return python and launcher[1:] == ["-m", "lightning_accel.cli"]
 

@@ -56,7 +56,20 @@ def test_every_public_callback_derives_from_the_base_and_is_covered() -> None:
     ("build", "message"),
     [
         (lambda: GradualPruning(0.5, start_epoch=True), r"start_epoch must be an integer >= 0"),
-        (lambda: GradualPruning(0.5, end_epoch=2.5), r"end_epoch must be after start_epoch"),
+        (lambda: GradualPruning(0.5, end_epoch=2.5), r"end_epoch must be an integer or None"),
+        (lambda: GradualPruning(0.5, end_epoch="3"), r"end_epoch must be an integer or None"),
+        (
+            lambda: GradualPruning(0.5, mode="unstructured", round_to=8),
+            r"round_to .* applies to mode='structured' only",
+        ),
+        (lambda: GradualPruning(0.5, mode="2:4", scope="global"), r"mode='2:4' .* has no scope"),
+        (
+            lambda: QuantizationAware(freeze_observers_epoch=True),
+            r"freeze_observers_epoch must be an integer >= 0 or None; got True",
+        ),
+        (lambda: ExportOnFitEnd(backends=None), r"must name at least one of .*; got None"),
+        (lambda: ExportOnFitEnd(backends=["onnxruntime"] * 2), r"names a backend twice"),
+        (lambda: LatencyMonitor(batch_sizes=[1, 1]), r"positive integers, each once"),
         (lambda: GradualPruning(0.5, round_to=True), r"round_to must be an integer >= 1 or None"),
         (lambda: GradualPruning(0.5, round_to="8"), r"round_to must be an integer >= 1 or None"),
         (lambda: GradualPruning(0.5, round_to=2.5), r"round_to must be an integer >= 1 or None"),
@@ -76,7 +89,7 @@ def test_every_public_callback_derives_from_the_base_and_is_covered() -> None:
         (lambda: QuantizationAware(backend="openvino"), r"Unknown backend 'openvino'"),
         (
             lambda: QuantizationAware(freeze_bn_epoch=True),
-            r"freeze_bn_epoch=True comes before",
+            r"freeze_bn_epoch must be an integer >= 0 or None; got True",
         ),
         (lambda: Binarize(start_epoch="1"), r"start_epoch must be an integer >= 0; got '1'"),
         (lambda: Binarize(ste="sign"), r"ste must be one of"),

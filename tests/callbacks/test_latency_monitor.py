@@ -97,3 +97,11 @@ def test_wandb_offline_run_holds_epoch_axis_table_summary_and_artifact(
     assert {"model.onnx", "summary.json"} <= {entry.path for entry in artifact.manifest.contents}
     metrics = [r.metric for r in records if r.WhichOneof("record_type") == "metric"]
     assert any(m.glob_name == "latency/*" and m.step_metric == "epoch" for m in metrics)
+
+
+def test_sparsity_in_the_history_is_zero_without_compression(digits, tmp_path) -> None:
+    monitor = LatencyMonitor(runs=2, threads=1)
+    quiet_trainer(tmp_path, max_epochs=1, callbacks=[monitor]).fit(
+        small_module(), datamodule=digits
+    )
+    assert monitor.history[0]["model/sparsity"] == 0.0  # BatchNorm's zero biases are not pruning

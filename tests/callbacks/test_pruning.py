@@ -204,24 +204,24 @@ def test_unstructured_accuracy_survives_high_sparsity(digits, tmp_path) -> None:
 def test_layer_structured_pruning_cannot_handle_is_refused_before_any_change(
     digits, tmp_path
 ) -> None:
-    class LayerScale(torch.nn.Module):
+    class Mixer(torch.nn.Module):  # a raw [C, C] parameter: no known dimension to cut
         def __init__(self, channels: int) -> None:
             super().__init__()
-            self.gamma = torch.nn.Parameter(torch.ones(1, channels, 1, 1))
+            self.mix = torch.nn.Parameter(torch.eye(channels))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x * self.gamma
+            return torch.einsum("bchw,cd->bdhw", x, self.mix)
 
     net = torch.nn.Sequential(
         torch.nn.Conv2d(1, 8, 3, padding=1),
         torch.nn.Conv2d(8, 16, 3, padding=1),
-        LayerScale(16),
+        Mixer(16),
         torch.nn.AdaptiveAvgPool2d(1),
         torch.nn.Flatten(),
         torch.nn.Linear(16, 10),
     )
     module = ClassificationModule(net, input_size=8)
     before = copy.deepcopy(module.state_dict())
-    with pytest.raises(ValueError, match=r"cannot handle layer 'model.2' \(LayerScale\)"):
+    with pytest.raises(ValueError, match=r"cannot handle layer 'model.2' \(Mixer\)"):
         _fit(module, digits, GradualPruning(0.5, end_epoch=1), tmp_path)
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())

@@ -29,12 +29,16 @@ from tests.conftest import quiet_trainer, small_module
         ),
         (Binarize(start_epoch=1, end_epoch=4), r"Binarize schedule cannot finish: end_epoch=4"),
         (
+            QuantizationAware(start_epoch=0, freeze_bn_epoch=4),
+            r"QuantizationAware schedule cannot finish: freeze_bn_epoch=4 needs training batch 88",
+        ),
+        (
             LatencyMonitor(every_n_epochs=2),
             r"LatencyMonitor schedule cannot finish: every_n_epochs=2 \(a first measurement\) "
-            r"needs training batch 43 of epoch 1",
+            r"needs training batch 43 counted from the start \(batch 21 of epoch 1",
         ),
     ],
-    ids=["pruning", "quantization", "binarization", "latency"],
+    ids=["pruning", "quantization", "binarization", "freeze", "latency"],
 )
 @pytest.mark.bad_input("schedule")
 def test_max_steps_that_cuts_a_schedule_short_is_refused(digits, tmp_path, callback, message):

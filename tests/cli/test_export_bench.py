@@ -1,6 +1,8 @@
 """`lightning-accel export CHECKPOINT` and `lightning-accel bench MODEL.onnx`."""
 
+import copy
 import json
+import re
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -159,3 +161,103 @@ def test_export_of_a_module_without_example_input_names_the_fix(tmp_path: Path, 
     assert main(["export", str(path), "--module", module, "--output-dir", str(tmp_path / "o")]) == 2
     assert "sets no example_input_array" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory) -> dict:
+    """The contents of an untrained small CNN's checkpoint (8x8 inputs), saved by Lightning."""
+    path = tmp_path_factory.mktemp("small") / "small.ckpt"
+    trainer = pl.Trainer(
+        max_epochs=0, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    trainer.strategy.connect(ClassificationModule("small_cnn", input_size=8))
+    trainer.save_checkpoint(path)
+    return torch.load(path, weights_only=True)
+
+
+def _set(*keys: str, value: object):
+    """An edit that sets ``checkpoint[keys[0]]...[keys[-1]] = value``."""
+
+    def edit(checkpoint: dict) -> None:
+        for key in keys[:-1]:
+            checkpoint = checkpoint[key]
+        checkpoint[keys[-1]] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_set("lightning_accel", value=[]), r"checkpoint\['lightning_accel'\] must be a mapping"),
+        (
+            _set("lightning_accel", "surgery", value={}),
+            r"checkpoint\['lightning_accel'\]\['surgery'\] must be a list; got dict",
+        ),
+        (
+            _set("lightning_accel", "surgery", value=[["channel_pruning"]]),
+            r"\['surgery'\]\[0\] must be a mapping with a 'kind' string",
+        ),
+        (_set("state_dict", value=[1]), r"checkpoint\['state_dict'\] must be a mapping"),
+        (
+            _set("hyper_parameters", value=[1]),
+            r"checkpoint\['hyper_parameters'\] must be a mapping",
+        ),
+        (
+            _set("hyper_parameters", "model", value={"name": "small_cnn"}),
+            r"invalid, so ClassificationModule cannot be rebuilt: model must be a zoo name .* or "
+            r"an nn.Module; got dict",
+        ),
+        (
+            _set("hyper_parameters", "input_size", value="x"),
+            r"invalid, .*: input_size must be an integer >= 1; got 'x'",
+        ),
+        (
+            _set("hyper_parameters", "lr", value=float("nan")),
+            r"invalid, .*: lr must be a finite number > 0; got nan",
+        ),
+        (_set("hyper_parameters", "input_shape", value="x"), r"unexpected keyword .*'input_shape'"),
+    ],
+    ids=[
+        "section-list",
+        "surgery-dict",
+        "entry-list",
+        "state-dict-list",
+        "hparams-list",
+        "model-dict",
+        "input-size-str",
+        "lr-nan",
+        "unknown-hparam",
+    ],
+)
+@pytest.mark.bad_input("checkpoint")
+def test_export_of_a_malformed_checkpoint_exits_2_naming_the_file_and_the_part(
+    small_checkpoint: dict, edit, message: str, tmp_path: Path, capsys
+) -> None:
+    crafted = copy.deepcopy(small_checkpoint)
+    edit(crafted)
+    path = tmp_path / "crafted.ckpt"
+    torch.save(crafted, path)
+    code = main(["export", str(path), "--output-dir", str(tmp_path / "o"), "--no-baseline"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert str(path) in err
+    assert re.search(message, err), err
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+@pytest.mark.bad_input("checkpoint")
+def test_a_pruned_checkpoint_without_its_compression_history_says_so(
+    pruned_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    contents = torch.load(pruned_checkpoint, weights_only=True)
+    del contents["lightning_accel"]  # as a module without CompressionCheckpointMixin saves it
+    path = tmp_path / "no_history.ckpt"
+    torch.save(contents, path)
+    code = main(["export", str(path), "--output-dir", str(tmp_path / "o"), "--no-baseline"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2, err
+    assert f"{path}: Checkpoint tensor" in err
+    assert "comes from another architecture. Build the model it was trained with." in err
+    assert "saved without its compression history" in err
+    assert "CompressionCheckpointMixin" in err

@@ -64,11 +64,61 @@ def test_digits_split_is_real_and_deterministic() -> None:
     assert torch.equal(a.val_set.tensors[1], b.val_set.tensors[1])
 
 
-@pytest.mark.parametrize("kwargs", [dict(batch_size=0), dict(train_size=0)])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(batch_size=0), r"batch_size must be an integer >= 1; got 0\. Example: "),
+        (dict(batch_size="128"), r"batch_size must be an integer >= 1; got '128'"),
+        (dict(batch_size=True), r"batch_size must be an integer >= 1; got True"),
+        (dict(train_size=0), r"train_size must be an integer >= 1 or None; got 0"),
+        (dict(train_size=True), r"train_size must be an integer >= 1 or None; got True"),
+        (dict(train_size=1.5), r"train_size must be an integer >= 1 or None; got 1.5"),
+        (dict(test_size="all"), r"test_size must be an integer >= 1 or None; got 'all'"),
+        (dict(val_size=-1), r"val_size must be an integer >= 0; got -1"),
+        (dict(val_size=0.1), r"val_size must be an integer >= 0; got 0.1"),
+        (dict(num_workers=-1), r"num_workers must be an integer >= 0; got -1"),
+        (dict(num_workers=None), r"num_workers must be an integer >= 0; got None"),
+        (dict(seed="x"), r"seed must be an integer >= 0; got 'x'"),
+        (dict(seed=1.0), r"seed must be an integer >= 0; got 1.0"),
+        (
+            dict(data_dir=3),
+            r"data_dir must be a folder path \(str or pathlib.Path\) or None; got 3",
+        ),
+    ],
+)
 @pytest.mark.bad_input("constructor")
-def test_invalid_fashion_mnist_settings(kwargs: dict) -> None:
-    with pytest.raises(ValueError, match="must be >= 1"):
+def test_invalid_fashion_mnist_settings(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         FashionMNISTDataModule(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(batch_size="64"), r"batch_size must be an integer >= 1; got '64'\. Example: "),
+        (dict(batch_size=True), r"batch_size must be an integer >= 1; got True"),
+        (dict(batch_size=2.5), r"batch_size must be an integer >= 1; got 2.5"),
+        (dict(batch_size=0), r"batch_size must be an integer >= 1; got 0"),
+        (dict(val_fraction=0), r"val_fraction must be a number in \(0, 1\); got 0\."),
+        (dict(val_fraction=1.0), r"val_fraction must be a number in \(0, 1\); got 1.0"),
+        (dict(val_fraction="0.2"), r"val_fraction must be a number in \(0, 1\); got '0.2'"),
+        (dict(val_fraction=float("nan")), r"val_fraction must be a number in \(0, 1\); got nan"),
+        (dict(seed="x"), r"seed must be an integer >= 0; got 'x'"),
+        (dict(seed=-1), r"seed must be an integer >= 0; got -1"),
+        (dict(seed=None), r"seed must be an integer >= 0; got None"),
+    ],
+)
+@pytest.mark.bad_input("constructor")
+def test_invalid_digits_settings(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DigitsDataModule(**kwargs)
+
+
+def test_valid_settings_are_kept(tmp_path) -> None:
+    digits = DigitsDataModule(batch_size=1, val_fraction=0.5, seed=0)
+    assert (digits.batch_size, digits.val_fraction, digits.seed) == (1, 0.5, 0)
+    fashion = FashionMNISTDataModule(tmp_path, val_size=0, train_size=None, test_size=1, seed=7)
+    assert (fashion.data_dir, fashion.val_size, fashion.test_size) == (tmp_path, 0, 1)
 
 
 def test_shuffling_depends_only_on_seed_and_epoch() -> None:

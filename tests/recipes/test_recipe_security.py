@@ -210,3 +210,47 @@ def test_sweep_commands_may_run_the_module_with_an_interpreter(tmp_path) -> None
     parameters = "  callbacks.pruning.target_sparsity: {values: [0.5]}"
     command = f"['${{env}}', '${{interpreter}}', -m, lightning_accel.cli, fit, --recipe, {CLEAN}]"
     assert SweepConfig.from_yaml(_sweep(tmp_path, parameters, command)).recipe == CLEAN
+
+
+@pytest.mark.bad_input("recipe")
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.model={class_path: os.system}", r"model\.model must not be a \{class_path"),
+        ("trainer.strategy={class_path: os.system}", r"trainer\.strategy must not be a \{class_"),
+        ("trainer.plugins=[{class_path: os.system}]", r"trainer\.plugins"),
+        ("trainer.default_root_dir={a: 1}", r"trainer\.default_root_dir must be"),
+    ],
+)
+def test_nested_objects_and_wrong_shapes_are_refused_at_validation(override, message) -> None:
+    with pytest.raises(RecipeError, match=message):
+        Recipe.from_yaml(CLEAN, [override])
+
+
+@pytest.mark.bad_input("recipe")
+def test_a_class_inside_a_main_module_is_refused_before_importing_it(tmp_path: Path) -> None:
+    before = set(sys.modules)
+    path = _with_first_callback(tmp_path, "{class_path: lightning_accel.cli.__main__.X}")
+    with pytest.raises(RecipeError, match=r"inside a __main__ module, which runs a program"):
+        Recipe.from_yaml(path)
+    assert "lightning_accel.cli.__main__" not in set(sys.modules) - before
+
+
+@pytest.mark.bad_input("recipe")
+def test_sweep_launchers_must_be_bare_names_and_command_overrides_are_checked(tmp_path) -> None:
+    def sweep(command: str) -> Path:
+        path = tmp_path / "sweep.yaml"
+        path.write_text(
+            "method: grid\nmetric: {name: val/acc, goal: maximize}\n"
+            "parameters:\n  callbacks.pruning.target_sparsity: {values: [0.5]}\n"
+            f"command: {command}\n"
+        )
+        return path
+
+    fit = f"fit, --recipe, {CLEAN}"
+    with pytest.raises(SweepError, match="command must run `lightning-accel fit`"):
+        SweepConfig.from_yaml(sweep(f"[/tmp/x/python, -m, lightning_accel.cli, {fit}]"))
+    with pytest.raises(SweepError, match=r"trainer\.logger.*os\.system"):
+        SweepConfig.from_yaml(
+            sweep(f"[lightning-accel, {fit}, --set, 'trainer.logger={{class_path: os.system}}']")
+        )
