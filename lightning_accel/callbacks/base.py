@@ -8,7 +8,6 @@ logs and what it declares through ``logged_metrics()``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any, ClassVar, cast
 
 import lightning.pytorch as pl
@@ -22,6 +21,31 @@ from typing_extensions import override
 
 from lightning_accel.checkpointing import CompressionCheckpointMixin, save_structural_log
 from lightning_accel.utilities.layer_selection import WeightedLayer
+from lightning_accel.utilities.validation import (  # re-exported: the callbacks' shared checks
+    check_batch_sizes,
+    check_bool,
+    check_end_epoch,
+    check_epoch,
+    check_int,
+    check_number,
+    check_patterns,
+)
+
+__all__ = [
+    "AccelCallback",
+    "check_batch_sizes",
+    "check_bool",
+    "check_end_epoch",
+    "check_epoch",
+    "check_finite_weights",
+    "check_int",
+    "check_number",
+    "check_patterns",
+    "count_non_finite",
+    "example_input",
+    "layer_modules",
+    "rebuild_optimizers",
+]
 
 
 class AccelCallback(Callback):
@@ -215,144 +239,6 @@ def check_finite_weights(model: torch.nn.Module, technique: str) -> None:
                 "quantizing it would be meaningless. Training diverged or the data holds "
                 "non-finite values; fix that first."
             )
-
-
-def check_epoch(value: object, argument: str, example: str, minimum: int = 0) -> int:
-    """An epoch index ``>= minimum``; ``bool`` is refused (``True`` is not an epoch).
-
-    Args:
-        value: The value given.
-        argument: The argument's name, for the message.
-        example: A valid call, for the message.
-        minimum: The smallest allowed epoch.
-
-    Raises:
-        ValueError: Naming the argument, the value and an example.
-    """
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(
-            f"{argument} must be an integer >= {minimum}; got {value!r}. Example: {example}"
-        )
-    return value
-
-
-def check_int(
-    value: object, argument: str, example: str, minimum: int = 1, optional: bool = False
-) -> int | None:
-    """An integer ``>= minimum`` (``None`` too when ``optional``); ``bool`` is refused.
-
-    Args:
-        value: The value given.
-        argument: The argument's name, for the message.
-        example: A valid call, for the message.
-        minimum: The smallest allowed value.
-        optional: Whether ``None`` is allowed.
-
-    Raises:
-        ValueError: Naming the argument, the value and an example.
-    """
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        allowed = f"an integer >= {minimum}" + (" or None" if optional else "")
-        raise ValueError(f"{argument} must be {allowed}; got {value!r}. Example: {example}")
-    return value
-
-
-def check_number(value: object, argument: str, example: str, low: float, high: float) -> float:
-    """A real number in ``[low, high]``; strings and ``bool`` are refused.
-
-    Args:
-        value: The value given.
-        argument: The argument's name, for the message.
-        example: A valid call, for the message.
-        low: Smallest allowed value.
-        high: Largest allowed value.
-
-    Raises:
-        ValueError: Naming the argument, the range and an example.
-    """
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or not low <= value <= high
-    ):
-        raise ValueError(
-            f"{argument} must be a number in [{low}, {high}]; got {value!r}. Example: {example}"
-        )
-    return float(value)
-
-
-def check_bool(value: object, argument: str) -> bool:
-    """``True`` or ``False``, nothing else (``0``, ``"yes"`` and ``None`` are refused).
-
-    Raises:
-        ValueError: Naming the argument and the value.
-    """
-    if not isinstance(value, bool):
-        raise ValueError(f"{argument} must be True or False; got {value!r}")
-    return value
-
-
-def check_patterns(value: object, argument: str) -> list[str]:
-    """Glob patterns over layer names: one string or a list of strings.
-
-    Raises:
-        ValueError: Naming the argument and the first item that is not a string.
-    """
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
-        raise ValueError(
-            f"{argument} must be a glob pattern or a list of them (strings); got {value!r}. "
-            f"Example: {argument}=['model.fc', 'model.layer4.*']"
-        )
-    return list(items)
-
-
-def check_end_epoch(start_epoch: int, end_epoch: object, example: str) -> int | None:
-    """``None`` or an epoch after ``start_epoch``.
-
-    Args:
-        start_epoch: The validated first epoch.
-        end_epoch: The value given for ``end_epoch``.
-        example: A valid call, for the message.
-
-    Raises:
-        ValueError: Naming both epochs and an example.
-    """
-    if end_epoch is None:
-        return None
-    if isinstance(end_epoch, bool) or not isinstance(end_epoch, int):
-        raise ValueError(
-            f"end_epoch must be an integer or None; got {end_epoch!r}. Example: {example}"
-        )
-    if end_epoch <= start_epoch:
-        raise ValueError(
-            f"end_epoch must be after start_epoch; got start_epoch={start_epoch}, "
-            f"end_epoch={end_epoch!r}. Example: {example}"
-        )
-    return end_epoch
-
-
-def check_batch_sizes(value: object, argument: str) -> tuple[int, ...]:
-    """A non-empty sequence of positive integer batch sizes.
-
-    Raises:
-        ValueError: Naming the argument and the value.
-    """
-    if (
-        isinstance(value, (str, bytes))
-        or not isinstance(value, Sequence)
-        or not value
-        or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in value)
-        or len(set(value)) != len(value)
-    ):
-        raise ValueError(
-            f"{argument} must be positive integers, each once; got {value!r}. "
-            f"Example: {argument}=(1, 64)"
-        )
-    return tuple(value)
 
 
 def rebuild_optimizers(trainer: pl.Trainer) -> None:

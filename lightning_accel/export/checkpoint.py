@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timezone
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,14 @@ import torch
 from torch import Tensor
 
 from lightning_accel.checkpointing.structural_log import compression_history
-from lightning_accel.export.compare import Comparison, ComparisonSettings, export_and_compare
+from lightning_accel.backends import BACKENDS
+from lightning_accel.export.compare import (
+    Comparison,
+    ComparisonSettings,
+    export_and_compare,
+    json_ready,
+)
+from lightning_accel.export.folder import ExportFolder, describe_files
 from lightning_accel.utilities.files import atomic_write
 
 DEFAULT_MODULE = "lightning_accel.ClassificationModule"
@@ -226,14 +234,38 @@ def export_checkpoint(
         )
     batches, source = verification_inputs(example, data_dir)
     out.mkdir(parents=True, exist_ok=True)
-    outcome = export_and_compare(
-        trained, uncompressed if settings.benchmark else None, batches, out, settings, progress
-    )
-    outcome.summary = {
-        "checkpoint": str(path),
-        "verification_inputs": source,
-        "baseline_kind": "uncompressed architecture, fresh weights (latency only)",
-        **outcome.summary,
-    }
-    atomic_write(out / "summary.json", json.dumps(outcome.summary, indent=2, default=str))
+    # The folder is this run's while it runs (a fit's ExportOnFitEnd may share it): locked, and
+    # an earlier run's files moved to earlier/<id>/ rather than left beside the new ones.
+    folder = ExportFolder(out, f"lightning-accel export --output-dir {out}", tuple(BACKENDS))
+    folder.take()
+    try:
+        problem, moved = folder.set_aside_earlier_run()
+        if problem:
+            raise ValueError(f"{problem}; pass another --output-dir")
+        if moved:
+            progress(moved)
+        outcome = export_and_compare(
+            trained, uncompressed if settings.benchmark else None, batches, out, settings, progress
+        )
+        written = [outcome.onnx_path, *(out / b for b in settings.backends)]
+        if settings.benchmark:
+            written.append(out / "baseline.onnx")
+        run = {
+            **folder.run,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "files": describe_files(out, [p for p in written if p.exists()]),
+        }
+        outcome.summary = json_ready(
+            {
+                "run": run,
+                "checkpoint": str(path),
+                "verification_inputs": source,
+                "baseline_kind": "uncompressed architecture, fresh weights (latency only)",
+                **outcome.summary,
+            }
+        )
+        text = json.dumps(outcome.summary, indent=2, allow_nan=False, default=str)
+        atomic_write(out / "summary.json", text)
+    finally:
+        folder.release()
     return outcome

@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_accel.callbacks.export import ExportOnFitEnd
 from lightning_accel.callbacks.latency import LatencyMonitor
@@ -132,6 +133,13 @@ def run_recipe(
     placed = (
         [f"callbacks.export.dirpath={out / 'export'}"] if recipe.callback_config("export") else []
     )
+    own = (recipe.callback_config("export") or {}).get("dirpath")
+    overridden = any(o.startswith("callbacks.export.dirpath=") for o in overrides or [])
+    if own is not None and Path(own) != out / "export" and not overridden:
+        rank_zero_warn(
+            f"{path}: ExportOnFitEnd writes to {out / 'export'} (under --output-dir), not to the "
+            f"recipe's dirpath {own}; pass --set callbacks.export.dirpath={own} to keep it."
+        )
     extra = quick_overrides(recipe, out) if quick else []
     threaded = [
         f"callbacks.{name}.threads={threads}"

@@ -7,6 +7,7 @@ are never converted (``"0.1"`` is refused rather than guessed at).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 
 def check_int(
@@ -108,3 +109,82 @@ def check_bool(value: object, argument: str) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{argument} must be True or False; got {value!r}")
     return value
+
+
+def check_epoch(value: object, argument: str, example: str, minimum: int = 0) -> int:
+    """An epoch index ``>= minimum``; ``bool`` is refused (``True`` is not an epoch).
+
+    Args:
+        value: The value given.
+        argument: The argument's name, for the message.
+        example: A valid call, for the message.
+        minimum: The smallest allowed epoch.
+
+    Raises:
+        ValueError: Naming the argument, the value and an example.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(
+            f"{argument} must be an integer >= {minimum}; got {value!r}. Example: {example}"
+        )
+    return value
+
+
+def check_patterns(value: object, argument: str) -> list[str]:
+    """Glob patterns over layer names: one string or a list of strings.
+
+    Raises:
+        ValueError: Naming the argument and the first item that is not a string.
+    """
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+        raise ValueError(
+            f"{argument} must be a glob pattern or a list of them (strings); got {value!r}. "
+            f"Example: {argument}=['model.fc', 'model.layer4.*']"
+        )
+    return list(items)
+
+
+def check_end_epoch(start_epoch: int, end_epoch: object, example: str) -> int | None:
+    """``None`` or an epoch after ``start_epoch``.
+
+    Args:
+        start_epoch: The validated first epoch.
+        end_epoch: The value given for ``end_epoch``.
+        example: A valid call, for the message.
+
+    Raises:
+        ValueError: Naming both epochs and an example.
+    """
+    if end_epoch is None:
+        return None
+    if isinstance(end_epoch, bool) or not isinstance(end_epoch, int):
+        raise ValueError(
+            f"end_epoch must be an integer or None; got {end_epoch!r}. Example: {example}"
+        )
+    if end_epoch <= start_epoch:
+        raise ValueError(
+            f"end_epoch must be after start_epoch; got start_epoch={start_epoch}, "
+            f"end_epoch={end_epoch!r}. Example: {example}"
+        )
+    return end_epoch
+
+
+def check_batch_sizes(value: object, argument: str) -> tuple[int, ...]:
+    """A non-empty sequence of positive integer batch sizes.
+
+    Raises:
+        ValueError: Naming the argument and the value.
+    """
+    if (
+        isinstance(value, (str, bytes))
+        or not isinstance(value, Sequence)
+        or not value
+        or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in value)
+        or len(set(value)) != len(value)
+    ):
+        raise ValueError(
+            f"{argument} must be positive integers, each once; got {value!r}. "
+            f"Example: {argument}=(1, 64)"
+        )
+    return tuple(value)

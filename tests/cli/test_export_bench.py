@@ -261,3 +261,27 @@ def test_a_pruned_checkpoint_without_its_compression_history_says_so(
     assert "comes from another architecture. Build the model it was trained with." in err
     assert "saved without its compression history" in err
     assert "CompressionCheckpointMixin" in err
+
+
+@pytest.mark.bad_input("file system")
+def test_export_into_a_fit_s_export_folder_sets_the_fit_s_files_aside(
+    pruned_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    from filelock import FileLock
+
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "baseline.onnx").write_bytes(b"a fit's baseline")  # an earlier run's files
+    (out / "summary.json").write_text(json.dumps({"run": {"id": "fit-1", "files": []}}))
+    with FileLock(out / ".lightning_accel.lock", timeout=0):  # a fit exporting there now
+        code = main(["export", str(pruned_checkpoint), "--output-dir", str(out), "--no-baseline"])
+        assert code == 2 and "another run is exporting into this folder" in capsys.readouterr().err
+    code = main(["export", str(pruned_checkpoint), "--output-dir", str(out), "--no-baseline"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert (out / "earlier" / "fit-1" / "baseline.onnx").read_bytes() == b"a fit's baseline"
+    assert not (out / "baseline.onnx").exists()  # nothing left beside the new model
+    summary = json.loads((out / "summary.json").read_text())
+    listed = {entry["path"] for entry in summary["run"]["files"]}
+    assert "model.onnx" in listed and not any(p.startswith("earlier") for p in listed)
+    assert "baseline not measured" in captured.out
