@@ -1,0 +1,110 @@
+"""Time ONNX files on a backend, with a baseline timed the same way: ``lightning-accel bench``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning_accel.backends import get_backend
+from lightning_accel.export.compare import no_progress
+
+
+def check_onnx_file(path: Path) -> None:
+    """Fail early, and clearly, on a missing file or one that is not an ONNX model.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If it does not parse as an ONNX model.
+    """
+    import onnx
+
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No ONNX model at {path}. Export one first (lightning-accel export)."
+        )
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:
+        raise ValueError(f"{path} is not an ONNX model ({type(err).__name__}).") from err
+    if not model.graph.node:
+        raise ValueError(f"{path} is not an ONNX model: its graph has no nodes.")
+
+
+def bench_onnx(
+    onnx_path: Path,
+    baseline_path: Path | None,
+    backend: str,
+    dirpath: Path,
+    batch_sizes: Sequence[int] = (1, 64),
+    threads: int | None = None,
+    runs: int = 50,
+    progress: Callable[[str], None] = no_progress,
+) -> list[dict[str, Any]]:
+    """Time an ONNX model (and a baseline, in the same process) on one backend.
+
+    Args:
+        onnx_path: The model file.
+        baseline_path: Another ONNX file timed the same way, or ``None``.
+        backend: A registered backend name.
+        dirpath: Folder for compiled artifacts.
+        batch_sizes: Batch sizes to time.
+        threads: CPU intra-op threads; default: all cores.
+        runs: Timed runs per figure.
+        progress: Called with a short line before each long step.
+
+    Returns:
+        One row per batch size: ``batch``, ``model_ms``, ``p90_ms``, ``iqr_ms``,
+        ``throughput`` and, with a baseline, ``baseline_ms`` and ``speedup`` (times in ms).
+
+    Raises:
+        FileNotFoundError: If a file is missing.
+        ValueError: If a file is not ONNX or the backend is unknown.
+        RuntimeError: If the backend cannot run here.
+    """
+    for path in (onnx_path, baseline_path):
+        if path is not None:
+            check_onnx_file(path)
+    runtime = get_backend(backend)
+    progress(f"compiling {onnx_path.name} for {backend}")
+    model = runtime.compile(onnx_path, dirpath / "model", threads=threads)
+    baseline = None
+    if baseline_path is not None:
+        progress(f"compiling {baseline_path.name} for {backend}")
+        baseline = runtime.compile(baseline_path, dirpath / "baseline", threads=threads)
+    rows = []
+    for batch_size in batch_sizes:
+        progress(f"timing batch {batch_size}")
+        measured = model.latency(batch_size, runs)
+        row: dict[str, Any] = {
+            "batch": batch_size,
+            "model_ms": measured.median_ms,
+            "p90_ms": measured.p90_ms,
+            "iqr_ms": measured.iqr_ms,
+            "throughput": measured.throughput,
+        }
+        if baseline is not None:
+            row["baseline_ms"] = baseline.latency(batch_size, runs).median_ms
+            row["speedup"] = row["baseline_ms"] / row["model_ms"]
+        rows.append(row)
+    return rows
+
+
+def format_bench(rows: list[dict[str, Any]], backend: str) -> str:
+    """``bench_onnx`` rows as a Markdown table."""
+    with_baseline = bool(rows) and "speedup" in rows[0]
+    header = "| backend | batch | median ms | p90 ms | inputs/s |"
+    rule = "|---|---|---|---|---|"
+    if with_baseline:
+        header += " baseline ms | speedup |"
+        rule += "---|---|"
+    lines = [header, rule]
+    for row in rows:
+        line = (
+            f"| {backend} | {row['batch']} | {row['model_ms']:.3f} | {row['p90_ms']:.3f} | "
+            f"{row['throughput']:,.0f} |"
+        )
+        if with_baseline:
+            line += f" {row['baseline_ms']:.3f} | {row['speedup']:.2f}x |"
+        lines.append(line)
+    return "\n".join(lines)
