@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
 from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,8 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from lightning_accel.checkpointing.structural_log import compression_history
 from lightning_accel.backends import BACKENDS
+from lightning_accel.checkpointing.structural_log import compression_history
 from lightning_accel.export.compare import (
     Comparison,
     ComparisonSettings,

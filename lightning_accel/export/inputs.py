@@ -34,7 +34,9 @@ def model_input(batch: Any, input_key: str | None = None, owner: str = "ExportOn
                 f"that holds the model's input, e.g. input_key={keys[0]!r}."
             )
         if input_key not in batch:
-            raise ValueError(f"{owner}(input_key={input_key!r}) is not a key of the batches {keys}.")
+            raise ValueError(
+                f"{owner}(input_key={input_key!r}) is not a key of the batches {keys}."
+            )
         found = batch[input_key]
     elif isinstance(batch, (list, tuple)) and batch:
         found = batch[0]
