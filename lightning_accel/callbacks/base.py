@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
 from lightning_accel.checkpointing import CompressionCheckpointMixin, save_structural_log
+from lightning_accel.checkpointing.structural_log import check_checkpoint_fits
 from lightning_accel.utilities.layer_selection import WeightedLayer
 from lightning_accel.utilities.validation import (  # re-exported: the callbacks' shared checks
     check_batch_sizes,
@@ -41,6 +42,7 @@ __all__ = [
     "check_int",
     "check_number",
     "check_patterns",
+    "check_resume_fits",
     "count_non_finite",
     "example_input",
     "layer_modules",
@@ -63,6 +65,23 @@ class AccelCallback(Callback):
     def __init__(self) -> None:
         self.metrics: dict[str, float] = {}
         self._batch: tuple[int, Any] | None = None  # index and batch of the running step
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Lightning loads a resumed checkpoint's weights after setup, before any other hook.
+        accel = [c for c in trainer.callbacks if isinstance(c, AccelCallback)]  # type: ignore[attr-defined]
+        if stage == "fit" and accel and accel[0] is self:
+            check_resume_fits(pl_module)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        _unwrap_resume_check(pl_module)
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        _unwrap_resume_check(pl_module)  # Lightning skips teardown when fit raises
 
     # ----------------------------------------------------------------- non-finite values
     @override
@@ -213,6 +232,34 @@ class AccelCallback(Callback):
                 f"checkpoints of the {kind} model will only load if its on_load_checkpoint calls "
                 "lightning_accel.restore_compression(self, checkpoint)."
             )
+
+
+def check_resume_fits(pl_module: pl.LightningModule) -> None:
+    """Make ``fit(ckpt_path=...)`` refuse a checkpoint that does not fit, before loading it.
+
+    Lightning calls the module's ``on_load_checkpoint`` just before it loads the weights. A
+    module with :class:`CompressionCheckpointMixin` checks there (after replaying its
+    compression history); any other module gets, for this fit, its own hook wrapped with the
+    same check (removed again in ``teardown``).
+    """
+    if isinstance(pl_module, CompressionCheckpointMixin) or "on_load_checkpoint" in vars(pl_module):
+        return
+    own_hook = pl_module.on_load_checkpoint
+
+    def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
+        if isinstance(checkpoint, dict):
+            strict = bool(getattr(pl_module, "strict_loading", True))
+            check_checkpoint_fits(pl_module, checkpoint, strict)
+        own_hook(checkpoint)
+
+    on_load_checkpoint.lightning_accel_check = True  # type: ignore[attr-defined]
+    pl_module.__dict__["on_load_checkpoint"] = on_load_checkpoint
+
+
+def _unwrap_resume_check(pl_module: pl.LightningModule) -> None:
+    hook = vars(pl_module).get("on_load_checkpoint")
+    if getattr(hook, "lightning_accel_check", False):
+        del pl_module.__dict__["on_load_checkpoint"]
 
 
 def count_non_finite(batch: Any) -> int:

@@ -118,6 +118,7 @@ class Binarize(AccelCallback):
     # ----------------------------------------------------------------- lifecycle
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
         if self.end_epoch is not None:

@@ -170,6 +170,7 @@ class ExportOnFitEnd(AccelCallback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
         _check_writable(self.dirpath)
@@ -189,12 +190,14 @@ class ExportOnFitEnd(AccelCallback):
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
         self.folder.release()
 
     @override
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
+        super().on_exception(trainer, pl_module, exception)
         self.folder.release()  # Lightning skips teardown when fit raises
 
     def _check_quantization_targets(self, trainer: pl.Trainer) -> None:

@@ -85,6 +85,7 @@ class LatencyMonitor(AccelCallback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         problem = get_backend(self.backend).problem()
         if problem:
             raise RuntimeError(

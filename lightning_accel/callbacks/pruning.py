@@ -205,6 +205,7 @@ class GradualPruning(AccelCallback):
     # ----------------------------------------------------------------- lifecycle
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
         self.end_epoch = self.resolved_end_epoch(trainer.max_epochs)

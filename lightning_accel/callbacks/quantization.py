@@ -154,6 +154,7 @@ class QuantizationAware(AccelCallback):
     # ----------------------------------------------------------------- lifecycle
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
         self.check_schedule_fits(trainer, "start_epoch", self.start_epoch)

@@ -178,6 +178,27 @@ def _replay_all(model: nn.Module, entries: list[dict[str, Any]]) -> None:
         structural_changes(model).append(copy.deepcopy(entry))
 
 
+def check_checkpoint_fits(
+    model: nn.Module, checkpoint: Mapping[str, Any], strict: bool = True
+) -> None:
+    """Refuse a checkpoint whose tensors do not fit ``model`` as it is now, before loading.
+
+    For modules without :class:`CompressionCheckpointMixin` (which runs the same check after
+    replaying the compression history): PyTorch's strict ``load_state_dict`` copies the
+    matching tensors before it reports the missing ones, leaving the module half-overwritten.
+
+    Args:
+        model: The module the checkpoint will be loaded into.
+        checkpoint: A Lightning checkpoint dict.
+        strict: Also require equal tensor names (what a strict load requires).
+
+    Raises:
+        ValueError: Naming the missing, extra or differently shaped tensors and the fix.
+    """
+    history = compression_history(checkpoint)
+    _check_shapes(model, checkpoint.get("state_dict"), strict, bool(history))
+
+
 def _check_shapes(
     model: nn.Module,
     state_dict: Mapping[str, torch.Tensor] | None,

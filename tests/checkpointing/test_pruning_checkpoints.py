@@ -198,3 +198,51 @@ def test_pruned_vit_checkpoint_loads_three_ways_with_its_heads(tmp_path: Path) -
     restore_compression(fresh, checkpoint)
     fresh.load_state_dict(checkpoint["state_dict"])
     torch.testing.assert_close(fresh(x), expected)
+
+
+class _Plain(torch.nn.Module):
+    def __init__(self, extra: bool) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        self.extra = torch.nn.Linear(10, 10) if extra else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return self.extra(y) if self.extra is not None else y
+
+
+@pytest.mark.bad_input("checkpoint")
+def test_a_module_without_the_mixin_is_also_checked_before_anything_loads(digits, tmp_path) -> None:
+    import lightning.pytorch as pl
+
+    class Plain(pl.LightningModule):  # no CompressionCheckpointMixin
+        def __init__(self, extra: bool = False) -> None:
+            super().__init__()
+            self.net = _Plain(extra)
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            return torch.nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = quiet_trainer(tmp_path / "a", max_steps=2, limit_val_batches=0)
+    trainer.fit(Plain(), datamodule=digits)
+    trainer.save_checkpoint(tmp_path / "plain.ckpt")
+    module = Plain(extra=True)  # one extra Linear on the user's side
+    before = copy.deepcopy(module.state_dict())
+    trainer = quiet_trainer(
+        tmp_path / "b",
+        max_steps=4,
+        limit_val_batches=0,
+        callbacks=[GradualPruning(0.5, mode="unstructured", end_epoch=1)],
+    )
+    with pytest.raises(
+        ValueError, match=r"does not fit Plain: it lacks 2 tensors.*Nothing was loaded"
+    ):
+        trainer.fit(module, datamodule=digits, ckpt_path=tmp_path / "plain.ckpt")
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    assert "on_load_checkpoint" not in vars(module)  # the user's module is given back as it was
