@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,19 +33,16 @@ from lightning_accel.export.compare import (
     ExportPrecision,
     export_and_compare,
     format_summary,
-    json_ready,
 )
 from lightning_accel.export.folder import (
     STAGED_CHECKPOINT,
     ExportFolder,
-    describe_files,
     publish_checkpoint,
     remove_stale,
 )
 from lightning_accel.export.inputs import model_input, random_input, value_range
 from lightning_accel.tracking.wandb_logging import log_export_to_wandb
 from lightning_accel.utilities.copying import detached_copy
-from lightning_accel.utilities.files import atomic_write
 from lightning_accel.utilities.modules import eval_mode
 
 __all__ = ["ExportOnFitEnd", "format_summary"]
@@ -271,20 +266,10 @@ class ExportOnFitEnd(AccelCallback):
         final = detached_copy(pl_module).cpu().eval()
         batches = self._validation_inputs(trainer, pl_module)
         outcome = export_and_compare(final, self._baseline, batches, self.dirpath, self.settings)
-        written = [checkpoint, outcome.onnx_path, outcome.onnx_path.with_suffix(".onnx.data")]
-        if self._baseline is not None:
-            written += [self.dirpath / "baseline.onnx", self.dirpath / "baseline.onnx.data"]
-        written += [self.dirpath / backend for backend in self.settings.backends]
-        run = {
-            **self.folder.run,
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "files": describe_files(self.dirpath, [p for p in written if p.exists()]),
-        }
-        self.summary = json_ready(
-            {"run": run, "accuracy": _metric(trainer, "val/acc"), **outcome.summary}
+        self.summary = self.folder.write_summary(
+            {"accuracy": _metric(trainer, "val/acc"), **outcome.summary},
+            [checkpoint, *outcome.files],
         )
-        text = json.dumps(self.summary, indent=2, allow_nan=False, default=str)
-        atomic_write(self.dirpath / "summary.json", text)
         rank_zero_info(format_summary(self.summary))
         artifacts = [outcome.onnx_path, self.dirpath / "summary.json"]
         log_export_to_wandb(trainer, self.summary, artifacts)

@@ -6,10 +6,8 @@ ONNX, compile, verify against PyTorch and time it next to the baseline.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +21,8 @@ from lightning_accel.export.compare import (
     Comparison,
     ComparisonSettings,
     export_and_compare,
-    json_ready,
 )
-from lightning_accel.export.folder import ExportFolder, describe_files
-from lightning_accel.utilities.files import atomic_write
+from lightning_accel.export.folder import ExportFolder
 
 DEFAULT_MODULE = "lightning_accel.ClassificationModule"
 
@@ -247,25 +243,15 @@ def export_checkpoint(
         outcome = export_and_compare(
             trained, uncompressed if settings.benchmark else None, batches, out, settings, progress
         )
-        written = [outcome.onnx_path, *(out / b for b in settings.backends)]
-        if settings.benchmark:
-            written.append(out / "baseline.onnx")
-        run = {
-            **folder.run,
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "files": describe_files(out, [p for p in written if p.exists()]),
-        }
-        outcome.summary = json_ready(
+        outcome.summary = folder.write_summary(
             {
-                "run": run,
                 "checkpoint": str(path),
                 "verification_inputs": source,
                 "baseline_kind": "uncompressed architecture, fresh weights (latency only)",
                 **outcome.summary,
-            }
+            },
+            outcome.files,
         )
-        text = json.dumps(outcome.summary, indent=2, allow_nan=False, default=str)
-        atomic_write(out / "summary.json", text)
     finally:
         folder.release()
     return outcome

@@ -73,12 +73,15 @@ class Comparison:
         errors: Backends that could not run, one line each (e.g. TensorRT without a GPU).
         mismatches: Verifications that failed, one line each.
         onnx_path: The exported model.
+        files: Everything the comparison wrote under its folder (ONNX files with their external
+            data, backend folders), whether or not each exists.
     """
 
     summary: dict[str, Any]
     errors: list[str]
     mismatches: list[str]
     onnx_path: Path
+    files: list[Path]
 
 
 def export_and_compare(
@@ -128,7 +131,10 @@ def export_and_compare(
             **model_stats(baseline, example).as_dict(),
             "onnx_bytes": baseline_onnx.stat().st_size,
         }
-    outcome = Comparison(summary, errors=[], mismatches=[], onnx_path=model_onnx)
+    onnx_files = [model_onnx] if baseline_onnx is None else [model_onnx, baseline_onnx]
+    files = [p.with_name(p.name + suffix) for p in onnx_files for suffix in ("", ".data")]
+    files += [dirpath / backend for backend in settings.backends]
+    outcome = Comparison(summary, errors=[], mismatches=[], onnx_path=model_onnx, files=files)
     for backend in settings.backends:
         try:
             entry, mismatch = _run_backend(

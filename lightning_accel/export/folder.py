@@ -22,6 +22,9 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from lightning_accel.export.compare import json_ready
+from lightning_accel.utilities.files import atomic_write
+
 LOCK_NAME = ".lightning_accel.lock"
 EARLIER = "earlier"
 STAGED_CHECKPOINT = ".last.ckpt.partial"
@@ -115,6 +118,27 @@ class ExportFolder:
             f"{self.dirpath} held an earlier run's export files ({', '.join(names)}); moved them "
             f"to {destination} so that they are not taken for this run's. Nothing was deleted."
         )
+
+    def write_summary(self, summary: dict[str, Any], written: Sequence[Path]) -> dict[str, Any]:
+        """Write ``summary.json`` with this run's section first; strict JSON, atomically.
+
+        Args:
+            summary: The export's results.
+            written: Files and folders the run wrote; those that exist are listed with sizes.
+
+        Returns:
+            What was written: ``{"run": {id, started, finished, files}, **summary}`` with every
+            non-finite number as ``None``.
+        """
+        run = {
+            **self.run,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "files": describe_files(self.dirpath, [p for p in written if p.exists()]),
+        }
+        final: dict[str, Any] = json_ready({"run": run, **summary})
+        text = json.dumps(final, indent=2, allow_nan=False, default=str)
+        atomic_write(self.dirpath / "summary.json", text)
+        return final
 
     def keep_staged(self, staged: Path) -> Path | None:
         """Where a complete staged checkpoint now is (renamed to ``unsaved-<id>.ckpt``).

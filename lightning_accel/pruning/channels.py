@@ -261,10 +261,15 @@ def ratios_to_widths(
         if name in attention:
             ratios[name] = _head_ratio(attention[name], initial, current, sparsity)
             continue
-        target = max(1, round(initial * (1.0 - sparsity)))
+        target = planned_width(initial, sparsity)
         # torch-pruning keeps int(current * (1 - ratio)) channels; +0.5 guards float round-off.
         ratios[name] = max(0.0, 1.0 - (target + 0.5) / current)
     return ratios
+
+
+def planned_width(initial: int, sparsity: float) -> int:
+    """The width a layer of ``initial`` channels is planned to keep at ``sparsity`` (>= 1)."""
+    return max(1, round(initial * (1.0 - sparsity)))
 
 
 def _head_ratio(attention: Any, initial: int, current: int, sparsity: float) -> float:

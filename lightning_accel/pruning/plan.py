@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_accel.pruning.channels import attention_modules, out_channels
+from lightning_accel.pruning.channels import attention_modules, out_channels, planned_width
 from lightning_accel.utilities.copying import detached_copy
 from lightning_accel.utilities.modules import eval_mode
 
@@ -59,7 +59,7 @@ def layers_short_of_plan(
     for name, initial in initial_widths.items():
         if name in attention:
             continue
-        planned = max(1, round(initial * (1.0 - sparsity)))
+        planned = planned_width(initial, sparsity)
         width = out_channels(model.get_submodule(name))
         if width > planned + slack:
             short.append(f"{name}: {width} of planned {planned} channels")
