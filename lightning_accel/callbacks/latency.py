@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from torch import Tensor
 from typing_extensions import override
 
 from lightning_accel.backends import DEFAULT_BACKEND, BackendName, get_backend
@@ -71,6 +72,7 @@ class LatencyMonitor(AccelCallback):
         self.runs = runs
         self.history: list[dict[str, Any]] = []
         self._start_weights: int | None = None  # conv/linear weight entries at train start
+        self._example: Tensor | None = None
 
     @property
     @override
@@ -106,6 +108,8 @@ class LatencyMonitor(AccelCallback):
         self.check_reached_within_max_steps(trainer, what, first, completes=True)
         if self._start_weights is None:  # else restored from a checkpoint
             self._start_weights = _layer_weights(pl_module)[0]
+        # Found once: example_input reads a training batch, too costly for every epoch.
+        self._example = example_input(trainer, pl_module).cpu()
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -137,7 +141,9 @@ class LatencyMonitor(AccelCallback):
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         """Export the current model and measure it; returns the metrics (with ``epoch``)."""
         started = time.perf_counter()
-        example = example_input(trainer, pl_module).cpu()
+        example = self._example
+        if example is None:  # measured outside fit
+            example = example_input(trainer, pl_module).cpu()
         metrics: dict[str, float] = {}
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = to_onnx(pl_module, example, Path(tmp) / "model.onnx")
