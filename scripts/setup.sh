@@ -7,9 +7,9 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import lightning_accel, torchvision, sklearn, pytest, sweeps" 2>/dev/null; then
+if ! .venv/bin/python -c "import lightning_accel, torchvision, sklearn, pytest, sweeps, openvino, litserve, prometheus_client, PIL, httpx, matplotlib, onnxconverter_common" 2>/dev/null; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[zoo,dev]"
+  .venv/bin/python -m pip install -q -e ".[zoo,dev,openvino,serve,plots]"
   # W&B's sweep engine (Bayesian search in local sweeps): its metadata pins numpy<2, yet it runs
   # with numpy 2, so it goes in without its pins; its other needs come with the dev extra.
   .venv/bin/python -m pip install -q --no-deps "sweeps==0.3.0"
