@@ -14,15 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning_accel.backends import onnxruntime, tensorrt
+from lightning_accel.backends import onnxruntime, openvino, tensorrt
 from lightning_accel.backends.base import Backend, CompiledModel, QDQFlavour, Tolerance
 from lightning_accel.backends.timing import Latency
 
-BackendName = Literal["onnxruntime", "tensorrt"]
+BackendName = Literal["onnxruntime", "openvino", "tensorrt"]
 DEFAULT_BACKEND: BackendName = "onnxruntime"  # runs on any CPU
 
 BACKENDS: dict[str, Backend] = {
-    backend.name: backend for backend in (onnxruntime.BACKEND, tensorrt.BACKEND)
+    backend.name: backend for backend in (onnxruntime.BACKEND, openvino.BACKEND, tensorrt.BACKEND)
 }
 
 if tuple(BACKENDS) != typing.get_args(BackendName):  # pragma: no cover - a registration slip

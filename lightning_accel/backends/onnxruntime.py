@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from lightning_accel.backends.base import Backend, QDQFlavour
+from lightning_accel.backends.inputs import random_batch
 from lightning_accel.backends.timing import Latency, default_threads, summarize_times, time_calls
 from lightning_accel.utilities.imports import _ONNXRUNTIME_AVAILABLE
 
@@ -135,12 +136,7 @@ def _random_input(
             f"Input {meta.name!r} has dynamic non-batch dimensions {meta.shape}; export with a "
             "fixed image size."
         )
-    rng = np.random.default_rng(0)
-    dtype = _numpy_dtype(meta)
-    if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
-        low, high = input_bounds or (0, 1)
-        return rng.integers(low, high + 1, (batch_size, *dims)).astype(dtype)
-    return rng.standard_normal((batch_size, *dims)).astype(dtype)
+    return random_batch(dims, _numpy_dtype(meta), batch_size, input_bounds)
 
 
 @dataclass

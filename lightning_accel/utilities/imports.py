@@ -10,12 +10,14 @@ _TORCHVISION_AVAILABLE = RequirementCache("torchvision")
 _TIMM_AVAILABLE = RequirementCache("timm")
 _TENSORRT_AVAILABLE = RequirementCache("tensorrt")
 _ONNXRUNTIME_AVAILABLE = RequirementCache("onnxruntime")
+_OPENVINO_AVAILABLE = RequirementCache("openvino")
 _SKLEARN_AVAILABLE = RequirementCache("scikit-learn")
 
 _INSTALL_HINTS = {
     "torchvision": "pip install 'lightning-accel[zoo]'",
     "timm": "pip install 'lightning-accel[zoo]'",
     "tensorrt": "pip install 'lightning-accel[tensorrt]' (needs an NVIDIA GPU and driver)",
+    "openvino": 'pip install "lightning-accel[openvino]"',
     "sklearn": "pip install scikit-learn (or 'lightning-accel[dev]')",
 }
 

@@ -1,0 +1,232 @@
+"""OpenVINO on the CPU: the exported ONNX file compiled per batch size, integer execution shown.
+
+OpenVINO reads the ONNX file itself (``Core.read_model``), so fp32 graphs and Q/DQ graphs take
+the same path as in ONNX Runtime. Each measured batch size gets a static-shape compilation
+(``Model.reshape``), the shape OpenVINO's CPU plugin optimizes best. Float graphs run at fp32
+(``INFERENCE_PRECISION_HINT=f32``): the plugin's default on CPUs with bf16 support is bf16,
+which would neither verify at the fp32 tolerance nor be the fp32 figure it claims to be.
+
+Evidence of integer execution, the counterpart of ONNX Runtime's ``QLinearConv`` count, comes
+from the runtime graph the plugin executes (``CompiledModel.get_runtime_model()``): each
+operation's ``layerType`` and ``runtimePrecision`` (``u8``/``i8`` for integer kernels).
+Source: OpenVINO's ``ov::exec_model_info`` (docs.openvino.ai, "Runtime information").
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightning_accel.backends.base import Backend, QDQFlavour
+from lightning_accel.backends.inputs import random_batch
+from lightning_accel.backends.timing import Latency, default_threads, summarize_times, time_calls
+from lightning_accel.utilities.imports import _OPENVINO_AVAILABLE
+
+INSTALL_HINT = 'pip install "lightning-accel[openvino]"'
+# Runtime-graph layer types that carry a model's multiply-accumulates.
+COMPUTE_LAYERS = ("Convolution", "Deconvolution", "FullyConnected", "MatMul")
+INTEGER_PRECISIONS = ("u8", "i8")
+
+BACKEND = Backend(
+    name="openvino",
+    title="OpenVINO",
+    device="cpu",
+    summary=(
+        "CPU plugin, static shape per batch size, fp32 inference precision; int8 from Q/DQ as "
+        "u8/i8 convolutions and fully-connected layers (runtimePrecision)"
+    ),
+    # Measured in docs/backends.md: ONNX Runtime's flavour runs as fast as symmetric int8 here.
+    qdq=QDQFlavour(symmetric_activations=False, integer_bias=True),
+    runs_qdq_of=("onnxruntime", "openvino", "tensorrt"),
+    float_precision="fp32",
+    compiler="lightning_accel.backends.openvino:compile_openvino",
+    availability="lightning_accel.backends.openvino:openvino_problem",
+)
+
+
+def openvino_problem() -> str | None:
+    """What stops OpenVINO from running here, or ``None``."""
+    if not _OPENVINO_AVAILABLE:
+        return f"the `openvino` package is not installed ({INSTALL_HINT})"
+    return None
+
+
+def require_openvino() -> Any:
+    """Import OpenVINO or raise one error naming the extra to install.
+
+    Raises:
+        RuntimeError: If the ``openvino`` package is missing.
+    """
+    BACKEND.require()
+    import openvino
+
+    return openvino
+
+
+def precision_counts(runtime_model: Any) -> dict[str, dict[str, int]]:
+    """Executed compute layers by type and runtime precision, e.g. ``{"Convolution": {"u8": 20}}``.
+
+    Args:
+        runtime_model: ``CompiledModel.get_runtime_model()``: the graph the plugin executes.
+    """
+    counts: dict[str, Counter[str]] = {}
+    for op in runtime_model.get_ordered_ops():
+        info = op.get_rt_info()
+        layer = str(info["layerType"].astype(str)) if "layerType" in info else ""
+        if layer in COMPUTE_LAYERS:
+            precision = str(info["runtimePrecision"].astype(str))
+            counts.setdefault(layer, Counter())[precision] += 1
+    return {layer: dict(sorted(c.items())) for layer, c in sorted(counts.items())}
+
+
+def integer_evidence(counts: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """How many executed convolutions/matmuls run on integer kernels, from :func:`precision_counts`.
+
+    Returns:
+        ``integer_ops`` and ``float_ops`` (by layer type), and ``integer_share`` (0..1; ``None``
+        for a graph without compute layers).
+    """
+    integer = {
+        k: sum(n for p, n in v.items() if p in INTEGER_PRECISIONS) for k, v in counts.items()
+    }
+    floating = {
+        k: sum(n for p, n in v.items() if p not in INTEGER_PRECISIONS) for k, v in counts.items()
+    }
+    total = sum(integer.values()) + sum(floating.values())
+    return {
+        "integer_ops": {k: n for k, n in integer.items() if n},
+        "float_ops": {k: n for k, n in floating.items() if n},
+        "integer_share": sum(integer.values()) / total if total else None,
+    }
+
+
+@dataclass
+class OpenVINOModel:
+    """An ONNX model compiled by OpenVINO's CPU plugin, one static-shape compilation per batch.
+
+    Attributes:
+        onnx_path: The ONNX model; its non-batch input dimensions must be static.
+        out_dir: Folder for the executed graph (``<stem>.openvino.xml``, OpenVINO IR).
+        threads: ``INFERENCE_NUM_THREADS``; default: all cores.
+    """
+
+    onnx_path: Path
+    out_dir: Path
+    threads: int | None = None
+    backend: str = "openvino"
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    info: dict[str, object] = field(default_factory=dict)
+    input_bounds: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        self._ov = require_openvino()
+        self._core = self._ov.Core()
+        self._model = self._read()
+        port = self._model.inputs[0]
+        shape = port.get_partial_shape()
+        if shape.rank.is_dynamic or any(d.is_dynamic for d in list(shape)[1:]):
+            raise RuntimeError(
+                f"OpenVINO needs static non-batch input dimensions; {self.onnx_path} has input "
+                f"shape {shape}. Export with a fixed image size."
+            )
+        self._dims = tuple(d.get_length() for d in list(shape)[1:])
+        self._dtype = np.dtype(port.get_element_type().to_dtype())
+        self._compiled: dict[int, tuple[Any, Any]] = {}
+        compiled, _ = self._for_batch(1)
+        runtime = compiled.get_runtime_model()
+        graph = self.out_dir / f"{self.onnx_path.stem}.openvino.xml"
+        self._ov.serialize(runtime, str(graph))
+        counts = precision_counts(runtime)
+        self.artifacts = {"onnx": self.onnx_path, "runtime_graph": graph}
+        self.info = {
+            **integer_evidence(counts),
+            "runtime_precisions": counts,
+            "inference_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT")),
+            "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+            "version": self._ov.get_version(),
+        }
+
+    def _read(self) -> Any:
+        try:
+            return self._core.read_model(str(self.onnx_path))
+        except Exception as err:  # OpenVINO raises its own exception types
+            raise RuntimeError(
+                f"OpenVINO could not read {self.onnx_path}: {_first_lines(err)}. The ONNX file "
+                "is kept; run it on another backend (e.g. backends=('onnxruntime',)) or report "
+                "the operator to OpenVINO."
+            ) from err
+
+    def _for_batch(self, batch_size: int) -> tuple[Any, Any]:
+        """The compiled model and an infer request for a static batch size (cached)."""
+        if batch_size not in self._compiled:
+            model = self._model.clone()
+            config = {
+                "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_NUM_THREADS": self.threads or default_threads(),
+                "INFERENCE_PRECISION_HINT": "f32",
+            }
+            try:
+                model.reshape({model.inputs[0]: [batch_size, *self._dims]})
+                compiled = self._core.compile_model(model, "CPU", config)
+            except Exception as err:  # OpenVINO raises its own exception types
+                raise RuntimeError(
+                    f"OpenVINO could not compile {self.onnx_path} at batch {batch_size}: "
+                    f"{_first_lines(err)}. The ONNX file is kept."
+                ) from err
+            self._compiled[batch_size] = (compiled, compiled.create_infer_request())
+        return self._compiled[batch_size]
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        _, request = self._for_batch(int(inputs.shape[0]))
+        request.infer({0: np.ascontiguousarray(inputs, dtype=self._dtype)})
+        return np.array(request.get_output_tensor(0).data, copy=True)
+
+    def latency(self, batch_size: int, runs: int = 50) -> Latency:
+        if batch_size < 1 or runs < 1:
+            raise ValueError(f"batch_size and runs must be >= 1; got {batch_size}, {runs}")
+        compiled, request = self._for_batch(batch_size)
+        feed = {0: random_batch(self._dims, self._dtype, batch_size, self.input_bounds)}
+        times = time_calls(lambda: request.infer(feed, share_inputs=True), 10, runs, 1.0)
+        return summarize_times(
+            times, batch_size, int(compiled.get_property("INFERENCE_NUM_THREADS"))
+        )
+
+
+def _first_lines(err: BaseException, lines: int = 3) -> str:
+    """OpenVINO's message without its C++ source locations, shortened."""
+    text = [line.strip() for line in str(err).splitlines() if line.strip()]
+    kept = [line for line in text if not line.startswith(("Check '", "/"))] or text
+    return " ".join(kept[:lines]) or type(err).__name__
+
+
+def compile_openvino(onnx_path: Path, out_dir: Path, threads: int | None = None) -> OpenVINOModel:
+    """Read an ONNX file with OpenVINO and compile it for the CPU (batch 1 first).
+
+    Args:
+        onnx_path: The ONNX model.
+        out_dir: Folder for the executed graph; created if missing.
+        threads: ``INFERENCE_NUM_THREADS``; default: all cores.
+
+    Raises:
+        RuntimeError: If OpenVINO is not installed (naming the extra), or cannot read or
+            compile the graph (its message; the ONNX file is left as it is).
+    """
+    BACKEND.require()
+    if not Path(onnx_path).is_file():
+        raise RuntimeError(f"No ONNX model at {onnx_path}. Export one with to_onnx() first.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return OpenVINOModel(Path(onnx_path), Path(out_dir), threads)
+
+
+__all__ = [
+    "BACKEND",
+    "OpenVINOModel",
+    "compile_openvino",
+    "integer_evidence",
+    "openvino_problem",
+    "precision_counts",
+]
