@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_accel.data.sampling import EpochShuffleSampler
+from lightning_accel.export.manifest import ImagePreprocessing
 from lightning_accel.utilities.imports import require
 from lightning_accel.utilities.validation import check_int, check_number
 
@@ -34,6 +35,10 @@ class DigitsDataModule(pl.LightningDataModule):
     num_classes = 10
     in_channels = 1
     image_size = 8
+    # load_digits_tensors maps the 0..16 intensities to x / 8 - 1 = (x / 16 - 0.5) / 0.5: an
+    # 8-bit image (0..255, ink bright) gets the same with pixel / 255 (export/manifest.py).
+    preprocessing = ImagePreprocessing(image_size=(8, 8), channels=1, mean=(0.5,), std=(0.5,))
+    class_names = tuple(str(digit) for digit in range(10))
 
     def __init__(self, batch_size: int = 64, val_fraction: float = 0.2, seed: int = 0) -> None:
         super().__init__()

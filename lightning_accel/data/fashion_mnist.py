@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_accel.data.idx import read_idx
 from lightning_accel.data.sampling import EpochShuffleSampler
+from lightning_accel.export.manifest import ImagePreprocessing
 from lightning_accel.utilities.validation import check_int
 
 DATA_DIR_ENV = "LIGHTNING_ACCEL_FASHION_MNIST"
@@ -97,6 +98,10 @@ class FashionMNISTDataModule(pl.LightningDataModule):
     num_classes = 10
     in_channels = 1
     image_size = 28
+    # What serving applies to an uploaded image (export/manifest.py): 8-bit pixels / 255, then
+    # the training set's mean and std, exactly as load_split does.
+    preprocessing = ImagePreprocessing(image_size=(28, 28), channels=1, mean=(MEAN,), std=(STD,))
+    class_names = CLASSES
 
     def __init__(
         self,

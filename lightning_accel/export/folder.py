@@ -23,6 +23,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from lightning_accel.export.compare import json_ready
+from lightning_accel.export.manifest import MANIFEST_NAME, write_manifest
 from lightning_accel.utilities.files import atomic_write
 
 LOCK_NAME = ".lightning_accel.lock"
@@ -36,6 +37,7 @@ EXPORT_FILES = (
     "baseline.onnx",
     "baseline.onnx.data",
     "summary.json",
+    MANIFEST_NAME,
 )
 
 
@@ -119,17 +121,30 @@ class ExportFolder:
             f"to {destination} so that they are not taken for this run's. Nothing was deleted."
         )
 
-    def write_summary(self, summary: dict[str, Any], written: Sequence[Path]) -> dict[str, Any]:
-        """Write ``summary.json`` with this run's section first; strict JSON, atomically.
+    def write_summary(
+        self, summary: dict[str, Any], written: Sequence[Path], data: object = None
+    ) -> dict[str, Any]:
+        """Write ``manifest.json``, then ``summary.json`` with this run's section first.
+
+        Both are written atomically; the summary is strict JSON. A manifest that cannot be
+        written (an unreadable ONNX file) is noted in the summary's ``notes``; the export stands.
 
         Args:
             summary: The export's results.
             written: Files and folders the run wrote; those that exist are listed with sizes.
+            data: The data module (class or instance) the model learned from, for the
+                manifest's preprocessing and class names (see ``export/manifest.py``).
 
         Returns:
             What was written: ``{"run": {id, started, finished, files}, **summary}`` with every
             non-finite number as ``None``.
         """
+        try:
+            manifest = write_manifest(self.dirpath, {"run": self.run, **summary}, data)
+            written = [*written, manifest]
+        except (OSError, ValueError) as err:
+            notes = list(summary.get("notes") or [])
+            summary = {**summary, "notes": [*notes, f"{MANIFEST_NAME} not written: {err}"]}
         run = {
             **self.run,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
