@@ -269,6 +269,7 @@ class ExportOnFitEnd(AccelCallback):
         self.summary = self.folder.write_summary(
             {"accuracy": _metric(trainer, "val/acc"), **outcome.summary},
             [checkpoint, *outcome.files],
+            data=trainer.datamodule,  # preprocessing and class names for manifest.json
         )
         rank_zero_info(format_summary(self.summary))
         artifacts = [outcome.onnx_path, self.dirpath / "summary.json"]

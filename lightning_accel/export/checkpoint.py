@@ -17,6 +17,7 @@ from torch import Tensor
 
 from lightning_accel.backends import BACKENDS
 from lightning_accel.checkpointing.structural_log import compression_history
+from lightning_accel.data.fashion_mnist import FashionMNISTDataModule
 from lightning_accel.export.compare import (
     Comparison,
     ComparisonSettings,
@@ -251,6 +252,7 @@ def export_checkpoint(
                 **outcome.summary,
             },
             outcome.files,
+            data=FashionMNISTDataModule if source == "fashion-mnist test" else None,  # manifest
         )
     finally:
         folder.release()
