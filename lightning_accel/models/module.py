@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_accel.checkpointing.structural_log import CompressionCheckpointMixin
+from lightning_accel.distillation import distill
 from lightning_accel.models import zoo
 from lightning_accel.utilities.validation import check_int, check_number
 
@@ -79,7 +80,8 @@ class ClassificationModule(CompressionCheckpointMixin, pl.LightningModule):
         self.train_accuracy(logits, y)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", self.train_accuracy, on_step=False, on_epoch=True)
-        return loss
+        # train/loss stays the cross-entropy; a Distillation callback adds its term here.
+        return distill(self, x, logits, loss)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.val_accuracy, "val")
