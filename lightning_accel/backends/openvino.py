@@ -145,7 +145,7 @@ class OpenVINOModel:
         self.info = {
             **integer_evidence(counts),
             "runtime_precisions": counts,
-            "inference_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT")),
+            "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
             "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
             "version": self._ov.get_version(),
         }
@@ -196,10 +196,10 @@ class OpenVINOModel:
         )
 
 
-def _first_lines(err: BaseException, lines: int = 3) -> str:
+def _first_lines(err: BaseException, lines: int = 4) -> str:
     """OpenVINO's message without its C++ source locations, shortened."""
     text = [line.strip() for line in str(err).splitlines() if line.strip()]
-    kept = [line for line in text if not line.startswith(("Check '", "/"))] or text
+    kept = [line for line in text if not line.startswith(("Check '", "Exception from"))] or text
     return " ".join(kept[:lines]) or type(err).__name__
 
 

@@ -156,6 +156,9 @@ def export_and_compare(
         summary["backends"][backend] = entry
         if mismatch:
             outcome.mismatches.append(mismatch)
+    add_reference_speedups(summary["backends"])
+    if quantized:
+        summary["notes"] += integer_coverage_notes(summary["backends"])
     outcome.summary = json_ready(summary)
     return outcome
 
@@ -238,14 +241,74 @@ def _run_backend(
 
 
 def _qdq_notes(target: str | None, backends: Sequence[str]) -> list[str]:
-    """A note per backend that runs Q/DQ trained for another backend's kernels."""
+    """A note per backend that runs Q/DQ trained in another flavour than its own.
+
+    Backends that want the same flavour (ONNX Runtime and OpenVINO) get no note.
+    """
+    if target is None:
+        return []
     return [
         f"Quantized for {target!r} but run on {name!r}: {get_backend(name).title} executes "
-        f"this Q/DQ flavour without its own integer kernels; QuantizationAware(backend={name!r}) "
-        "trains the flavour it runs fastest."
+        "this Q/DQ flavour, not the one it runs fastest (see its integer-op counts); "
+        f"QuantizationAware(backend={name!r}) trains that one."
         for name in backends
-        if target is not None and name != target and target in get_backend(name).runs_qdq_of
+        if get_backend(name).qdq != get_backend(target).qdq
+        and target in get_backend(name).runs_qdq_of
     ]
+
+
+REFERENCE_BACKEND = "onnxruntime"
+# Operators of ONNX Runtime's optimized graph that carry multiply-accumulates in float.
+_ORT_FLOAT_COMPUTE = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul")
+
+
+def add_reference_speedups(backends: dict[str, Any]) -> None:
+    """Add each runtime's speedup over ONNX Runtime's fp32 baseline to its latency rows.
+
+    ``vs_onnxruntime_fp32`` (ONNX Runtime's baseline ms / this model's ms) shows compression
+    and runtime together; ``baseline_vs_onnxruntime_fp32`` the runtime alone (same fp32 file).
+    Nothing is added without an ONNX Runtime baseline at that batch size.
+    """
+    reference = backends.get(REFERENCE_BACKEND, {}).get("latency", {})
+    for entry in backends.values():
+        for batch, row in entry.get("latency", {}).items():
+            base = reference.get(batch, {}).get("baseline_ms")
+            if base is None:
+                continue
+            row["vs_onnxruntime_fp32"] = base / row["model_ms"]
+            row["baseline_vs_onnxruntime_fp32"] = base / row["baseline_ms"]
+
+
+def integer_ops(info: dict[str, Any]) -> tuple[int, int] | None:
+    """Executed convolutions/matmuls on integer kernels and in all, from a backend's info.
+
+    OpenVINO reports them from its runtime graph (``integer_ops``/``float_ops``); ONNX
+    Runtime from its optimized graph (``integer_kernels`` vs float Conv/Gemm/MatMul left).
+    ``None`` where a backend reports neither (TensorRT).
+    """
+    if "integer_ops" in info:
+        integer = sum(info["integer_ops"].values())
+        return integer, integer + sum(info.get("float_ops", {}).values())
+    if "integer_kernels" in info:
+        integer = sum(n for op, n in info["integer_kernels"].items() if op != "QLinearAdd")
+        operators = info.get("operators", {})
+        return integer, integer + sum(operators.get(op, 0) for op in _ORT_FLOAT_COMPUTE)
+    return None
+
+
+def integer_coverage_notes(backends: dict[str, Any]) -> list[str]:
+    """A note per runtime that runs some convolutions/matmuls of a Q/DQ model in float."""
+    notes = []
+    for name, entry in backends.items():
+        counts = integer_ops(entry.get("info", {}))
+        if counts is not None and counts[0] < counts[1]:
+            notes.append(
+                f"{get_backend(name).title} runs {counts[1] - counts[0]} of {counts[1]} "
+                "convolutions/matmuls of this quantized model in float, not on integer kernels "
+                "(they lack Q/DQ on an input or weight, or the runtime cannot fuse them): the "
+                "int8 speedup applies to the rest only."
+            )
+    return notes
 
 
 def runtime_notes(model: nn.Module) -> list[str]:
@@ -256,8 +319,9 @@ def runtime_notes(model: nn.Module) -> list[str]:
     notes = []
     if any(isinstance(m, BINARY_LAYERS) for m in model.modules()):
         notes.append(
-            "Binarized layers: neither ONNX Runtime nor TensorRT has 1-bit kernels. The export "
-            "runs them as int8 (QLinearConv in ONNX Runtime); the size gain comes from "
+            "Binarized layers: neither ONNX Runtime, OpenVINO nor TensorRT has 1-bit kernels. "
+            "The export runs them as int8 (QLinearConv in ONNX Runtime, u8/i8 convolutions in "
+            "OpenVINO); the size gain comes from "
             "lightning_accel.binarization.save_packed (1 bit per weight)."
         )
     low_bits = [
@@ -292,23 +356,31 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"accuracy: {accuracy:.4f}" if accuracy is not None else "accuracy: n/a",
         size,
-        "| backend | batch | model ms | baseline ms | speedup | verification |",
-        "|---|---|---|---|---|---|",
+        "| backend | batch | model ms | baseline ms | speedup | vs ORT fp32 | int8 ops "
+        "| verification |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for backend, entry in summary["backends"].items():
         if "error" in entry:
-            lines.append(f"| {backend} | - | - | - | - | error: {entry['error'][:80]} |")
+            lines.append(f"| {backend} | - | - | - | - | - | - | error: {entry['error'][:80]} |")
             continue
         check = entry.get("verification", {})
         verdict = "passed" if check.get("passed") else ("FAILED" if check else "skipped")
+        counts = integer_ops(entry.get("info", {}))
+        ops = "n/a" if counts is None else f"{counts[0]}/{counts[1]}"
         for batch, row in entry.get("latency", {"-": None}).items():
             if row is None:
-                lines.append(f"| {backend} | - | - | - | - | {verdict} |")
+                lines.append(f"| {backend} | - | - | - | - | - | {ops} | {verdict} |")
             else:
                 lines.append(
                     f"| {backend} | {batch} | {_figure(row['model_ms'])} | "
-                    f"{_figure(row['baseline_ms'])} | {_figure(row['speedup'], 'x')} | {verdict} |"
+                    f"{_figure(row['baseline_ms'])} | {_figure(row['speedup'], 'x')} | "
+                    f"{_figure(row.get('vs_onnxruntime_fp32'), 'x')} | {ops} | {verdict} |"
                 )
+    lines.append(
+        "speedup: against the same runtime's fp32 baseline; vs ORT fp32: against ONNX "
+        "Runtime's fp32 baseline; int8 ops: convolutions/matmuls on integer kernels / all"
+    )
     lines += [f"note: {note}" for note in summary.get("notes", [])]
     return "\n".join(lines)
 

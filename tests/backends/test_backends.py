@@ -36,9 +36,12 @@ def test_onnxruntime_saves_its_optimized_graph_and_runs_like_torch(small_onnx, t
 def test_unknown_backend_lists_the_valid_ones() -> None:
     with pytest.raises(
         ValueError,
-        match=r"Unknown backend 'openvino' in backends; choose from \['onnxruntime', 'tensorrt'\]",
+        match=(
+            r"Unknown backend 'coreml' in backends; "
+            r"choose from \['onnxruntime', 'openvino', 'tensorrt'\]"
+        ),
     ):
-        check_backends(("onnxruntime", "openvino"))
+        check_backends(("onnxruntime", "coreml"))
 
 
 @pytest.mark.skipif(

@@ -34,9 +34,9 @@ def test_the_literal_type_and_the_registry_agree() -> None:
 @pytest.mark.bad_input("constructor")
 def test_unknown_backend_names_the_argument_and_the_valid_ones() -> None:
     with pytest.raises(
-        ValueError, match=r"Unknown backend 'openvino' in backends; choose from \['onnxruntime'"
+        ValueError, match=r"Unknown backend 'coreml' in backends; choose from \['onnxruntime'"
     ):
-        check_backends(("onnxruntime", "openvino"))
+        check_backends(("onnxruntime", "coreml"))
     with pytest.raises(ValueError, match="must name at least one of"):
         check_backends(())
     assert check_backends("onnxruntime") == ("onnxruntime",)

@@ -86,7 +86,7 @@ def test_every_public_callback_derives_from_the_base_and_is_covered() -> None:
         (lambda: LatencyMonitor(runs="20"), r"runs must be an integer >= 1; got '20'"),
         (lambda: GradualPruning(0.5, criterion="l3"), r"criterion must be one of \['l1', 'l2'"),
         (lambda: QuantizationAware(start_epoch=True), r"start_epoch must be an integer >= 0"),
-        (lambda: QuantizationAware(backend="openvino"), r"Unknown backend 'openvino'"),
+        (lambda: QuantizationAware(backend="coreml"), r"Unknown backend 'coreml'"),
         (
             lambda: QuantizationAware(freeze_bn_epoch=True),
             r"freeze_bn_epoch must be an integer >= 0 or None; got True",

@@ -170,7 +170,7 @@ def test_unquantizable_models_fail_before_training_and_stay_intact(
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"backend": "openvino"}, r"Unknown backend 'openvino' in QuantizationAware\(backend"),
+        ({"backend": "coreml"}, r"Unknown backend 'coreml' in QuantizationAware\(backend"),
         ({"weight_bits": 1}, "weight_bits must be an integer from 2 to 8"),
         ({"weight_bits": 16}, "weight_bits must be an integer from 2 to 8"),
         ({"activation_bits": 9}, "activation_bits must be an integer from 2 to 8"),
