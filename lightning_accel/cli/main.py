@@ -22,7 +22,7 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
             "Exit code 2: bad input (nothing has run)."
         ),
     )
-    from lightning_accel.cli.fit_job import add_fit_arguments
+    from lightning_accel.cli.fit_args import add_fit_arguments
 
     add_fit_arguments(p)
 
@@ -128,17 +128,20 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 
 def _run_recipe(args: argparse.Namespace) -> int:
-    from lightning_accel.cli.fit_job import refuse_main_job_flags
-    from lightning_accel.recipes.run import run_recipe, summary_table
+    from lightning_accel.cli.fit_args import main_job_flags_as_overrides
 
-    refuse_main_job_flags(args)
-    overrides = list(args.overrides) + list(args.positional_overrides)
+    recipe = _resolve_recipe(args.recipe)
+    # Main-job flags become the recipe keys they stand for (or are refused); --set wins.
+    overrides = main_job_flags_as_overrides(args)
+    overrides += list(args.overrides) + list(args.positional_overrides)
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
     if args.latency_budget_ms is not None and args.latency_budget_ms <= 0:
         raise ValueError(f"--latency-budget-ms must be > 0; got {args.latency_budget_ms}")
+    from lightning_accel.recipes.run import run_recipe, summary_table
+
     summary = run_recipe(
-        args.recipe,
+        recipe,
         overrides,
         quick=args.quick,
         logger=args.logger or "csv",
@@ -149,6 +152,27 @@ def _run_recipe(args: argparse.Namespace) -> int:
     print()
     print(summary_table(summary))
     return 0
+
+
+def _resolve_recipe(name: str) -> str:
+    """A recipe file by path or bundled name; says where a bundled one lives.
+
+    Raises:
+        FileNotFoundError: Naming the bundled recipes.
+    """
+    from pathlib import Path
+
+    from lightning_accel.recipes.files import bundled_recipes, find_recipe
+
+    found = find_recipe(name)
+    if found is None:
+        names = ", ".join(p.stem for p in bundled_recipes())
+        raise FileNotFoundError(
+            f"Recipe {name} does not exist: give a recipe file or a bundled name ({names})."
+        )
+    if not Path(name).is_file():
+        print(f"lightning-accel: recipe {name}: {found}", file=sys.stderr)
+    return str(found)
 
 
 def _sweep_parser(sub: argparse._SubParsersAction) -> None:
@@ -170,6 +194,14 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", default="runs/sweeps", help="default: %(default)s")
     p.add_argument("--project", default="lightning-accel", help="W&B project")
     p.add_argument("--seed", type=int, default=0, help="seed of random search")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a recipe override for every trial, e.g. trainer.max_epochs=3 (checked first)",
+    )
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
@@ -179,7 +211,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from lightning_accel.sweeps.results import format_trials, log_sweep_to_wandb, mark_pareto_front
     from lightning_accel.sweeps.runner import fetch_agent_trials, run_local, run_with_agent
 
-    sweep = SweepConfig.from_yaml(args.config)
+    sweep = SweepConfig.from_yaml(args.config, extra_overrides=args.overrides)
     out = Path(args.output_dir) / sweep.path.stem
     if args.local:
         trials = run_local(
@@ -262,7 +294,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def _list_recipes() -> int:
-    from lightning_accel.recipes.recipe import bundled_recipes, description_of
+    from lightning_accel.recipes.files import bundled_recipes, description_of
 
     for path in bundled_recipes():
         print(f"{path.stem:20s} {description_of(path.read_text())}")
@@ -274,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="lightning-accel", description="Training-time model acceleration for Lightning."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _fit_parser(sub)
     _recipes_parser(sub)
@@ -296,6 +329,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as err:  # a runtime failed (e.g. TensorRT without a GPU)
         _print_error(err)
         return 1
+
+
+def _version() -> str:
+    """The installed distribution's version, else the package's own."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lightning-accel")
+    except PackageNotFoundError:
+        from lightning_accel import __version__
+
+        return __version__
 
 
 def _print_error(err: BaseException) -> None:

@@ -6,7 +6,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lightning_accel.backends import get_backend
+from lightning_accel.backends.timing import compare_latency, default_threads
 from lightning_accel.export.compare import no_progress
 
 
@@ -75,19 +78,60 @@ def bench_onnx(
     rows = []
     for batch_size in batch_sizes:
         progress(f"timing batch {batch_size}")
-        measured = model.latency(batch_size, runs)
-        row: dict[str, Any] = {
-            "batch": batch_size,
-            "model_ms": measured.median_ms,
-            "p90_ms": measured.p90_ms,
-            "iqr_ms": measured.iqr_ms,
-            "throughput": measured.throughput,
-        }
-        if baseline is not None:
-            row["baseline_ms"] = baseline.latency(batch_size, runs).median_ms
-            row["speedup"] = row["baseline_ms"] / row["model_ms"]
-        rows.append(row)
+        inputs = random_onnx_input(onnx_path, batch_size)
+        if baseline is None:
+            measured = model.latency(batch_size, runs)
+            rows.append(
+                {
+                    "batch": batch_size,
+                    "model_ms": measured.median_ms,
+                    "p90_ms": measured.p90_ms,
+                    "iqr_ms": measured.iqr_ms,
+                    "throughput": measured.throughput,
+                }
+            )
+            continue
+        # Alternating rounds: drift on a shared machine lands on both sides, not one.
+        compared = compare_latency(
+            model, baseline, inputs, batch_size, runs, threads=threads or default_threads()
+        )
+        row = compared.as_row()
+        rows.append(
+            {
+                "batch": batch_size,
+                **row,
+                "p90_ms": row["model_p90_ms"],
+                "iqr_ms": row["model_iqr_ms"],
+            }
+        )
     return rows
+
+
+def random_onnx_input(path: Path, batch_size: int, seed: int = 0) -> np.ndarray:
+    """Seeded random inputs for an ONNX model's first input: normal floats, or 0/1 integers.
+
+    Raises:
+        ValueError: If a non-batch dimension of the input is not fixed.
+    """
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    first = next(i for i in graph.input if i.name not in initializers)
+    tensor = first.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim][1:]
+    if any(d is None for d in dims):
+        raise ValueError(
+            f"{path}: input {first.name!r} has dynamic non-batch dimensions; export with a fixed "
+            "input size."
+        )
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+    rng = np.random.default_rng(seed)
+    shape = (batch_size, *[int(d) for d in dims if d is not None])
+    if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+        return rng.integers(0, 2, shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
 
 
 def format_bench(rows: list[dict[str, Any]], backend: str) -> str:
@@ -96,7 +140,7 @@ def format_bench(rows: list[dict[str, Any]], backend: str) -> str:
     header = "| backend | batch | median ms | p90 ms | inputs/s |"
     rule = "|---|---|---|---|---|"
     if with_baseline:
-        header += " baseline ms | speedup |"
+        header += " baseline ms | speedup (IQR) |"
         rule += "---|---|"
     lines = [header, rule]
     for row in rows:
@@ -105,6 +149,17 @@ def format_bench(rows: list[dict[str, Any]], backend: str) -> str:
             f"{row['throughput']:,.0f} |"
         )
         if with_baseline:
-            line += f" {row['baseline_ms']:.3f} | {row['speedup']:.2f}x |"
+            line += (
+                f" {row['baseline_ms']:.3f} | {row['speedup']:.2f}x "
+                f"({row['speedup_p25']:.2f}-{row['speedup_p75']:.2f}) |"
+            )
         lines.append(line)
+    if with_baseline:
+        lines.append(
+            "speedup: median of per-round ratios (interquartile range), model and baseline timed "
+            "in alternating rounds"
+        )
+        lines += [
+            f"warning: batch {row['batch']}: {row['warning']}" for row in rows if row.get("warning")
+        ]
     return "\n".join(lines)

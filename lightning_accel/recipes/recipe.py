@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import inspect
-import sys
 from collections.abc import Sequence
 from copy import deepcopy as _deepcopy
 from dataclasses import dataclass, field
@@ -29,6 +28,11 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 
+from lightning_accel.recipes.files import (  # noqa: F401 - their old home
+    RECIPES_DIR,
+    bundled_recipes,
+    description_of,
+)
 from lightning_accel.recipes.typecheck import (
     import_class,
     read_yaml,
@@ -75,16 +79,6 @@ _SLOTS = {
         Logger, "lightning.pytorch.loggers.Logger", "lightning.pytorch.loggers.CSVLogger"
     ),
 }
-
-
-def _recipes_dir() -> Path:
-    """The checkout's ``recipes/``, else the copy a wheel installs under ``<prefix>/share``."""
-    checkout = Path(__file__).resolve().parents[2] / "recipes"
-    installed = Path(sys.prefix) / "share" / "lightning-accel" / "recipes"
-    return checkout if checkout.is_dir() or not installed.is_dir() else installed
-
-
-RECIPES_DIR = _recipes_dir()
 
 
 class RecipeError(ValueError):
@@ -395,16 +389,3 @@ def _show(value: Any) -> str:
 def _short_name(entry: Any) -> str:
     class_path = entry.get("class_path", "?") if isinstance(entry, dict) else "?"
     return CALLBACK_NAMES.get(class_path, str(class_path).rpartition(".")[2].lower())
-
-
-def description_of(text: str) -> str:
-    """A recipe's first comment line, its one-line description."""
-    for line in text.splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-    return ""
-
-
-def bundled_recipes() -> list[Path]:
-    """The recipe files shipped in ``recipes/``."""
-    return sorted(RECIPES_DIR.glob("*.yaml"))

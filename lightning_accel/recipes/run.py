@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_warn
@@ -15,17 +17,36 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_accel.callbacks.export import ExportOnFitEnd
 from lightning_accel.callbacks.latency import LatencyMonitor
 from lightning_accel.export.compare import format_summary
-from lightning_accel.recipes.recipe import Recipe, RecipeError
+from lightning_accel.recipes.recipe import Recipe, RecipeError, _short_name
 from lightning_accel.sweeps.objective import trial_result
 from lightning_accel.utilities.files import atomic_write
 
 LoggerName = Literal["wandb", "csv", "none"]
 
 
-def quick_overrides(recipe: Recipe, output_dir: Path) -> list[str]:
-    """Overrides that shrink a recipe to a smoke run of a minute or less."""
-    # Pruning ends at epoch 1; quantization or binarization, when the recipe has it, takes a
-    # third epoch.
+# Schedule arguments in epochs that --quick scales with the epochs; step counts are dropped.
+EPOCH_ARGUMENTS = ("start_epoch", "end_epoch", "freeze_observers_epoch", "freeze_bn_epoch")
+STEP_ARGUMENTS = ("update_every_n_steps",)
+
+
+def quick_overrides(recipe: Recipe, output_dir: Path | None = None) -> list[str]:
+    """Overrides that shrink a recipe to a smoke run of a minute or less.
+
+    Training runs 2 epochs (3 when the recipe quantizes or binarizes) of 4 batches, and every
+    callback schedule in epochs is scaled with the epochs: an epoch ``e`` of a ``max_epochs=E``
+    recipe becomes ``round(e * quick / E)``, kept below the last epoch, with a start still
+    before its end (a freeze epoch that lands on its start is dropped). ``every_n_epochs`` is
+    scaled the same way (at least 1). Pass the recipe with the user's overrides applied: the
+    schedules scaled are the ones the run would use.
+
+    Args:
+        recipe: The recipe, overrides included.
+        output_dir: Unused; kept for callers of the earlier signature.
+
+    Returns:
+        ``key=value`` overrides to apply after the user's.
+    """
+    del output_dir
     quantized = recipe.callback_config("quantization") is not None
     binarized = recipe.callback_config("binarization") is not None
     epochs = 3 if quantized or binarized else 2
@@ -37,23 +58,16 @@ def quick_overrides(recipe: Recipe, output_dir: Path) -> list[str]:
     ]
     if "cosine_epochs" in recipe.config["model"].get("init_args", {}):
         overrides.append(f"model.cosine_epochs={epochs}")
-    if recipe.callback_config("pruning") is not None:
-        overrides += [
-            "callbacks.pruning.start_epoch=0",
-            "callbacks.pruning.end_epoch=1",
-            "callbacks.pruning.update_every_n_steps=null",
-        ]
-    if quantized:
-        overrides += [
-            "callbacks.quantization.start_epoch=2",
-            "callbacks.quantization.freeze_observers_epoch=null",
-            "callbacks.quantization.freeze_bn_epoch=null",
-        ]
-    if binarized:
-        overrides += [
-            "callbacks.binarization.start_epoch=2",
-            "callbacks.binarization.end_epoch=null",
-        ]
+    recipe_epochs = recipe.config.get("trainer", {}).get("max_epochs")
+    full = recipe_epochs if isinstance(recipe_epochs, int) and recipe_epochs > 0 else epochs
+    names = [_short_name(entry) for entry in recipe.config.get("trainer", {}).get("callbacks", [])]
+    scaled = {
+        name: scaled_schedule(recipe.callback_config(name) or {}, full, epochs) for name in names
+    }
+    _keep_phases_apart(recipe, scaled, epochs)
+    for name, changed in scaled.items():
+        for key, value in changed.items():
+            overrides.append(f"callbacks.{name}.{key}={'null' if value is None else value}")
     if recipe.callback_config("latency") is not None:
         overrides.append("callbacks.latency.runs=3")
     if recipe.callback_config("export") is not None:
@@ -67,6 +81,67 @@ def quick_overrides(recipe: Recipe, output_dir: Path) -> list[str]:
             # a few of them: a smoke run reports the verification instead of failing on it.
             overrides.append("callbacks.export.on_verification_failure=warn")
     return overrides
+
+
+def _keep_phases_apart(recipe: Recipe, scaled: dict[str, dict[str, Any]], epochs: int) -> None:
+    """Quantization or binarization that started after pruning ended still does, once scaled."""
+    pruning = recipe.callback_config("pruning") or {}
+    prune = scaled.get("pruning", {})
+    for name in ("quantization", "binarization"):
+        args = recipe.callback_config(name)
+        end = pruning.get("end_epoch")
+        if args is None or not isinstance(end, int) or args.get("start_epoch", 0) <= end:
+            continue
+        later = scaled[name]
+        prune_end = prune.get("end_epoch", end)
+        start = min(max(later.get("start_epoch", 0), prune_end + 1), epochs - 1)
+        later["start_epoch"] = start
+        prune["end_epoch"] = min(prune_end, start - 1)
+        prune["start_epoch"] = min(
+            prune.get("start_epoch", pruning.get("start_epoch", 0)), max(prune["end_epoch"] - 1, 0)
+        )
+        for key in ("freeze_observers_epoch", "freeze_bn_epoch"):
+            if later.get(key) is not None and later[key] <= start:
+                later[key] = None
+    if prune:
+        scaled["pruning"] = prune
+
+
+def scaled_schedule(args: dict[str, Any], epochs: int, quick: int) -> dict[str, int | None]:
+    """A callback's schedule arguments scaled from ``epochs`` to ``quick`` epochs.
+
+    Args:
+        args: The callback's ``init_args``.
+        epochs: The run's ``max_epochs``.
+        quick: The shortened run's ``max_epochs``.
+
+    Returns:
+        The arguments to change, e.g. ``{"start_epoch": 0, "end_epoch": 1}`` for a pruning
+        schedule 1..4 of 6 epochs shortened to 2; step counts become ``None``.
+
+    Example:
+        >>> scaled_schedule({"start_epoch": 1, "end_epoch": 4}, 6, 2)
+        {'start_epoch': 0, 'end_epoch': 1}
+    """
+    changed: dict[str, int | None] = {}
+    for key in EPOCH_ARGUMENTS:
+        value = args.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            changed[key] = min(round(value * quick / epochs), quick - 1)
+    start, end = changed.get("start_epoch", args.get("start_epoch", 0)), changed.get("end_epoch")
+    if isinstance(start, int) and end is not None and end <= start:
+        changed["start_epoch"] = start = max(end - 1, 0)
+        changed["end_epoch"] = end = start + 1
+    for key in ("freeze_observers_epoch", "freeze_bn_epoch"):
+        if changed.get(key) is not None and isinstance(start, int) and changed[key] <= start:  # type: ignore[operator]
+            changed[key] = None
+    every = args.get("every_n_epochs")
+    if isinstance(every, int) and not isinstance(every, bool):
+        changed["every_n_epochs"] = max(1, min(round(every * quick / epochs), quick))
+    for key in STEP_ARGUMENTS:
+        if args.get(key) is not None:
+            changed[key] = None
+    return changed
 
 
 def make_logger(kind: LoggerName, output_dir: Path, name: str) -> Logger | bool:
@@ -83,7 +158,8 @@ def make_logger(kind: LoggerName, output_dir: Path, name: str) -> Logger | bool:
     if kind == "wandb":
         from lightning_accel.tracking.wandb_logging import wandb_logger
 
-        return wandb_logger(save_dir=output_dir, name=name)
+        # A local sweep names each trial after its values (WANDB_NAME) and groups them.
+        return wandb_logger(save_dir=output_dir, name=os.environ.get("WANDB_NAME") or name)
     if kind == "csv":
         return CSVLogger(output_dir, name=name)
     return False
@@ -140,13 +216,16 @@ def run_recipe(
             f"{path}: ExportOnFitEnd writes to {out / 'export'} (under --output-dir), not to the "
             f"recipe's dirpath {own}; pass --set callbacks.export.dirpath={own} to keep it."
         )
-    extra = quick_overrides(recipe, out) if quick else []
     threaded = [
         f"callbacks.{name}.threads={threads}"
         for name in ("latency", "export")
         if threads is not None and recipe.callback_config(name) is not None
     ]
-    recipe = Recipe.from_yaml(path, placed + extra + threaded + list(overrides or []))
+    applied = placed + threaded + list(overrides or [])
+    if quick:  # scaled from the schedules the user's overrides set, so applied after them
+        applied += quick_overrides(Recipe.from_yaml(path, applied))
+    recipe = Recipe.from_yaml(path, applied)
+    save_resolved_recipe(recipe, out / "config.yaml", applied)
     trainer_kwargs = recipe.trainer_kwargs()
     named = trainer_kwargs.pop("logger", None)
     if named is True:
@@ -168,6 +247,9 @@ def run_recipe(
         callbacks=callbacks,
         logger=[each for each in loggers if isinstance(each, Logger)] or False,
     )
+    hyperparameters = recipe_hyperparameters(recipe, applied, quick)
+    for each in trainer.loggers:
+        each.log_hyperparams(hyperparameters)
     trainer.fit(recipe.build_model(), datamodule=recipe.datamodule())
     export = next((c for c in callbacks if isinstance(c, ExportOnFitEnd)), None)
     summary = export.summary if export is not None else {}
@@ -179,6 +261,57 @@ def run_recipe(
         final = {**last_logged_values(trainer, callbacks), **result}
         atomic_write(out / "trial.json", json.dumps({**final, "overrides": overrides or []}))
     return summary
+
+
+def save_resolved_recipe(recipe: Recipe, path: Path, overrides: list[str]) -> Path:
+    """Write the recipe as this run uses it (overrides applied), as LightningCLI's ``config.yaml``.
+
+    ``lightning-accel fit --recipe <path>`` reruns it exactly, and LightningCLI reads it with
+    ``--config``. The header names the source recipe and the overrides applied.
+
+    Args:
+        recipe: The recipe, overrides applied.
+        path: The file to write (its folder is created).
+        overrides: The overrides that were applied, in order.
+
+    Returns:
+        ``path``.
+    """
+    header = f"# Resolved from {recipe.path}" + (
+        f" with overrides: {' '.join(overrides)}\n" if overrides else "\n"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, header + yaml.safe_dump(recipe.config, sort_keys=False))
+    return path
+
+
+def recipe_hyperparameters(recipe: Recipe, overrides: list[str], quick: bool) -> dict[str, Any]:
+    """Every setting of a recipe run as flat, dotted keys: what loggers record as hyperparameters.
+
+    Keys are the override keys (``callbacks.pruning.target_sparsity``, ``model.lr``,
+    ``data.train_size``, ``trainer.max_epochs``), so a local sweep's trials and W&B agent
+    trials name their swept values alike; plus ``recipe.name``, ``recipe.path``,
+    ``recipe.overrides`` and ``recipe.quick``.
+    """
+    config = recipe.config
+    flat: dict[str, Any] = {
+        "recipe.name": recipe.path.stem,
+        "recipe.path": str(recipe.path),
+        "recipe.overrides": list(overrides),
+        "recipe.quick": quick,
+        "seed_everything": config.get("seed_everything"),
+    }
+    for section in ("model", "data"):
+        entry = config.get(section) or {}
+        flat[f"{section}.class_path"] = entry.get("class_path")
+        flat.update({f"{section}.{k}": v for k, v in (entry.get("init_args") or {}).items()})
+    trainer = config.get("trainer") or {}
+    flat.update({f"trainer.{k}": v for k, v in trainer.items() if k not in ("callbacks", "logger")})
+    for entry in trainer.get("callbacks") or []:
+        name = _short_name(entry)
+        flat[f"callbacks.{name}.class_path"] = entry.get("class_path")
+        flat.update({f"callbacks.{name}.{k}": v for k, v in (entry.get("init_args") or {}).items()})
+    return flat
 
 
 def last_logged_values(trainer: pl.Trainer, callbacks: list[Callback]) -> dict[str, float]:

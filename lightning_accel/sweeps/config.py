@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_accel.recipes.files import find_recipe
 from lightning_accel.recipes.recipe import Recipe, RecipeError
 from lightning_accel.recipes.typecheck import read_yaml
 from lightning_accel.sweeps.objective import TRIAL_METRICS
@@ -54,6 +56,7 @@ class SweepConfig:
         recipe: The recipe each trial fits.
         fit_args: The trial command's ``fit`` options other than ``--recipe``.
         latency_budget_ms: The budget of ``sweep/objective``, if the command sets one.
+        extra_overrides: ``sweep --set`` overrides added to every trial (checked first).
     """
 
     path: Path
@@ -61,6 +64,7 @@ class SweepConfig:
     recipe: Path
     fit_args: list[str]
     latency_budget_ms: float | None
+    extra_overrides: list[str] = field(default_factory=list)
 
     @property
     def method(self) -> str:
@@ -74,9 +78,24 @@ class SweepConfig:
     def parameters(self) -> dict[str, dict[str, Any]]:
         return self.config["parameters"]
 
+    @property
+    def run_cap(self) -> int | None:
+        """W&B's ``run_cap``: the most trials the sweep runs, or ``None``."""
+        return self.config.get("run_cap")
+
+    def command_overrides(self) -> list[str]:
+        """The trial command's overrides (flags translated, ``--set``), then ``sweep --set``'s."""
+        from lightning_accel.cli.fit_args import check_recipe_fit_options
+
+        return check_recipe_fit_options(self.fit_args) + self.extra_overrides
+
     @classmethod
-    def from_yaml(cls, path: str | Path) -> SweepConfig:
+    def from_yaml(cls, path: str | Path, extra_overrides: Sequence[str] = ()) -> SweepConfig:
         """Read and validate a sweep file against W&B's keys and the recipe it sweeps.
+
+        Args:
+            path: The sweep file.
+            extra_overrides: ``key=value`` recipe overrides for every trial (``sweep --set``).
 
         Raises:
             SweepError: Naming the file, the key, the bad value and what is allowed.
@@ -102,7 +121,14 @@ class SweepConfig:
         recipe, fit_args, budget = _parse_command(
             path, config.get("command"), config.get("program")
         )
-        sweep = cls(path, config, recipe, fit_args, budget)
+        run_cap = config.get("run_cap")
+        if run_cap is not None and not (isinstance(run_cap, int) and run_cap >= 1):
+            raise SweepError(f"{path}: run_cap must be an integer >= 1; got {run_cap!r}")
+        sweep = cls(path, config, recipe, fit_args, budget, list(extra_overrides))
+        try:
+            Recipe.from_yaml(recipe, sweep.command_overrides())
+        except RecipeError as err:
+            raise SweepError(f"{path}: --set: {err}") from err
         sweep._check_parameters()
         sweep._check_metric()
         return sweep
@@ -133,9 +159,11 @@ class SweepConfig:
                     f"{self.path}: parameters.{key}: a grid sweep needs values: [...] "
                     "(min/max ranges need method: random or bayes)"
                 )
-            for value in _edge_values(spec):
+            for value in _edge_values(key, spec):
                 try:
-                    Recipe.from_yaml(self.recipe, self.overrides({key: value}))
+                    Recipe.from_yaml(
+                        self.recipe, self.command_overrides() + self.overrides({key: value})
+                    )
                 except RecipeError as err:
                     raise SweepError(
                         f"{self.path}: parameter {key}={value!r} does not fit recipe "
@@ -200,12 +228,23 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _edge_values(spec: dict[str, Any]) -> list[Any]:
+def _edge_values(key: str, spec: dict[str, Any]) -> list[Any]:
+    """A parameter's extreme values as W&B's engine draws them (log bounds are exponents)."""
     if "values" in spec:
         return list(spec["values"])
     if "value" in spec:
         return [spec["value"]]
-    return [spec["min"], spec["max"]]
+    try:
+        from lightning_accel.sweeps.search import sweep_engine
+
+        parameter = sweep_engine().params.HyperParameter(key, spec)
+        return [_plain(parameter.ppf(0.0)), _plain(parameter.ppf(1.0))]
+    except ModuleNotFoundError:  # validated against the raw bounds; trials need the engine
+        return [spec["min"], spec["max"]]
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
 
 
 def _parse_command(
@@ -240,18 +279,16 @@ def _parse_command(
             f"{path}: command must run `lightning-accel fit`; it runs {' '.join(launcher)!r} "
             f"(e.g. {example})"
         )
-    from lightning_accel.cli.fit_job import check_recipe_fit_options
+    from lightning_accel.cli.fit_args import check_recipe_fit_options
 
     try:
-        check_recipe_fit_options([*rest, "--recipe", str(recipe)])
+        command_overrides = check_recipe_fit_options([*rest, "--recipe", str(recipe)])
     except ValueError as err:
         raise SweepError(f"{path}: command: {err}") from err
-    overrides = argparse.ArgumentParser(add_help=False, exit_on_error=False)
-    overrides.add_argument("--set", dest="overrides", action="append", default=[])
     try:
-        # The command's own overrides go through the recipe's checks, class paths included.
-        Recipe.from_yaml(recipe, overrides.parse_known_args(rest)[0].overrides)
-    except (argparse.ArgumentError, RecipeError) as err:
+        # The command's own overrides (--set, translated flags) go through the recipe's checks.
+        Recipe.from_yaml(recipe, command_overrides)
+    except RecipeError as err:
         raise SweepError(f"{path}: command: {err}") from err
     return recipe, rest, budget
 
@@ -270,8 +307,9 @@ def _runs_lightning_accel(launcher: list[str], program: Any) -> bool:
 
 
 def _find(recipe: Path, sweep_file: Path) -> Path | None:
-    """The recipe relative to the working folder, else to a folder above the sweep file."""
-    for base in (Path.cwd(), *sweep_file.resolve().parents):
-        if (base / recipe).is_file():
-            return (base / recipe).resolve()
-    return None
+    """The recipe by path (from here or the sweep file's folders) or bundled name.
+
+    Relative to the working folder, to the sweep file's folder or one above it, else a bundled
+    recipe of that name, so a sweep file runs from any folder.
+    """
+    return find_recipe(recipe, *sweep_file.resolve().parents)

@@ -6,7 +6,13 @@ from typing import Any
 
 from lightning_accel.backends import DEFAULT_BACKEND
 
-TRIAL_METRICS = ("sweep/objective", "sweep/accuracy", "sweep/latency_ms", "sweep/params")
+TRIAL_METRICS = (
+    "sweep/objective",
+    "sweep/accuracy",
+    "sweep/latency_ms",
+    "sweep/params",
+    "sweep/latency_iqr_ms",
+)
 
 
 def objective(accuracy: float, latency_ms: float, latency_budget_ms: float | None) -> float:
@@ -44,8 +50,8 @@ def trial_result(
         batch_size: The batch size whose latency counts.
 
     Returns:
-        ``sweep/objective``, ``sweep/accuracy`` (fraction), ``sweep/latency_ms`` and
-        ``sweep/params``.
+        ``sweep/objective``, ``sweep/accuracy`` (fraction), ``sweep/latency_ms``,
+        ``sweep/params`` and ``sweep/latency_iqr_ms`` (the latency's measured spread).
 
     Raises:
         ValueError: If the summary lacks the accuracy or the latency at ``batch_size``.
@@ -65,4 +71,5 @@ def trial_result(
         "sweep/accuracy": float(accuracy),
         "sweep/latency_ms": latency_ms,
         "sweep/params": float(summary["model"]["params"]),
+        "sweep/latency_iqr_ms": float(latency.get("model_iqr_ms") or 0.0),
     }

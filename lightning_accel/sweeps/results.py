@@ -37,24 +37,35 @@ class Trial:
 def mark_pareto_front(trials: list[Trial]) -> list[Trial]:
     """Flag the finished trials no other trial beats on both accuracy and latency; return them.
 
-    A trial is dominated when another is at least as accurate and at least as fast, and
-    strictly better on one of the two.
+    Latencies closer than their measured spread are a tie, not a trade-off: two trials count
+    as equally fast when their batch-1 latencies differ by no more than the larger of their
+    interquartile ranges (``sweep/latency_iqr_ms``, measured with the latency). A trial is
+    dominated when another is at least as accurate and at least as fast (within that spread),
+    and strictly better on one of the two.
     """
     done = [t for t in trials if t.result is not None]
     front = []
     for trial in done:
-        acc, ms = trial.result["sweep/accuracy"], trial.result["sweep/latency_ms"]  # type: ignore[index]
-        dominated = any(
-            o.result["sweep/accuracy"] >= acc  # type: ignore[index]
-            and o.result["sweep/latency_ms"] <= ms  # type: ignore[index]
-            and (o.result["sweep/accuracy"] > acc or o.result["sweep/latency_ms"] < ms)  # type: ignore[index]
-            for o in done
-            if o is not trial
-        )
-        trial.pareto = not dominated
+        trial.pareto = not any(_dominates(other, trial) for other in done if other is not trial)
         if trial.pareto:
             front.append(trial)
     return sorted(front, key=lambda t: t.result["sweep/latency_ms"])  # type: ignore[index]
+
+
+def latency_tolerance(a: dict[str, float], b: dict[str, float]) -> float:
+    """Milliseconds within which two trials' latencies tie: the larger measured spread."""
+    return max(a.get("sweep/latency_iqr_ms", 0.0), b.get("sweep/latency_iqr_ms", 0.0))
+
+
+def _dominates(other: Trial, trial: Trial) -> bool:
+    a, b = other.result, trial.result
+    assert a is not None and b is not None  # finished trials only
+    tolerance = latency_tolerance(a, b)
+    acc_a, acc_b = a["sweep/accuracy"], b["sweep/accuracy"]
+    ms_a, ms_b = a["sweep/latency_ms"], b["sweep/latency_ms"]
+    as_fast = ms_a <= ms_b + tolerance
+    faster = ms_a < ms_b - tolerance
+    return acc_a >= acc_b and as_fast and (acc_a > acc_b or faster)
 
 
 def format_trials(trials: list[Trial], metric: str) -> str:

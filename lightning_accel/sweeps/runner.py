@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -38,6 +37,8 @@ def trial_command(
         command += ["--latency-budget-ms", str(sweep.latency_budget_ms)]
     if quick:
         command.append("--quick")
+    for override in sweep.extra_overrides:
+        command += ["--set", override]
     return command + sweep.overrides(values)
 
 
@@ -58,7 +59,15 @@ def run_trial(sweep: SweepConfig, trial: Trial, folder: Path, quick: bool) -> Tr
         ``folder/<recipe stem>/trial.json``) or ``error`` set.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "WANDB_SILENT": "true", "WANDB_DIR": str(folder)}
+    env = {
+        **os.environ,
+        "WANDB_SILENT": "true",
+        "WANDB_DIR": str(folder),
+        # Named after its values and grouped by sweep, as the W&B agent's trials are compared.
+        "WANDB_NAME": trial_name(trial),
+        "WANDB_RUN_GROUP": sweep.config.get("name") or sweep.path.stem,
+        "WANDB_JOB_TYPE": "sweep-trial",
+    }
     started = time.perf_counter()
     with open(folder / "trial.log", "w") as log:
         completed = subprocess.run(
@@ -81,6 +90,17 @@ def run_trial(sweep: SweepConfig, trial: Trial, folder: Path, quick: bool) -> Tr
     return trial
 
 
+def trial_name(trial: Trial) -> str:
+    """A trial's run name: its number and swept values, e.g. ``trial-2 target_sparsity=0.7``."""
+    shown = " ".join(
+        f"{key.rpartition('.')[2]}={value:.4g}"
+        if isinstance(value, float)
+        else f"{key.rpartition('.')[2]}={value}"
+        for key, value in trial.values.items()
+    )
+    return f"trial-{trial.number} {shown}".strip()
+
+
 def run_local(
     sweep: SweepConfig,
     count: int | None,
@@ -99,25 +119,38 @@ def run_local(
         seed: Seed of random search.
         progress: Called with one line per trial.
 
+    ``run_cap`` caps the trials as on the W&B server; ``early_terminate`` is refused (its
+    hyperband stopping reads each running trial's metric history, which only the W&B server
+    keeps).
+
     Raises:
-        ValueError: If ``count`` is missing for random or bayes, or below 1.
+        ValueError: If ``count`` is missing for random or bayes (without ``run_cap``), or below
+            1, or the file sets ``early_terminate``.
     """
     if count is not None and count < 1:
         raise ValueError(f"--count must be >= 1; got {count}")
+    if "early_terminate" in sweep.config:
+        raise ValueError(
+            f"{sweep.path}: early_terminate (hyperband) stops running trials from the metric "
+            "history W&B's server keeps; a --local sweep cannot honour it. Remove the key, or "
+            "run the file with the W&B agent (without --local)."
+        )
     grid = grid_points(sweep) if sweep.method == "grid" else []
+    limits = [n for n in (count, sweep.run_cap) if n is not None]
     if sweep.method == "grid":
-        total = min(count or len(grid), len(grid))
-    elif count is None:
-        raise ValueError(f"A {sweep.method} sweep never ends by itself: pass --count N.")
+        total = min([len(grid), *limits])
+    elif not limits:
+        raise ValueError(
+            f"A {sweep.method} sweep never ends by itself: pass --count N (or set run_cap)."
+        )
     else:
-        total = count
-    rng = random.Random(seed)
+        total = min(limits)
     trials: list[Trial] = []
     for number in range(total):
         if sweep.method == "grid":
             values = grid[number]
         elif sweep.method == "random":
-            values = random_point(sweep, rng)
+            values = random_point(sweep, f"{seed}-{number}")
         else:
             values = bayes_point(sweep, [(t.values, _metric(t, sweep.metric)) for t in trials])
         progress(f"trial {number + 1}/{total}: {sweep.overrides(values)}")
@@ -145,21 +178,28 @@ def run_with_agent(sweep: SweepConfig, count: int | None, project: str) -> str:
         The W&B sweep id.
 
     Raises:
-        RuntimeError: Without credentials (use ``--local``), without ``lightning-accel`` on
-            ``PATH``, or when the agent exits with an error.
+        ValueError: Without credentials (use ``--local``): bad input, exit code 2.
+        RuntimeError: Without ``lightning-accel`` on ``PATH``, or when the agent exits with an
+            error.
     """
     import wandb
 
     from lightning_accel.tracking.wandb_logging import has_wandb_credentials
 
     if not has_wandb_credentials():
-        raise RuntimeError(
+        raise ValueError(
             "No W&B credentials (WANDB_API_KEY or `wandb login`): the W&B agent needs the "
             "server. Run the same file without one: lightning-accel sweep FILE --local --count N"
         )
     if shutil.which("lightning-accel") is None:
         raise RuntimeError("The W&B agent runs `lightning-accel`, which is not on PATH.")
-    sweep_id = wandb.sweep(sweep.config, project=project)
+    config = dict(sweep.config)
+    if sweep.extra_overrides:  # sweep --set: into the command every trial runs
+        command = list(config["command"])
+        at = next((i for i, t in enumerate(command) if str(t).startswith("${args")), len(command))
+        extra = [w for o in sweep.extra_overrides for w in ("--set", o)]
+        config["command"] = command[:at] + extra + command[at:]
+    sweep_id = wandb.sweep(config, project=project)
     agent = ["wandb", "agent", "--project", project, sweep_id]
     if count is not None:
         agent[2:2] = ["--count", str(count)]

@@ -1,9 +1,12 @@
-"""Where a local sweep looks next: grid and random here; Bayesian through W&B's own engine."""
+"""Where a local sweep looks next: W&B's own sweep engine (``sweeps``) for every method.
+
+Grid, random and Bayesian search, and every W&B distribution (``log_uniform`` bounds are
+exponents, ``q_log_uniform_values`` is log-uniform then rounded, ...), are drawn by the same
+code the W&B server runs, so a ``--local`` sweep samples what ``wandb agent`` would.
+"""
 
 from __future__ import annotations
 
-import itertools
-import math
 import random
 import warnings
 from typing import Any
@@ -11,37 +14,16 @@ from typing import Any
 from lightning_accel.sweeps.config import SweepConfig
 
 SWEEPS_INSTALL_HINT = (
-    "pip install --no-deps sweeps jsonref jsonschema (W&B's sweep engine; --no-deps because its "
-    "metadata pins numpy<2, though it runs with numpy 2)"
+    "pip install 'lightning-accel[sweeps]' (W&B's sweep engine, package `sweeps`; or pip install "
+    "--no-deps sweeps jsonref jsonschema: its metadata pins numpy<2, though it runs with numpy 2)"
 )
 
 
-def grid_points(sweep: SweepConfig) -> list[dict[str, Any]]:
-    """Every combination of the parameters' values, in file order."""
-    keys = list(sweep.parameters)
-    choices = [_values(sweep.parameters[k]) for k in keys]
-    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*choices)]
-
-
-def random_point(sweep: SweepConfig, rng: random.Random) -> dict[str, Any]:
-    """One random sample of every parameter.
-
-    ``values`` are chosen uniformly; ``min``/``max`` ranges are sampled uniformly (integers when
-    both bounds are integers or with ``distribution: int_uniform``; rounded to ``q`` with
-    ``q_uniform``; log-uniformly with ``log_uniform_values`` and ``q_log_uniform_values``).
+def sweep_engine() -> Any:
+    """W&B's ``sweeps`` package.
 
     Raises:
-        ValueError: If a parameter uses a W&B distribution this local search does not sample
-            (it is never replaced by another one), naming the parameter and the choices.
-    """
-    return {key: _sample(key, spec, rng) for key, spec in sweep.parameters.items()}
-
-
-def bayes_point(sweep: SweepConfig, finished: list[tuple[dict[str, Any], float | None]]) -> dict:
-    """The next point of W&B's Bayesian search, given the finished trials and their metric.
-
-    Raises:
-        ModuleNotFoundError: If W&B's ``sweeps`` engine is not installed, naming the command.
+        ModuleNotFoundError: If it is not installed, naming the install command.
     """
     try:
         with warnings.catch_warnings():  # its pydantic v1-style config warns on import
@@ -49,53 +31,69 @@ def bayes_point(sweep: SweepConfig, finished: list[tuple[dict[str, Any], float |
             import sweeps
     except ImportError as err:
         raise ModuleNotFoundError(
-            f"method: bayes in a local sweep needs W&B's sweep engine: {SWEEPS_INSTALL_HINT}. "
-            "Grid and random sweeps run without it."
+            f"A local sweep draws its trials with W&B's sweep engine: {SWEEPS_INSTALL_HINT}."
         ) from err
-    config = {k: sweep.config[k] for k in ("method", "metric", "parameters")}
+    return sweeps
+
+
+def grid_points(sweep: SweepConfig) -> list[dict[str, Any]]:
+    """Every point of a grid sweep, in the order W&B's grid search proposes them."""
+    engine = sweep_engine()
+    config = _engine_config(sweep, "grid")
+    points: list[dict[str, Any]] = []
+    runs: list[Any] = []
+    while True:
+        proposal = engine.next_run(config, runs, validate=True)
+        if proposal is None:
+            return points
+        runs.append(
+            engine.SweepRun(
+                name=f"trial-{len(runs)}", state=engine.RunState.finished, config=proposal.config
+            )
+        )
+        points.append(_values(proposal.config))
+
+
+def random_point(sweep: SweepConfig, seed: int | str = 0) -> dict[str, Any]:
+    """One sample of every parameter, drawn by W&B's random search.
+
+    Args:
+        sweep: The validated sweep file.
+        seed: Seeds the draw (the engine samples with Python's ``random``; its state is put
+            back afterwards), e.g. ``f"{sweep_seed}-{trial}"``.
+    """
+    engine = sweep_engine()
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        proposal = engine.next_run(_engine_config(sweep, "random"), [], validate=True)
+    finally:
+        random.setstate(state)
+    return _values(proposal.config)
+
+
+def bayes_point(sweep: SweepConfig, finished: list[tuple[dict[str, Any], float | None]]) -> dict:
+    """The next point of W&B's Bayesian search, given the finished trials and their metric."""
+    engine = sweep_engine()
     runs = [
-        sweeps.SweepRun(
+        engine.SweepRun(
             name=f"trial-{i}",
-            state=sweeps.RunState.finished,
+            state=engine.RunState.finished,
             config={k: {"value": v} for k, v in values.items()},
             summary_metrics={sweep.metric: metric} if metric is not None else {},
         )
         for i, (values, metric) in enumerate(finished)
     ]
-    proposal = sweeps.next_run(config, runs, validate=True)
-    return {k: _plain(v["value"]) for k, v in proposal.config.items()}
+    proposal = engine.next_run(_engine_config(sweep, "bayes"), runs, validate=True)
+    return _values(proposal.config)
 
 
-def _values(spec: dict[str, Any]) -> list[Any]:
-    return list(spec["values"]) if "values" in spec else [spec["value"]]
+def _engine_config(sweep: SweepConfig, method: str) -> dict[str, Any]:
+    return {"method": method, "metric": sweep.config["metric"], "parameters": sweep.parameters}
 
 
-LOCAL_DISTRIBUTIONS = (
-    "categorical", "constant", "uniform", "int_uniform", "q_uniform", "log_uniform_values",
-    "q_log_uniform_values",
-)  # fmt: skip
-
-
-def _sample(key: str, spec: dict[str, Any], rng: random.Random) -> Any:
-    distribution = spec.get("distribution")
-    if distribution is not None and distribution not in LOCAL_DISTRIBUTIONS:
-        raise ValueError(
-            f"parameters.{key}: distribution {distribution!r} is not sampled by a local random "
-            f"sweep (it samples {list(LOCAL_DISTRIBUTIONS)}); use one of those, or run the file "
-            "with the W&B agent (without --local)"
-        )
-    if "values" in spec or "value" in spec:
-        return rng.choice(_values(spec))
-    low, high = spec["min"], spec["max"]
-    if distribution in ("log_uniform_values", "q_log_uniform_values"):
-        value = math.exp(rng.uniform(math.log(low), math.log(high)))
-    elif distribution == "int_uniform" or (
-        distribution is None and isinstance(low, int) and isinstance(high, int)
-    ):
-        return rng.randint(int(low), int(high))
-    else:
-        value = rng.uniform(low, high)
-    return round(value / spec["q"]) * spec["q"] if "q" in spec else value
+def _values(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: _plain(v["value"]) for k, v in config.items()}
 
 
 def _plain(value: Any) -> Any:

@@ -121,18 +121,58 @@ def test_bad_sweep_values_name_the_key(tmp_path: Path, capsys, spec, message) ->
     assert not out.exists()
 
 
-@pytest.mark.bad_input("cli")
-def test_a_sweep_command_with_a_main_job_flag_is_refused(tmp_path: Path, capsys) -> None:
+def _sweep_file(tmp_path: Path, command_tail: str) -> Path:
     path = tmp_path / "sweep.yaml"
     path.write_text(
         "method: grid\nmetric: {name: sweep/objective, goal: maximize}\n"
         "parameters:\n  model.lr: {values: [0.1]}\n"
-        f"command: [lightning-accel, fit, --recipe, {CLEAN}, --target-sparsity, '0.3']\n"
+        f"command: [lightning-accel, fit, --recipe, {CLEAN}{command_tail}]\n"
     )
-    assert main(["sweep", str(path), "--local"]) == 2
+    return path
+
+
+@pytest.mark.bad_input("cli")
+def test_a_sweep_command_with_a_main_job_flag_no_key_stands_for_is_refused(tmp_path, capsys):
+    assert main(["sweep", str(_sweep_file(tmp_path, ", --dense-epochs, '2'")), "--local"]) == 2
     line = _error_line(capsys)
-    assert "--target-sparsity 0.3 applies to the main job and is not used with --recipe" in line
-    assert "--set callbacks.pruning.target_sparsity=VALUE" in line
+    assert "--dense-epochs 2 applies to the main job's two phases" in line
+    assert "--set callbacks.pruning.start_epoch=N" in line
+
+
+@pytest.mark.parametrize(
+    ("command_tail", "extra"),
+    [
+        (", --set, callbacks.pruning.no_such_argument=3", []),
+        (", --set, 'callbacks.pruning.target_sparsity=1.5'", []),
+        ("", ["--set", "callbacks.nothing.x=1"]),
+        ("", ["--set", "trainer.max_epochs=zero"]),
+    ],
+    ids=["command-unknown-key", "command-bad-value", "sweep-set-unknown", "sweep-set-bad"],
+)
+@pytest.mark.bad_input("recipe")
+def test_set_in_a_sweep_command_or_on_sweep_is_checked_first(tmp_path, capsys, command_tail, extra):
+    out = tmp_path / "out"
+    path = _sweep_file(tmp_path, command_tail)
+    assert main(["sweep", str(path), "--local", "--output-dir", str(out), *extra]) == 2
+    line = _error_line(capsys)
+    assert f"{path}:" in line
+    assert not out.exists()
+
+
+def test_sweep_set_reaches_every_trial_command(tmp_path) -> None:
+    from lightning_accel.sweeps.config import SweepConfig
+    from lightning_accel.sweeps.runner import trial_command
+
+    sweep = SweepConfig.from_yaml(
+        _sweep_file(tmp_path, ", --target-sparsity, '0.3'"), ["trainer.max_epochs=3"]
+    )
+    command = trial_command(sweep, {"model.lr": 0.1}, tmp_path, quick=True)
+    assert command[-3:] == ["--set", "trainer.max_epochs=3", "model.lr=0.1"]
+    assert "--target-sparsity" in command  # the trial's fit applies it as the recipe key
+    assert sweep.command_overrides() == [
+        "callbacks.pruning.target_sparsity=0.3",
+        "trainer.max_epochs=3",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -191,16 +231,78 @@ def test_main_job_flags_apply_on_top_of_quick(monkeypatch, capsys) -> None:
     assert (seen[2].model, seen[2].prune_epochs, seen[2].train_size) == ("small_cnn", 4, 12_000)
 
 
-@pytest.mark.parametrize("flag", list(MAIN_JOB_FLAGS))
-@pytest.mark.bad_input("cli")
-def test_main_job_flags_with_a_recipe_are_refused_naming_the_recipe_key(capsys, flag) -> None:
-    value = {"--model": "resnet18", "--mode": "structured", "--target-sparsity": "0.3"}.get(
-        flag, "2"
+@pytest.mark.parametrize(
+    ("flags", "override"),
+    [
+        (["--target-sparsity", "0.3"], "callbacks.pruning.target_sparsity=0.3"),
+        (["--mode", "structured"], "callbacks.pruning.mode=structured"),
+        (["--train-size", "500"], "data.train_size=500"),
+        (["--train-size", "0"], "data.train_size=null"),
+        (["--model", "resnet18"], "model.model=resnet18"),
+    ],
+)
+def test_main_job_flags_with_a_recipe_become_its_keys(monkeypatch, flags, override) -> None:
+    seen = {}
+
+    def record(path, overrides, **kwargs):
+        seen.update(path=path, overrides=overrides)
+        return {}
+
+    monkeypatch.setattr("lightning_accel.recipes.run.run_recipe", record)
+    assert main(["fit", "--recipe", str(CLEAN), *flags, "--quick"]) == 0
+    assert seen["overrides"] == [override]
+
+
+def test_a_flag_applied_to_a_recipe_reaches_the_callback(monkeypatch) -> None:
+    from lightning_accel.recipes.recipe import Recipe
+
+    seen = {}
+    monkeypatch.setattr(
+        "lightning_accel.recipes.run.run_recipe",
+        lambda path, overrides, **kwargs: seen.update(overrides=overrides) or {},
     )
-    assert main(["fit", "--recipe", str(CLEAN), flag, value]) == 2
+    assert main(["fit", "--recipe", "small_cnn", "--target-sparsity", "0.3"]) == 0
+    recipe = Recipe.from_yaml(CLEAN, seen["overrides"])
+    assert recipe.callback_config("pruning")["target_sparsity"] == 0.3  # not the recipe's 0.8
+    assert recipe.callbacks()[0].target_sparsity == 0.3
+
+
+@pytest.mark.parametrize("flag", ["--dense-epochs", "--prune-epochs"])
+@pytest.mark.bad_input("cli")
+def test_main_job_flags_no_recipe_key_stands_for_are_refused(capsys, flag) -> None:
+    assert main(["fit", "--recipe", str(CLEAN), flag, "2"]) == 2
     line = _error_line(capsys)
-    assert f"{flag} {value} applies to the main job and is not used with --recipe" in line
-    assert f"set the recipe's key instead: {MAIN_JOB_FLAGS[flag][1]}" in line
+    assert f"{flag} 2 applies to the main job's two phases and has no one recipe key" in line
+    assert f"set the keys instead: {MAIN_JOB_FLAGS[flag][1]}" in line
+
+
+@pytest.mark.bad_input("cli")
+def test_a_flag_for_a_callback_the_recipe_lacks_is_refused(tmp_path: Path, capsys) -> None:
+    text = (RECIPES / "small_cnn.yaml").read_text()
+    start = text.index("    - class_path: lightning_accel.GradualPruning")
+    end = text.index("    - class_path: lightning_accel.LatencyMonitor")
+    path = tmp_path / "no_pruning.yaml"
+    path.write_text(text[:start] + text[end:])
+    assert main(["fit", "--recipe", str(path), "--target-sparsity", "0.3"]) == 2
+    assert "callbacks.pruning.target_sparsity names no callback argument" in _error_line(capsys)
+
+
+def test_a_bundled_recipe_name_is_accepted_and_located(monkeypatch, capsys) -> None:
+    seen = {}
+    monkeypatch.setattr(
+        "lightning_accel.recipes.run.run_recipe",
+        lambda path, overrides, **kwargs: seen.update(path=path) or {},
+    )
+    assert main(["fit", "--recipe", "small_cnn"]) == 0
+    assert Path(seen["path"]) == CLEAN.resolve()
+    assert f"recipe small_cnn: {CLEAN.resolve()}" in capsys.readouterr().err
+
+
+@pytest.mark.bad_input("cli")
+def test_an_unknown_recipe_name_lists_the_bundled_ones(capsys) -> None:
+    assert main(["fit", "--recipe", "no_such_recipe"]) == 2
+    line = _error_line(capsys)
+    assert "Recipe no_such_recipe does not exist" in line and "small_cnn" in line
 
 
 @pytest.mark.bad_input("cli")
