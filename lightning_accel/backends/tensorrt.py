@@ -1,9 +1,17 @@
 """TensorRT on an NVIDIA GPU: a serialized engine built from the ONNX file, timed with CUDA events.
 
-Built against TensorRT 10's Python API. Explicit quantization: a graph with Q/DQ nodes builds
-with INT8 enabled and TensorRT follows the Q/DQ placement; otherwise FP16 is enabled. Weights
-that follow the 2:4 pattern use sparse tensor-core kernels when ``SPARSE_WEIGHTS`` is on.
-Device memory comes from torch, so no extra CUDA bindings are needed.
+TensorRT 10 and 11 differ in how precision is chosen, and :func:`build_plan` is the one place
+that branches on the installed major version:
+
+- TensorRT 11 removed weak typing (``BuilderFlag.FP16``/``INT8``, precision constraints, the
+  INT8 calibrator). Networks are strongly typed: INT8 comes from the Q/DQ nodes the QAT export
+  writes (int8 symmetric), FP16 from an fp16 copy of the ONNX graph
+  (:func:`~lightning_accel.backends.onnx_fp16.convert_to_fp16`); the rest runs in fp32.
+- TensorRT 10 keeps its weak-typing flags: FP16 (and INT8 for Q/DQ graphs) let the builder
+  pick kernels per layer, as before.
+
+Weights that follow the 2:4 pattern use sparse tensor-core kernels (``SPARSE_WEIGHTS``) on
+both. Device memory comes from torch, so no extra CUDA bindings are needed.
 """
 
 from __future__ import annotations
@@ -20,14 +28,16 @@ from lightning_accel.utilities.files import atomic_write
 from lightning_accel.utilities.imports import _TENSORRT_AVAILABLE
 
 MAX_BATCH = 256
+SUPPORTED_MAJORS = (10, 11)
 
 BACKEND = Backend(
     name="tensorrt",
     title="TensorRT",
     device="cuda",
     summary=(
-        "serialized engine on an NVIDIA GPU, dynamic batch; int8 from Q/DQ (explicit "
-        "quantization, int8 symmetric), FP16 for float graphs, 2:4 sparse kernels"
+        "TensorRT 10 or 11 engine on an NVIDIA GPU, dynamic batch; int8 from Q/DQ (explicit "
+        "quantization, int8 symmetric), FP16 for float graphs (TensorRT 11: an fp16 copy of "
+        "the ONNX graph, strongly typed), 2:4 sparse kernels"
     ),
     qdq=QDQFlavour(symmetric_activations=True, integer_bias=False),
     # Signed Q/DQ only: ONNX Runtime's uint8 activations with non-zero zero points do not build.
@@ -86,6 +96,77 @@ def has_2_4_weights(onnx_path: Path) -> bool:
     return False
 
 
+def tensorrt_major(trt: Any) -> int:
+    """The installed TensorRT major version, e.g. ``11`` for ``11.0.1``.
+
+    Raises:
+        RuntimeError: If it is not one this backend is built for (10 or 11).
+    """
+    major = int(str(trt.__version__).split(".")[0])
+    if major not in SUPPORTED_MAJORS:
+        raise RuntimeError(
+            f"TensorRT {trt.__version__} is installed; lightning_accel supports TensorRT "
+            f"{' and '.join(map(str, SUPPORTED_MAJORS))}. Install one with: "
+            "pip install 'lightning-accel[tensorrt]'"
+        )
+    return major
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What TensorRT is given for one precision: the graph, the network type, builder flags.
+
+    Attributes:
+        onnx_path: The graph to parse (an fp16 copy for TensorRT 11's FP16).
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
+        strongly_typed: Create the network with ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``.
+        builder_flags: ``trt.BuilderFlag`` names to set (weak typing, TensorRT 10 only).
+    """
+
+    onnx_path: Path
+    precision: str
+    strongly_typed: bool
+    builder_flags: tuple[str, ...]
+
+
+def build_plan(onnx_path: Path, precision: str, major: int, work_dir: Path) -> BuildPlan:
+    """How to build ``onnx_path`` at ``precision`` on TensorRT ``major``: the one version branch.
+
+    Args:
+        onnx_path: The exported ONNX model.
+        precision: ``"auto"`` (INT8 with Q/DQ, else FP16), ``"fp32"``, ``"fp16"`` or ``"int8"``.
+        major: TensorRT major version (:func:`tensorrt_major`).
+        work_dir: Folder for an fp16 copy of the graph (TensorRT 11, FP16).
+
+    Raises:
+        ValueError: If ``precision`` is unknown, or INT8 is asked for a graph without Q/DQ on
+            TensorRT 11 (it has no calibrator: the Q/DQ must come from QAT).
+    """
+    if precision not in ("auto", "fp32", "fp16", "int8"):
+        raise ValueError(
+            f"precision must be 'auto', 'fp32', 'fp16' or 'int8'; got {precision!r}. "
+            "Example: compile_model('tensorrt', path, out, precision='fp16')"
+        )
+    quantized = has_qdq(onnx_path)
+    if precision == "auto":
+        precision = "int8" if quantized else "fp16"
+    if major >= 11:
+        if precision == "int8" and not quantized:
+            raise ValueError(
+                f"TensorRT {major} builds INT8 only from Q/DQ nodes in the graph, and "
+                f"{onnx_path} has none: train with QuantizationAware(backend='tensorrt'), or "
+                "build it at precision='fp16'."
+            )
+        source = onnx_path
+        if precision == "fp16":
+            from lightning_accel.backends.onnx_fp16 import convert_to_fp16
+
+            source = convert_to_fp16(onnx_path, work_dir / f"{Path(onnx_path).stem}.fp16.onnx")
+        return BuildPlan(source, precision, strongly_typed=True, builder_flags=())
+    flags = {"fp32": (), "fp16": ("FP16",), "int8": ("FP16", "INT8")}[precision]
+    return BuildPlan(onnx_path, precision, strongly_typed=False, builder_flags=flags)
+
+
 def build_engine(
     onnx_path: Path,
     engine_path: Path,
@@ -100,7 +181,8 @@ def build_engine(
     Args:
         onnx_path: The ONNX model (Q/DQ nodes give explicit INT8 quantization).
         engine_path: Where to write the engine (atomically).
-        precision: ``"auto"`` (INT8 with Q/DQ, else FP16), ``"fp32"``, ``"fp16"`` or ``"int8"``.
+        precision: ``"auto"`` (INT8 with Q/DQ, else FP16), ``"fp32"``, ``"fp16"`` or ``"int8"``;
+            see :func:`build_plan` for what each means on TensorRT 10 and 11.
         sparse: Enable 2:4 sparse kernels; ``None`` detects 2:4 weights in the graph.
         timing_cache: File that keeps kernel timings between builds.
         opt_batch: Batch size the engine is tuned for.
@@ -110,20 +192,18 @@ def build_engine(
         RuntimeError: If TensorRT is missing, cannot parse the graph or cannot build it.
     """
     trt = require_tensorrt()
+    plan = build_plan(onnx_path, precision, tensorrt_major(trt), engine_path.parent)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if plan.strongly_typed else 0
+    network = builder.create_network(flags)  # explicit batch is the only mode since TensorRT 10
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not parser.parse_from_file(str(plan.onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+        raise RuntimeError(f"TensorRT could not parse {plan.onnx_path}: {errors}")
     config = builder.create_builder_config()
-    if precision == "auto":
-        precision = "int8" if has_qdq(onnx_path) else "fp16"
-    if precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
+    for flag in plan.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
     if sparse if sparse is not None else has_2_4_weights(onnx_path):
         config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
     cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.exists() else b""
@@ -136,7 +216,10 @@ def build_engine(
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} ({precision})")
+        raise RuntimeError(
+            f"TensorRT {trt.__version__} failed to build an engine from {plan.onnx_path} "
+            f"({plan.precision})"
+        )
     atomic_write(engine_path, bytes(serialized))
     if timing_cache is not None:
         atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
@@ -226,10 +309,13 @@ def compile_tensorrt(
         timing_cache=out_dir / "timing.cache",
     )
     model = TensorRTModel(engine)
+    trt = require_tensorrt()
     model.info = {
         "precision": precision
         if precision != "auto"
         else ("int8" if has_qdq(onnx_path) else "fp16"),
         "sparse_2_4": has_2_4_weights(onnx_path),
+        "tensorrt_version": str(trt.__version__),
+        "strongly_typed": tensorrt_major(trt) >= 11,
     }
     return model
