@@ -1,0 +1,625 @@
+"""``LatencyBudgetPruning``: prune channels until the model meets a latency measured on its runtime.
+
+The user states a budget (milliseconds, or a speedup over the dense model); the callback
+decides per channel group how many channels to keep so the exported model meets it on the
+runtime that will serve it (any backend of the registry), losing as little importance per
+millisecond saved as it can. See ``docs/latency_budget.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_accel.backends import DEFAULT_BACKEND, BackendName, CompiledModel, get_backend
+from lightning_accel.callbacks.base import (
+    AccelCallback,
+    check_bool,
+    check_end_epoch,
+    check_epoch,
+    check_finite_weights,
+    check_int,
+    check_number,
+    check_patterns,
+    example_input,
+    rebuild_optimizers,
+)
+from lightning_accel.checkpointing import record_structural_change
+from lightning_accel.pruning.allocation import allocate, correction, schedule_target
+from lightning_accel.pruning.channels import out_channels
+from lightning_accel.pruning.criteria import (
+    Criterion,
+    check_criterion,
+    has_gradients,
+    needs_gradients,
+)
+from lightning_accel.pruning.latency_model import (
+    ChannelGroup,
+    LatencyModel,
+    Probe,
+    build_latency_model,
+    channel_groups,
+    dependency_graph,
+    group_scores,
+    prune_groups,
+    thinned_copy,
+)
+from lightning_accel.pruning.schedules import SCHEDULES, ScheduleName, StepSchedule
+from lightning_accel.tracking.wandb_logging import wandb_run
+from lightning_accel.utilities.layer_selection import select_layers
+
+_EXAMPLE = "LatencyBudgetPruning(target_speedup=2.0, end_epoch=4)"
+
+
+class LatencyBudgetPruning(AccelCallback):
+    """Structured pruning that reaches a latency budget measured on the target runtime.
+
+    At train start the dense model is exported and timed on ``backend`` at ``batch_size`` with
+    ``threads``; so is the smallest model the budget allows (every group at ``round_to``
+    channels), which bounds what is reachable. At each pruning step (once per epoch from
+    ``start_epoch``, reaching the budget at the first batch of ``end_epoch``, following
+    ``schedule``) the callback
+
+    1. measures a latency model of the model as it is now (each channel group thinned alone to
+       a few widths, exported and timed as a whole model; see
+       :mod:`~lightning_accel.pruning.latency_model`),
+    2. allocates cuts greedily, least importance lost per millisecond saved
+       (:func:`~lightning_accel.pruning.allocation.allocate`, NetAdapt / HALP), to the latency
+       the schedule asks for at this step, scaled by the error measured at the previous step,
+    3. removes those channels (torch-pruning), rebuilds the optimizer, records the change in
+       the structural log (checkpoints replay it),
+    4. exports the real model with ``to_onnx`` and times it on the backend in rounds
+       alternating with the dense model (closed loop).
+
+    At ``end_epoch`` it repeats steps 1-4 up to ``max_corrections`` times until the measured
+    latency is within budget. Within budget means ``measured <= target * (1 + tol)`` where
+    ``tol`` is the measured relative spread (IQR / median of the model's runs, plus the dense
+    model's for a speedup target), stated in the log. A speedup target is judged on the ratio
+    dense/model measured in the same alternating rounds, so CPU contention cancels.
+
+    Args:
+        target_latency_ms: Budget in milliseconds per batch of ``batch_size``.
+        target_speedup: Budget as a speedup over the dense model (> 1); exactly one target.
+        backend: A registered backend (``lightning_accel.backends.BACKENDS``).
+        batch_size: Batch size the budget is for.
+        threads: CPU threads of the runtime; default: all cores.
+        start_epoch: First epoch that prunes.
+        end_epoch: Epoch at whose first batch the budget is met; default ``max_epochs - 1``.
+        schedule: How the latency falls from dense to budget: ``"cubic"``, ``"linear"``,
+            ``"constant"`` (one shot).
+        ignore: Glob patterns of layers whose output channels stay.
+        round_to: Widths stay multiples of this; every group keeps at least this many.
+        criterion: Channel importance (``"l1"``, ``"l2"``, ``"taylor"`` or a callable).
+        keep_first_and_last: Keep the first layer's outputs and the classifier.
+        update_every_n_steps: Batches between pruning steps; ``None``: once per epoch.
+        widths_per_group: Widths each group is timed at when the latency model is measured.
+        max_corrections: Extra measure-and-cut rounds at ``end_epoch`` if the budget is missed.
+        timing_rounds: Alternating timing rounds per measurement.
+
+    Logged per epoch: ``latency/<backend>/target_ms``, ``measured_ms``, ``predicted_ms``,
+    ``dense_ms`` (measured in the same rounds) and ``speedup``; per-layer widths as
+    ``compress/width/<layer>`` (a plain dict for any logger) or a W&B table
+    ``compress/widths`` with a ``WandbLogger``.
+
+    Raises:
+        ValueError: At construction for arguments out of range, both or neither target, or a
+            speedup <= 1; in ``setup`` (or at train start if the module has no
+            ``example_input_array``), for a budget at or above the dense latency, a budget below
+            the smallest reachable latency, or a model with no prunable channel group. The
+            model is untouched.
+        RuntimeError: In ``setup``, if the backend cannot run here.
+
+    Example:
+        >>> pruning = LatencyBudgetPruning(target_speedup=2.0, end_epoch=4)
+        >>> trainer = L.Trainer(max_epochs=6, callbacks=[pruning])  # doctest: +SKIP
+    """
+
+    changes_structure = True
+    technique = "LatencyBudgetPruning"
+
+    def __init__(
+        self,
+        target_latency_ms: float | None = None,
+        target_speedup: float | None = None,
+        backend: BackendName = DEFAULT_BACKEND,
+        batch_size: int = 1,
+        threads: int | None = None,
+        start_epoch: int = 0,
+        end_epoch: int | None = None,
+        schedule: ScheduleName = "cubic",
+        ignore: Sequence[str] = (),
+        round_to: int = 8,
+        criterion: Criterion = "l2",
+        keep_first_and_last: bool = True,
+        update_every_n_steps: int | None = None,
+        widths_per_group: int = 3,
+        max_corrections: int = 3,
+        timing_rounds: int = 5,
+    ) -> None:
+        super().__init__()
+        if (target_latency_ms is None) == (target_speedup is None):
+            raise ValueError(
+                "LatencyBudgetPruning needs exactly one target: target_latency_ms (ms per batch) "
+                f"or target_speedup (x over the dense model); got target_latency_ms="
+                f"{target_latency_ms!r}, target_speedup={target_speedup!r}. Example: {_EXAMPLE}"
+            )
+        if target_latency_ms is not None:
+            check_number(target_latency_ms, "target_latency_ms", _EXAMPLE, 0.0, low_open=True)
+        if target_speedup is not None:
+            check_number(target_speedup, "target_speedup", _EXAMPLE, 1.0, low_open=True)
+        self.backend = get_backend(backend, "LatencyBudgetPruning(backend=...)").name
+        check_int(batch_size, "batch_size", _EXAMPLE)
+        check_int(threads, "threads", _EXAMPLE, optional=True)
+        check_epoch(start_epoch, "start_epoch", _EXAMPLE)
+        check_end_epoch(start_epoch, end_epoch, _EXAMPLE)
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}; got {schedule!r}")
+        check_int(round_to, "round_to", "LatencyBudgetPruning(target_speedup=2, round_to=8)")
+        check_criterion(criterion)
+        check_bool(keep_first_and_last, "keep_first_and_last")
+        check_int(update_every_n_steps, "update_every_n_steps", _EXAMPLE, optional=True)
+        check_int(widths_per_group, "widths_per_group", _EXAMPLE)
+        check_int(max_corrections, "max_corrections", _EXAMPLE, minimum=0)
+        check_int(timing_rounds, "timing_rounds", _EXAMPLE)
+        self.target_latency_ms = None if target_latency_ms is None else float(target_latency_ms)
+        self.target_speedup = None if target_speedup is None else float(target_speedup)
+        self.batch_size = batch_size
+        self.threads = threads
+        self.start_epoch = start_epoch
+        self.end_epoch = end_epoch
+        self.schedule = schedule
+        self.ignore = check_patterns(ignore, "ignore")
+        self.round_to = round_to
+        self.criterion = criterion
+        self.keep_first_and_last = keep_first_and_last
+        self.update_every_n_steps = update_every_n_steps
+        self.widths_per_group = widths_per_group
+        self.max_corrections = max_corrections
+        self.timing_rounds = timing_rounds
+
+        self.target_ms: float | None = None  # the budget in ms (a speedup: dense / speedup)
+        self.dense_ms: float | None = None  # measured at train start
+        self.floor_ms: float | None = None  # measured: every group at round_to channels
+        self.tolerance: float = 0.0  # relative, from the measured spread
+        self.progress = 0.0  # schedule progress applied so far
+        self.scale = 1.0  # measured / predicted drop of the last step
+        self.last: dict[str, float] = {}  # last measurement: measured_ms, dense_ms, predicted_ms
+        self.widths: dict[str, int] = {}
+        self.history: list[dict[str, Any]] = []
+        self._layers: list[str] = []
+        self._example: Tensor | None = None
+        self._probe: Probe | None = None
+        self._dense: CompiledModel | None = None
+        self._step_schedule: StepSchedule | None = None
+        self._pending = False
+        self._checked = False
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(backend=self.backend, batch_size=self.batch_size)
+
+    @property
+    def _key(self) -> str:
+        return f"latency/{self.backend}"
+
+    @override
+    def metric_names(self) -> tuple[str, ...]:
+        k = self._key
+        return (
+            f"{k}/target_ms",
+            f"{k}/measured_ms",
+            f"{k}/predicted_ms",
+            f"{k}/dense_ms",
+            f"{k}/speedup",
+        )
+
+    def resolved_end_epoch(self, max_epochs: int | None) -> int:
+        """``end_epoch``, or ``max(max_epochs - 1, start_epoch + 1)``.
+
+        Raises:
+            ValueError: If neither ``end_epoch`` nor ``max_epochs`` is set.
+        """
+        if self.end_epoch is not None:
+            return self.end_epoch
+        if max_epochs is None or max_epochs < 0:
+            raise ValueError(
+                f"LatencyBudgetPruning needs end_epoch without max_epochs. Example: {_EXAMPLE}"
+            )
+        return max(max_epochs - 1, self.start_epoch + 1)
+
+    @override
+    def rewires_channels_until(self, trainer: pl.Trainer) -> int | None:
+        return self.resolved_end_epoch(trainer.max_epochs)
+
+    # ----------------------------------------------------------------- lifecycle
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage != "fit":
+            return
+        problem = get_backend(self.backend).problem()
+        if problem:
+            raise RuntimeError(
+                f"LatencyBudgetPruning(backend={self.backend!r}) cannot run here: {problem}. "
+                f"Use backend={DEFAULT_BACKEND!r} or install the runtime. The model was not "
+                "changed."
+            )
+        self.end_epoch = self.resolved_end_epoch(trainer.max_epochs)
+        self.check_schedule_fits(trainer, "end_epoch", self.end_epoch)
+        self.warn_without_checkpoint_support(pl_module, "pruned")
+        sample = pl_module.example_input_array
+        if isinstance(sample, Tensor):  # else checked at train start, from a training batch
+            self._example = sample[:1].to(pl_module.device)
+            self._start(trainer, pl_module)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self.end_epoch is not None
+        self.check_reached_within_max_steps(trainer, f"end_epoch={self.end_epoch}", self.end_epoch)
+        self._example = example_input(trainer, pl_module)
+        if not self._checked and self.progress > 0 and self.dense_ms is not None:
+            # Resumed without example_input_array: the model is already pruned, so the dense
+            # figures come from the checkpoint and later steps are timed without a dense twin.
+            self._layers = select_layers(
+                pl_module, self._example, self.ignore, self.keep_first_and_last, self.technique
+            )
+            self._probe = Probe(
+                self.backend, self._example.cpu(), self.batch_size, self.threads, self.timing_rounds
+            )
+            self._checked = True
+        if not self._checked:
+            self._start(trainer, pl_module)
+        steps = trainer.num_training_batches
+        if not math.isfinite(steps):
+            raise ValueError("LatencyBudgetPruning needs a train dataloader with a length.")
+        self._step_schedule = StepSchedule(
+            start_epoch=self.start_epoch,
+            end_epoch=self.end_epoch,
+            steps_per_epoch=int(steps),
+            every_n_steps=self.update_every_n_steps,
+            initial=0.0,
+            final=1.0,
+            name=self.schedule,
+        )
+        self.widths = self._layer_widths(pl_module)
+
+    def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Measure the dense and the smallest model; refuse budgets out of reach (model untouched).
+
+        Raises:
+            ValueError: No prunable group, a budget at or above the dense latency, or below the
+                smallest reachable one.
+        """
+        assert self._example is not None
+        self._layers = select_layers(
+            pl_module, self._example, self.ignore, self.keep_first_and_last, self.technique
+        )
+        groups = channel_groups(pl_module, self._example, self._layers, self.round_to)
+        if not groups:
+            raise ValueError(
+                f"LatencyBudgetPruning found no prunable channel group: every torch-pruning group "
+                f"of the selected layers {self._layers[:4]} is coupled to a kept layer or has at "
+                f"most round_to={self.round_to} channels. Lower round_to, drop ignore patterns or "
+                "pass keep_first_and_last=False. The model was not changed."
+            )
+        result: Any = None
+        if trainer.is_global_zero:
+            result = self._measure_bounds(pl_module, groups)
+        dense_ms, floor_ms, tolerance = trainer.strategy.broadcast(result, src=0)
+        self.dense_ms, self.floor_ms, self.tolerance = dense_ms, floor_ms, tolerance
+        target = self.target_latency_ms or dense_ms / (self.target_speedup or 1.0)
+        self._checked = True
+        # A resumed run's last measurement replaces this one when its state loads.
+        self.last = {"measured_ms": dense_ms, "dense_ms": dense_ms, "predicted_ms": dense_ms}
+        self.target_ms = target
+        if self.target_latency_ms is not None and target >= dense_ms:
+            raise ValueError(
+                f"LatencyBudgetPruning(target_latency_ms={target:g}): the dense model already "
+                f"runs in {dense_ms:.4g} ms (measured on {self.backend}, batch {self.batch_size}), "
+                f"so there is nothing to prune for. Set target_latency_ms below {dense_ms:.4g}. "
+                "The model was not changed."
+            )
+        if target < floor_ms * (1.0 - tolerance):
+            raise ValueError(
+                f"LatencyBudgetPruning cannot reach {target:.4g} ms on {self.backend} (batch "
+                f"{self.batch_size}): with every channel group cut to round_to={self.round_to} "
+                f"channels the model still runs in {floor_ms:.4g} ms (measured; dense "
+                f"{dense_ms:.4g} ms), the closest reachable latency, a speedup of at most "
+                f"{dense_ms / floor_ms:.2f}x. Raise the budget to >= {floor_ms:.4g} ms (or "
+                f"target_speedup <= {dense_ms / floor_ms:.2f}). The model was not changed."
+            )
+        rank_zero_info(
+            f"LatencyBudgetPruning: dense {dense_ms:.4g} ms, budget {target:.4g} ms, smallest "
+            f"reachable {floor_ms:.4g} ms on {self.backend} (batch {self.batch_size}); "
+            f"tolerance {tolerance:.1%} from the measured spread; {len(groups)} channel groups."
+        )
+
+    def _measure_bounds(
+        self, pl_module: pl.LightningModule, groups: list[ChannelGroup]
+    ) -> tuple[float, float, float]:
+        assert self._example is not None
+        self._close()
+        self._probe = Probe(
+            self.backend, self._example.cpu(), self.batch_size, self.threads, self.timing_rounds
+        )
+        self._probe.folder = Path(tempfile.mkdtemp(prefix="latency-budget-"))
+        try:
+            smallest = thinned_copy(
+                pl_module, self._example, {g.name: self.round_to for g in groups}
+            )
+            floor = self._probe.compile(smallest)
+        except Exception as err:
+            raise ValueError(
+                f"LatencyBudgetPruning would break {type(pl_module).__name__}: cutting a copy to "
+                f"round_to={self.round_to} channels per group fails ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}). Leave the layers involved out "
+                "with ignore=[...]. The model was not changed."
+            ) from err
+        self._dense = self._probe.compile(pl_module, exact=True)
+        dense_t, floor_t = self._probe.time([self._dense, floor])
+        tolerance = dense_t.iqr_ms / dense_t.median_ms
+        if self.target_speedup is not None:
+            tolerance += floor_t.iqr_ms / floor_t.median_ms
+        return dense_t.median_ms, floor_t.median_ms, float(tolerance)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        assert self._step_schedule is not None
+        step = trainer.current_epoch * self._step_schedule.steps_per_epoch + batch_idx
+        if not (self._pending or self._step_schedule.is_update_step(step)):
+            return
+        progress = self._step_schedule.sparsity_at(step)
+        if progress <= self.progress + 1e-9:
+            return
+        if needs_gradients(self.criterion) and not has_gradients(
+            [pl_module.get_submodule(n).weight for n in self._layers]  # type: ignore[misc]
+        ):
+            self._pending = True  # rank by the gradients of this batch, one batch later
+            return
+        self._pending = False
+        self._step(trainer, pl_module, progress)
+        final = progress >= 1.0 - 1e-9
+        for _ in range(self.max_corrections if final else 0):
+            if self._within_budget():
+                break
+            self._step(trainer, pl_module, 1.0)
+        if final:
+            self._report_final()
+
+    # ----------------------------------------------------------------- one step
+    def _step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, progress: float) -> None:
+        """Plan on rank zero, apply on every rank, measure on rank zero (closed loop)."""
+        assert (
+            self._example is not None and self.dense_ms is not None and self.target_ms is not None
+        )
+        check_finite_weights(pl_module, self.technique)
+        goal = schedule_target(self.dense_ms, self.target_ms, progress)
+        before = self._budget_frame(self.last)
+        graph = dependency_graph(pl_module, self._example)
+        plan: Any = None
+        if trainer.is_global_zero:
+            plan = self._plan(pl_module, graph, before, goal)
+        removals, predicted, reached = trainer.strategy.broadcast(plan, src=0)
+        history = prune_groups(pl_module, graph, removals)
+        if history:
+            record_structural_change(
+                pl_module, "channel_pruning", input_shape=list(self._example.shape), history=history
+            )
+            rebuild_optimizers(trainer)
+        measured: Any = None
+        if trainer.is_global_zero:
+            measured = self._measure(pl_module) if history else dict(self.last)
+        measured = trainer.strategy.broadcast(measured, src=0)
+        measured["predicted_ms"] = predicted
+        after = self._budget_frame(measured)
+        if history:
+            self.scale = correction(before, predicted, after) * self.scale if self.scale else 1.0
+            self.scale = min(max(self.scale, 0.25), 4.0)
+        self.last = measured
+        self.progress = max(self.progress, progress)
+        self.widths = self._layer_widths(pl_module)
+        self.history.append(
+            {
+                "epoch": trainer.current_epoch,
+                "goal_ms": goal,
+                **measured,
+                "widths": dict(self.widths),
+            }
+        )
+        if not reached:
+            rank_zero_warn(
+                f"LatencyBudgetPruning: the latency model predicts that {goal:.4g} ms cannot be "
+                f"reached without cutting groups below round_to={self.round_to} channels; closest "
+                f"reachable: {predicted:.4g} ms predicted, {after:.4g} ms measured."
+            )
+
+    def _plan(
+        self, pl_module: pl.LightningModule, graph: Any, before: float, goal: float
+    ) -> tuple[dict[str, list[int]], float, bool]:
+        assert self._example is not None and self._probe is not None
+        groups = channel_groups(pl_module, self._example, self._layers, self.round_to, graph)
+        if not groups:
+            return {}, before, False
+        model = self._latency_model(pl_module, groups)
+        names = [g.name for g in groups]
+        scores = group_scores(pl_module, graph, self._layers, names, self.criterion)
+
+        def saving(name: str, width: int) -> float:  # in the measured (shipped) frame
+            return model.saving(name, width) * before / model.base_ms
+
+        allocation = allocate(scores, saving, before, goal, self.round_to, self.scale)
+        return allocation.removals, allocation.predicted_ms, allocation.reached
+
+    def _latency_model(
+        self, pl_module: pl.LightningModule, groups: list[ChannelGroup]
+    ) -> LatencyModel:
+        assert self._example is not None and self._probe is not None
+        return build_latency_model(
+            pl_module, self._example, groups, self._probe, self.round_to, self.widths_per_group
+        )
+
+    def _measure(self, pl_module: pl.LightningModule) -> dict[str, float]:
+        """Export the model as shipped (``to_onnx``) and time it alternating with the dense one."""
+        assert self._probe is not None and self.dense_ms is not None
+        model = self._probe.compile(pl_module, exact=True)
+        if self._dense is None:
+            (model_t,) = self._probe.time([model])
+            return {"measured_ms": model_t.median_ms, "dense_ms": self.dense_ms, "spread": 0.0}
+        dense_t, model_t = self._probe.time([self._dense, model])
+        return {
+            "measured_ms": model_t.median_ms,
+            "dense_ms": dense_t.median_ms,
+            "spread": model_t.iqr_ms / model_t.median_ms
+            + (dense_t.iqr_ms / dense_t.median_ms if self.target_speedup else 0.0),
+        }
+
+    def _budget_frame(self, measurement: dict[str, float]) -> float:
+        """The measured latency the budget is judged on, in ms.
+
+        Raw for a millisecond target; for a speedup target, corrected for contention:
+        ``dense at start * model / dense now`` (both timed in the same rounds).
+        """
+        assert self.dense_ms is not None
+        measured = measurement["measured_ms"]
+        if self.target_speedup is None:
+            return measured
+        return self.dense_ms * measured / measurement.get("dense_ms", self.dense_ms)
+
+    def _within_budget(self) -> bool:
+        assert self.target_ms is not None
+        tolerance = max(self.tolerance, self.last.get("spread", 0.0))
+        return self._budget_frame(self.last) <= self.target_ms * (1.0 + tolerance)
+
+    def _report_final(self) -> None:
+        assert self.target_ms is not None
+        frame = self._budget_frame(self.last)
+        speedup = self.last["dense_ms"] / self.last["measured_ms"]
+        tolerance = max(self.tolerance, self.last.get("spread", 0.0))
+        if self._within_budget():
+            rank_zero_info(
+                f"LatencyBudgetPruning: budget met on {self.backend}: {frame:.4g} ms measured vs "
+                f"{self.target_ms:.4g} ms budget (tolerance {tolerance:.1%}, the measured spread); "
+                f"{speedup:.2f}x the dense model in the same timing rounds."
+            )
+        else:
+            rank_zero_warn(
+                f"LatencyBudgetPruning: budget NOT met on {self.backend}: the closest reached is "
+                f"{frame:.4g} ms measured vs {self.target_ms:.4g} ms budget (tolerance "
+                f"{tolerance:.1%}) after {self.max_corrections} corrections; {speedup:.2f}x the "
+                "dense model. Raise the budget or lower round_to."
+            )
+
+    # ----------------------------------------------------------------- logging, state
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.target_ms is None or not self.last:
+            return
+        k = self._key
+        self.log_metrics(
+            pl_module,
+            {
+                f"{k}/target_ms": float(self.target_ms),
+                f"{k}/measured_ms": float(self.last["measured_ms"]),
+                f"{k}/predicted_ms": float(self.last.get("predicted_ms", self.last["measured_ms"])),
+                f"{k}/dense_ms": float(self.last["dense_ms"]),
+                f"{k}/speedup": float(self.last["dense_ms"] / self.last["measured_ms"]),
+            },
+        )
+        if not trainer.is_global_zero:
+            return
+        from lightning.pytorch.loggers import WandbLogger
+
+        run = wandb_run(trainer)
+        plain = {f"compress/width/{name}": float(w) for name, w in self.widths.items()}
+        for logger in trainer.loggers:
+            if run is not None and isinstance(logger, WandbLogger):
+                import wandb
+
+                rows = [[trainer.current_epoch, n, w] for n, w in self.widths.items()]
+                table = wandb.Table(columns=["epoch", "layer", "width"], data=rows)
+                run.log({"compress/widths": table})
+            else:
+                logger.log_metrics(plain, step=trainer.global_step)
+
+    def _layer_widths(self, pl_module: pl.LightningModule) -> dict[str, int]:
+        return {name: out_channels(pl_module.get_submodule(name)) for name in self._layers}
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        self._close()
+
+    def _close(self) -> None:
+        self._dense = None
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "progress": self.progress,
+            "scale": self.scale,
+            "target_ms": self.target_ms,
+            "dense_ms": self.dense_ms,
+            "floor_ms": self.floor_ms,
+            "tolerance": self.tolerance,
+            "last": dict(self.last),
+            "history": list(self.history),
+            "end_epoch": self.end_epoch,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.progress = float(state_dict.get("progress", 0.0))
+        self.scale = float(state_dict.get("scale", 1.0))
+        self.last = dict(state_dict.get("last", {})) or self.last
+        if not self._checked:  # measured in setup otherwise; kept for a resume without one
+            self.dense_ms = state_dict.get("dense_ms")
+            self.floor_ms = state_dict.get("floor_ms")
+            self.tolerance = float(state_dict.get("tolerance", 0.0))
+            self.target_ms = state_dict.get("target_ms")
+        self.history = list(state_dict.get("history", []))
+        self.end_epoch = state_dict.get("end_epoch", self.end_epoch)
+
+
+def callback_from_flags(
+    latency_budget_ms: float | None = None, target_speedup: float | None = None, **options: Any
+) -> LatencyBudgetPruning | None:
+    """The callback ``lightning-accel fit --latency-budget-ms / --target-speedup`` adds.
+
+    Args:
+        latency_budget_ms: ``--latency-budget-ms``: budget in ms at ``options['batch_size']``.
+        target_speedup: ``--target-speedup``: budget as a speedup over the dense model.
+        **options: Other :class:`LatencyBudgetPruning` arguments (backend, epochs, round_to).
+
+    Returns:
+        ``None`` when neither flag is given.
+
+    Raises:
+        ValueError: If both flags are given, or a value is out of range.
+    """
+    if latency_budget_ms is None and target_speedup is None:
+        return None
+    return LatencyBudgetPruning(
+        target_latency_ms=latency_budget_ms, target_speedup=target_speedup, **options
+    )
+
+
+__all__ = ["LatencyBudgetPruning", "callback_from_flags"]

@@ -1,0 +1,143 @@
+"""Choose which channel groups lose how many channels to reach a latency.
+
+Greedy allocation in the spirit of NetAdapt (Yang et al., 2018, "NetAdapt: Platform-Aware
+Neural Network Adaptation for Mobile Applications": per-layer measured latency tables, cut
+where the accuracy cost per millisecond is lowest) and HALP (Shen et al., 2022, "Structural
+Pruning via Latency-Saliency Knapsack": importance over latency cost, a knapsack over
+groups). Starting from the current widths, the allocator repeatedly takes the one cut of
+``round_to`` channels, over all groups, that loses the **least importance per millisecond
+saved**, until the predicted latency reaches the target. The channels cut within a group are
+always its least important ones; no group ever loses its last ``round_to`` channels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+# ms saved by bringing a group (by name) from its current width to a given width.
+Savings = Callable[[str, int], float]
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The allocator's plan.
+
+    Attributes:
+        widths: New width of every group considered, by root name.
+        removals: Channel indices (of the current channels) to remove, per group.
+        predicted_ms: Latency predicted with these widths.
+        importance_lost: Summed importance of the channels removed.
+        reached: Whether ``predicted_ms <= target_ms``; ``False``: every group is at its
+            minimum (or no cut is predicted to save time) and the target is out of reach.
+    """
+
+    widths: dict[str, int]
+    removals: dict[str, list[int]]
+    predicted_ms: float
+    importance_lost: float
+    reached: bool
+
+
+def next_width(width: int, round_to: int) -> int:
+    """The next multiple of ``round_to`` strictly below ``width`` (may be below ``round_to``)."""
+    return width - (width % round_to or round_to)
+
+
+def allocate(
+    scores: Mapping[str, Tensor],
+    savings: Savings,
+    current_ms: float,
+    target_ms: float,
+    round_to: int,
+    scale: float = 1.0,
+) -> Allocation:
+    """Greedy least-importance-per-millisecond allocation of channel cuts.
+
+    Args:
+        scores: Per group root name, one importance score per current channel (higher keeps).
+        savings: ``savings(name, width)``: predicted ms saved by bringing ``name`` from its
+            current width (``len(scores[name])``) to ``width``; 0 at the current width.
+        current_ms: Latency of the model now, in milliseconds.
+        target_ms: Latency to reach, in milliseconds.
+        round_to: Cuts come in multiples of this; every group keeps at least this many
+            channels, and new widths are multiples of it.
+        scale: Correction applied to every predicted saving (measured / predicted drop of the
+            previous step; 1.0: trust the model).
+
+    Returns:
+        The :class:`Allocation`.
+
+    Raises:
+        ValueError: If ``round_to < 1`` or ``scale <= 0``.
+
+    Example:
+        >>> scores = {"a": torch.ones(16), "b": torch.ones(16) * 2}
+        >>> plan = allocate(scores, lambda n, w: (16 - w) * 0.1, 3.0, 2.5, 8)
+        >>> plan.widths
+        {'a': 8, 'b': 16}
+    """
+    if round_to < 1 or not scale > 0:
+        raise ValueError(f"round_to must be >= 1 and scale > 0; got {round_to}, {scale}")
+    initial = {name: int(s.numel()) for name, s in scores.items()}
+    order = {name: torch.argsort(s, stable=True) for name, s in scores.items()}
+    ranked = {name: s[order[name]].double() for name, s in scores.items()}
+    widths = dict(initial)
+    predicted = float(current_ms)
+    lost = 0.0
+    while predicted > target_ms:
+        best: tuple[float, float, str, int, float] | None = None
+        for name, width in widths.items():
+            new = next_width(width, round_to)
+            if new < round_to:
+                continue  # the last round_to channels stay
+            gain = (savings(name, new) - savings(name, width)) * scale
+            if gain <= 0:
+                continue
+            cost = float(ranked[name][initial[name] - width : initial[name] - new].sum())
+            key = cost / gain
+            # least importance per ms first; on a tie, the larger saving
+            if best is None or (key, -gain) < (best[0], -best[1]):
+                best = (key, gain, name, new, cost)
+        if best is None:
+            break
+        _, gain, name, new, cost = best
+        widths[name] = new
+        predicted -= gain
+        lost += cost
+    removals = {
+        name: sorted(int(i) for i in order[name][: initial[name] - widths[name]].tolist())
+        for name in widths
+    }
+    return Allocation(widths, removals, predicted, lost, predicted <= target_ms)
+
+
+def schedule_target(dense_ms: float, target_ms: float, progress: float) -> float:
+    """Latency to reach at ``progress`` of the schedule: from ``dense_ms`` down to ``target_ms``.
+
+    Args:
+        dense_ms: Latency before pruning.
+        target_ms: The budget, reached at ``progress = 1``.
+        progress: Fraction of the schedule done (the schedule's value, in [0, 1]).
+    """
+    p = min(max(progress, 0.0), 1.0)
+    return dense_ms - p * (dense_ms - target_ms)
+
+
+def correction(
+    before_ms: float, predicted_ms: float, measured_ms: float, bounds: Sequence[float] = (0.5, 2.0)
+) -> float:
+    """Measured over predicted latency drop of a step, clamped to ``bounds`` (1.0 if no drop).
+
+    The next step scales its predicted savings by this, so a model that over- or
+    under-estimates its savings (non-additive groups) is corrected by what was measured.
+    """
+    predicted_drop = before_ms - predicted_ms
+    if not math.isfinite(measured_ms) or predicted_drop <= 1e-9:
+        return 1.0
+    ratio = (before_ms - measured_ms) / predicted_drop
+    return float(min(max(ratio, bounds[0]), bounds[1]))

@@ -1,0 +1,84 @@
+"""Greedy least-importance-per-millisecond allocation (no timing, no Trainer)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_accel.pruning.allocation import (
+    allocate,
+    correction,
+    next_width,
+    schedule_target,
+)
+
+
+def _linear(per_channel_ms: dict[str, float], widths: dict[str, int]):
+    """Savings linear in the channels removed, ``per_channel_ms`` per channel."""
+    return lambda name, width: (widths[name] - width) * per_channel_ms[name]
+
+
+def test_widths_stay_multiples_of_round_to_and_no_group_is_emptied() -> None:
+    scores = {"a": torch.rand(64), "b": torch.rand(40), "c": torch.rand(12)}
+    widths = {n: len(s) for n, s in scores.items()}
+    savings = _linear({"a": 0.01, "b": 0.02, "c": 0.05}, widths)
+    plan = allocate(scores, savings, current_ms=5.0, target_ms=0.0, round_to=8)  # unreachable
+    assert plan.widths == {"a": 8, "b": 8, "c": 8}  # all at the minimum, none below
+    assert not plan.reached
+    assert all(w % 8 == 0 and w >= 8 for w in plan.widths.values())
+    # 12 channels go to 8, the next multiple below, not to 4 or 0
+    assert next_width(12, 8) == 8 and next_width(16, 8) == 8 and next_width(8, 8) == 0
+    for name, removed in plan.removals.items():
+        assert len(removed) == widths[name] - plan.widths[name]
+        assert len(set(removed)) == len(removed)
+
+
+def test_cuts_go_where_importance_per_ms_is_lowest() -> None:
+    # "cheap" saves 0.1 ms per channel at importance 1; "costly" saves 0.1 ms at importance 5;
+    # "slow" saves 1 ms per channel at importance 5 (0.5 + 0.5 importance per ms: best).
+    scores = {
+        "cheap": torch.ones(32),
+        "costly": torch.full((32,), 5.0),
+        "slow": torch.full((32,), 5.0),
+    }
+    widths = {n: 32 for n in scores}
+    savings = _linear({"cheap": 0.1, "costly": 0.1, "slow": 1.0}, widths)
+    plan = allocate(scores, savings, current_ms=100.0, target_ms=92.0, round_to=8)
+    assert plan.widths == {"cheap": 32, "costly": 32, "slow": 24}
+    assert plan.reached and plan.predicted_ms == pytest.approx(92.0)
+    # a larger cut: "slow" goes first (5 per ms), then "cheap" (10 per ms), "costly" last (50)
+    plan = allocate(scores, savings, current_ms=100.0, target_ms=75.0, round_to=8)
+    assert plan.widths["slow"] == 8 and plan.widths["costly"] == 32
+    assert plan.widths["cheap"] < 32
+
+
+def test_the_least_important_channels_of_a_group_are_the_ones_removed() -> None:
+    scores = {"a": torch.tensor([9.0, 0.1, 8.0, 0.2, 7.0, 0.3, 6.0, 0.4] * 2)}
+    plan = allocate(scores, lambda n, w: (16 - w) * 1.0, 16.0, 8.0, round_to=8)
+    assert plan.widths == {"a": 8}
+    assert plan.removals["a"] == [1, 3, 5, 7, 9, 11, 13, 15]
+    assert plan.importance_lost == pytest.approx(2 * (0.1 + 0.2 + 0.3 + 0.4))
+
+
+def test_a_correction_below_one_makes_the_plan_cut_more() -> None:
+    scores = {"a": torch.ones(64)}
+    savings = _linear({"a": 0.1}, {"a": 64})
+    trusting = allocate(scores, savings, 10.0, 8.0, 8)
+    corrected = allocate(scores, savings, 10.0, 8.0, 8, scale=0.5)
+    assert trusting.widths["a"] == 40 and corrected.widths["a"] == 24
+
+
+def test_schedule_target_and_correction() -> None:
+    assert schedule_target(10.0, 4.0, 0.0) == 10.0
+    assert schedule_target(10.0, 4.0, 0.5) == 7.0
+    assert schedule_target(10.0, 4.0, 2.0) == 4.0
+    # predicted a 2 ms drop, measured 1 ms: savings were overestimated by 2x
+    assert correction(10.0, 8.0, 9.0) == pytest.approx(0.5)
+    assert correction(10.0, 10.0, 9.0) == 1.0  # no predicted drop: nothing to learn
+    assert correction(10.0, 9.9, 5.0) == 2.0  # clamped
+
+
+@pytest.mark.bad_input("constructor")
+def test_round_to_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="round_to must be >= 1"):
+        allocate({"a": torch.ones(8)}, lambda n, w: 0.0, 1.0, 0.5, 0)
