@@ -35,7 +35,7 @@ BACKEND = Backend(
     ),
     qdq=QDQFlavour(symmetric_activations=False, integer_bias=True),
     # It runs TensorRT-flavoured Q/DQ too, but without fusing it into integer kernels.
-    runs_qdq_of=("onnxruntime", "tensorrt"),
+    runs_qdq_of=("onnxruntime", "openvino", "tensorrt"),
     float_precision="fp32",
     compiler="lightning_accel.backends.onnxruntime:compile_onnxruntime",
     availability="lightning_accel.backends.onnxruntime:onnxruntime_problem",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +43,9 @@ from lightning_accel.export.folder import (
     remove_stale,
 )
 from lightning_accel.export.inputs import model_input, random_input, value_range
+from lightning_accel.tracking.history import merge_epoch_rows, scalar_metrics, write_epoch_csv
+from lightning_accel.tracking.plots import plot_accuracy_vs_latency, plot_epochs, plots_available
+from lightning_accel.tracking.run_config import log_callback_settings
 from lightning_accel.tracking.wandb_logging import log_export_to_wandb
 from lightning_accel.utilities.copying import detached_copy
 from lightning_accel.utilities.modules import eval_mode
@@ -150,6 +155,7 @@ class ExportOnFitEnd(AccelCallback):
         self.on_verification_failure = on_verification_failure
         self.input_key = input_key
         self.summary: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []  # per-epoch scalar metrics, for epochs.csv
         self._baseline: nn.Module | None = None
         self._input_bounds: tuple[int, int] | None = None
         self.folder = ExportFolder(
@@ -215,16 +221,17 @@ class ExportOnFitEnd(AccelCallback):
                         f"for it with QuantizationAware(backend={name!r}), or export to "
                         f"{target!r} only."
                     )
-                if target != name:
+                if runtime.qdq != get_backend(target).qdq:  # same flavour: same integer kernels
                     rank_zero_warn(
                         f"ExportOnFitEnd: the model is quantized for {target!r} but also exported "
-                        f"to {name!r}, which runs that Q/DQ flavour without its own integer "
-                        f"kernels (slower than QuantizationAware(backend={name!r}) would be). "
+                        f"to {name!r}, which runs that Q/DQ flavour, not its own "
+                        f"(slower than QuantizationAware(backend={name!r}) would be). "
                         "The summary records it under notes."
                     )
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        log_callback_settings(trainer)  # every callback's settings in W&B config / hparams
         if trainer.is_global_zero and self.settings.benchmark:
             self._baseline = detached_copy(pl_module).cpu().eval()
 
@@ -263,22 +270,71 @@ class ExportOnFitEnd(AccelCallback):
     def _export(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: Path
     ) -> list[str]:
+        started = time.perf_counter()
+
+        def progress(message: str) -> None:  # one line per stage, on the console (stderr)
+            rank_zero_info(f"ExportOnFitEnd: {message} ({time.perf_counter() - started:.1f} s)")
+
         final = detached_copy(pl_module).cpu().eval()
         batches = self._validation_inputs(trainer, pl_module)
-        outcome = export_and_compare(final, self._baseline, batches, self.dirpath, self.settings)
+        outcome = export_and_compare(
+            final, self._baseline, batches, self.dirpath, self.settings, progress
+        )
+        summary: dict[str, Any] = {"accuracy": _metric(trainer, "val/acc"), **outcome.summary}
+        add_compressed_sizes(summary, outcome.onnx_path, self.dirpath / "baseline.onnx")
+        progress("writing summary.json, the per-epoch CSV and charts")
+        charts = self._write_history(trainer, summary)
         self.summary = self.folder.write_summary(
-            {"accuracy": _metric(trainer, "val/acc"), **outcome.summary},
-            [checkpoint, *outcome.files],
+            summary,
+            [checkpoint, *outcome.files, *charts],
             data=trainer.datamodule,  # preprocessing and class names for manifest.json
         )
-        rank_zero_info(format_summary(self.summary))
+        rank_zero_info(format_summary(self.summary) + _compressed_line(self.summary))
+        for warning in _timing_warnings(self.summary):
+            rank_zero_warn(f"ExportOnFitEnd: {warning}")
         artifacts = [outcome.onnx_path, self.dirpath / "summary.json"]
         log_export_to_wandb(trainer, self.summary, artifacts)
+        written = ", ".join(str(p) for p in [self.dirpath / "summary.json", *charts])
+        rank_zero_info(
+            f"ExportOnFitEnd: done in {time.perf_counter() - started:.1f} s; model: "
+            f"{outcome.onnx_path}; checkpoint: {checkpoint}; {written}"
+        )
         if self.on_verification_failure == "warn":
             for mismatch in outcome.mismatches:
                 rank_zero_warn(mismatch)
             return outcome.errors
         return outcome.errors + outcome.mismatches
+
+    def _write_history(self, trainer: pl.Trainer, summary: dict[str, Any]) -> list[Path]:
+        """Write ``epochs.csv`` and, with matplotlib, the PNG charts; return what was written."""
+        from lightning_accel.callbacks.latency import LatencyMonitor
+
+        monitors = [c for c in trainer.callbacks if isinstance(c, LatencyMonitor)]  # type: ignore[attr-defined]
+        rows = merge_epoch_rows(self.history, *(m.history for m in monitors))
+        if not rows:
+            return []
+        written = [write_epoch_csv(rows, self.dirpath / "epochs.csv")]
+        note = plots_available()
+        if note is not None:
+            rank_zero_info(f"ExportOnFitEnd: {note} epochs.csv is written.")
+            return written
+        monitor = monitors[0] if monitors else None
+        key = f"latency/{monitor.backend}/b{monitor.batch_sizes[0]}_ms" if monitor else None
+        written.append(plot_epochs(rows, self.dirpath / "epochs.png", key))
+        backend = self.settings.backends[0]
+        row = summary["backends"].get(backend, {}).get("latency", {}).get("1")
+        final = (row["model_ms"], summary["accuracy"]) if row and summary["accuracy"] else None
+        baseline_ms = row["baseline_ms"] if row else None
+        path = self.dirpath / "accuracy_vs_latency.png"
+        written.append(plot_accuracy_vs_latency(rows, key, final, baseline_ms, path))
+        return written
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Record the epoch's scalar metrics (validation has run) for ``epochs.csv``."""
+        if trainer.is_global_zero and not trainer.sanity_checking:
+            row = {"epoch": trainer.current_epoch, **scalar_metrics(trainer.callback_metrics)}
+            self.history = [r for r in self.history if r["epoch"] != row["epoch"]] + [row]
 
     def _validation_inputs(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
@@ -313,6 +369,50 @@ class ExportOnFitEnd(AccelCallback):
             return
         sample = model_input(next(iter(loader)), self.input_key)
         self._input_bounds = value_range([sample])
+
+
+def add_compressed_sizes(summary: dict[str, Any], model: Path, baseline: Path) -> None:
+    """Add ``onnx_compressed_bytes`` (zlib, level 6, with external data) to model and baseline.
+
+    Unstructured sparsity and binarization keep the ONNX file's size but make it compress:
+    this is the size they buy (DESIGN.md, contract 2).
+    """
+    for section, path in (("model", model), ("baseline", baseline)):
+        if section in summary and path.is_file():
+            summary[section]["onnx_compressed_bytes"] = compressed_size(path)
+
+
+def compressed_size(path: Path) -> int:
+    """Bytes of an ONNX file (and its ``.data`` external weights) after zlib level 6."""
+    compressor = zlib.compressobj(6)
+    total = 0
+    for part in (path, path.with_name(path.name + ".data")):
+        if part.is_file():
+            with open(part, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    total += len(compressor.compress(chunk))
+    return total + len(compressor.flush())
+
+
+def _compressed_line(summary: dict[str, Any]) -> str:
+    model, base = summary.get("model", {}), summary.get("baseline") or {}
+    size = model.get("onnx_compressed_bytes")
+    if size is None:
+        return ""
+    line = f"\ncompressed ONNX (zlib): {size / 1e6:.2f} MB"
+    if base.get("onnx_compressed_bytes"):
+        ratio = base["onnx_compressed_bytes"] / size
+        line += f" (baseline {base['onnx_compressed_bytes'] / 1e6:.2f} MB, {ratio:.2f}x smaller)"
+    return line
+
+
+def _timing_warnings(summary: dict[str, Any]) -> list[str]:
+    return [
+        f"{backend} batch {batch}: {row['warning']}"
+        for backend, entry in summary.get("backends", {}).items()
+        for batch, row in (entry.get("latency") or {}).items()
+        if row and row.get("warning")
+    ]
 
 
 def _is_batch_shape(value: object) -> bool:
