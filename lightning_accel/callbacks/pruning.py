@@ -28,6 +28,7 @@ from lightning_accel.callbacks.base import (
 from lightning_accel.checkpointing import record_structural_change
 from lightning_accel.pruning.channels import (
     check_structured_support,
+    input_specs,
     out_channels,
     prune_channels,
     ratios_to_widths,
@@ -46,10 +47,22 @@ from lightning_accel.pruning.masks import (
     weight_owners,
     weight_sparsity,
 )
-from lightning_accel.pruning.plan import channel_sparsity, layers_short_of_plan, rehearse
+from lightning_accel.pruning.plan import channel_sparsity, rehearse
 from lightning_accel.pruning.schedules import SCHEDULES, ScheduleName, StepSchedule
-from lightning_accel.utilities.layer_selection import select_layers
+from lightning_accel.pruning.transaction import (
+    StepPlan,
+    check_step,
+    layer_widths,
+    output_shapes_of,
+    pruning_step,
+)
+from lightning_accel.utilities.layer_selection import (
+    PRUNABLE_LAYERS,
+    WEIGHTED_LAYERS,
+    select_layers,
+)
 from lightning_accel.utilities.model_stats import model_stats
+from lightning_accel.utilities.modules import ModelInput
 
 PruningMode = Literal["structured", "unstructured", "2:4"]
 PruningScope = Literal["global", "layer"]
@@ -224,7 +237,13 @@ class GradualPruning(AccelCallback):
                 parameter.grad = self._gradients[name].to(parameter.device)
         self._gradients = {}
         layers = select_layers(
-            pl_module, self._example, self.ignore, self.keep_first_and_last, "GradualPruning"
+            pl_module,
+            self._example,
+            self.ignore,
+            self.keep_first_and_last,
+            "GradualPruning",
+            kinds=WEIGHTED_LAYERS if self.mode == "2:4" else PRUNABLE_LAYERS,
+            keep_last=self.mode == "structured",  # the output width never changes
         )
         if self._dense_stats is None:  # else restored from a checkpoint, mid-schedule
             dense = model_stats(pl_module, self._example)
@@ -370,12 +389,17 @@ class GradualPruning(AccelCallback):
                 criterion=criterion,
             )
 
+        widths, shapes = layer_widths(pl_module), output_shapes_of(pl_module, example)
         trial = rehearse(pl_module, example, prune, self.technique)
-        short = (
-            layers_short_of_plan(trial, self._initial_widths, self.target_sparsity, self.round_to)
-            if self.scope == "layer"
-            else []
+        problem, short = check_step(
+            trial, example, self._plan(self.target_sparsity), widths, shapes
         )
+        if problem is not None:
+            raise ValueError(
+                f"GradualPruning(mode='structured') would break {type(pl_module).__name__}: "
+                f"after pruning a copy to the target, layer {problem.layer!r} {problem.what}. "
+                f"Fix: {problem.fix}. The model was not changed."
+            )
         if short:
             reached = channel_sparsity(trial, self._initial_widths)
             rank_zero_warn(
@@ -385,6 +409,15 @@ class GradualPruning(AccelCallback):
                 f"{'; '.join(short[:5])}. The model will reach sparsity {reached:.3f}, not "
                 f"{self.target_sparsity:.3f}; compress/sparsity reports what is measured."
             )
+
+    def _plan(self, sparsity: float) -> StepPlan:
+        return StepPlan(
+            layers=self._layers or list(self._initial_widths),
+            initial_widths=self._initial_widths,
+            sparsity=sparsity,
+            round_to=self.round_to,
+            per_layer=self.scope == "layer",
+        )
 
     def _widths_off_multiples_of_8(self, pl_module: pl.LightningModule) -> list[str]:
         if self.round_to is not None or not self.applied_sparsity:
@@ -436,17 +469,30 @@ class GradualPruning(AccelCallback):
         assert self._example is not None
         check_finite_weights(pl_module, self.technique)
         if self.mode == "structured":
-            history = prune_channels(
+            example = self._example
+            ratios = self._channel_ratios(pl_module, sparsity)
+            history, short = pruning_step(
                 pl_module,
-                self._example,
-                self._layers,
-                self._channel_ratios(pl_module, sparsity),
-                global_scope=self.scope == "global",
-                round_to=self.round_to,
-                criterion=self.criterion,
+                example,
+                self._plan(sparsity),
+                lambda: prune_channels(
+                    pl_module,
+                    example,
+                    self._layers,
+                    ratios,
+                    global_scope=self.scope == "global",
+                    round_to=self.round_to,
+                    criterion=self.criterion,
+                ),
+                self.technique,
             )
+            if short:
+                rank_zero_info(
+                    f"GradualPruning: measured widths held back by coupled layers: "
+                    f"{'; '.join(short[:5])}."
+                )
             record_structural_change(
-                pl_module, "channel_pruning", input_shape=list(self._example.shape), history=history
+                pl_module, "channel_pruning", history=history, **_inputs(example)
             )
             rebuild_optimizers(trainer)
         else:
@@ -507,6 +553,13 @@ class GradualPruning(AccelCallback):
                 "of 4. Use mode='unstructured' for this model."
             )
         return fitting
+
+
+def _inputs(example: ModelInput) -> dict[str, Any]:
+    """How the structural log records the example input (a plain float tensor: its shape)."""
+    if isinstance(example, Tensor) and example.is_floating_point():
+        return {"input_shape": list(example.shape)}
+    return {"inputs": input_specs(example)}
 
 
 def _validate(

@@ -15,11 +15,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from lightning_accel.pruning.criteria import Criterion, group_importance
-from lightning_accel.utilities.layer_selection import WEIGHTED_LAYERS
-from lightning_accel.utilities.modules import eval_mode
+from lightning_accel.utilities.layer_selection import PRUNABLE_LAYERS
+from lightning_accel.utilities.modules import ModelInput, eval_mode
 
 PruningHistory = list[list]  # [[module_name, is_out_channel_pruning, [indices]], ...]
 
@@ -163,7 +163,7 @@ def check_structured_support(
 
 def prune_channels(
     model: nn.Module,
-    example_input: Tensor,
+    example_input: ModelInput,
     prunable: Sequence[str],
     ratio: float | Mapping[str, float],
     global_scope: bool = False,
@@ -177,8 +177,10 @@ def prune_channels(
 
     Args:
         model: Root module; history names are relative to it.
-        example_input: An input batch on the model's device, for tracing.
-        prunable: Names of conv/linear layers whose output channels may be removed.
+        example_input: An input batch on the model's device, for tracing: a tensor, or a tuple
+            of tensors the model takes as positional inputs (any dtype, e.g. int64 token ids).
+        prunable: Names of conv, transposed conv and linear layers whose output channels may be
+            removed; every other such layer keeps its output channels.
         ratio: Fraction of current channels to remove, in [0, 1): one for all layers, or one
             per layer name (see :func:`ratios_to_widths`).
         global_scope: Rank channels across layers (uneven widths) instead of per layer;
@@ -198,7 +200,7 @@ def prune_channels(
     ignored = [
         module
         for name, module in model.named_modules()
-        if isinstance(module, WEIGHTED_LAYERS) and name not in keep
+        if isinstance(module, PRUNABLE_LAYERS) and name not in keep
     ]
     attention = attention_modules(model)
     heads = {n: r for n, r in per_layer.items() if n in attention}
@@ -282,7 +284,7 @@ def _head_ratio(attention: Any, initial: int, current: int, sparsity: float) -> 
 
 
 def replay_channel_pruning(
-    model: nn.Module, example_input: Tensor, history: PruningHistory
+    model: nn.Module, example_input: ModelInput, history: PruningHistory
 ) -> None:
     """Reapply a recorded channel-pruning history to a freshly built model.
 
@@ -320,7 +322,7 @@ def replay_channel_pruning(
 
 
 def _channels(module: nn.Module, out: bool) -> int | None:
-    if not isinstance(module, WEIGHTED_LAYERS):
+    if not isinstance(module, PRUNABLE_LAYERS):
         return None
     if out:
         return out_channels(module)
@@ -328,7 +330,34 @@ def _channels(module: nn.Module, out: bool) -> int | None:
 
 
 def replay_channel_pruning_entry(model: nn.Module, entry: dict[str, Any]) -> None:
-    """Replay a ``"channel_pruning"`` entry of the structural log (see ``checkpointing``)."""
+    """Replay a ``"channel_pruning"`` entry of the structural log (see ``checkpointing``).
+
+    The entry gives the example input as ``input_shape`` (one float tensor) or as ``inputs``
+    (``[{"shape": [...], "dtype": "torch.int64"}, ...]``, several inputs of any dtype); zeros of
+    those shapes and dtypes trace the model (zero is a valid token id too).
+    """
     device = next(model.parameters()).device
-    example = torch.zeros(entry["input_shape"], device=device)
+    example: ModelInput
+    if "inputs" in entry:
+        example = tuple(
+            torch.zeros(spec["shape"], dtype=_dtype(spec["dtype"]), device=device)
+            for spec in entry["inputs"]
+        )
+        if len(example) == 1:
+            example = example[0]
+    else:
+        example = torch.zeros(entry["input_shape"], device=device)
     replay_channel_pruning(model, example, entry["history"])
+
+
+def input_specs(example: ModelInput) -> list[dict[str, Any]]:
+    """Shapes and dtypes of an example input, for the structural log (see above)."""
+    tensors = example if isinstance(example, tuple) else (example,)
+    return [{"shape": list(t.shape), "dtype": str(t.dtype)} for t in tensors]
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name.removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown input dtype {name!r} in the structural log")
+    return dtype

@@ -18,8 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from lightning_accel.pruning.channels import attention_modules, out_channels, planned_width
+from lightning_accel.pruning.consistency import inconsistent_layers
 from lightning_accel.utilities.copying import detached_copy
-from lightning_accel.utilities.modules import eval_mode
+from lightning_accel.utilities.modules import ModelInput, eval_mode, run_model
 
 
 def channel_sparsity(model: nn.Module, initial_widths: Mapping[str, int]) -> float:
@@ -78,19 +79,19 @@ def output_shapes(output: Any) -> Any:
 
 
 @torch.no_grad()
-def _shapes_of(model: nn.Module, example: Tensor) -> Any:
+def _shapes_of(model: nn.Module, example: ModelInput) -> Any:
     with eval_mode(model):
-        return output_shapes(model(example))
+        return output_shapes(run_model(model, example))
 
 
 def rehearse(
-    model: nn.Module, example: Tensor, prune: Callable[[nn.Module], object], technique: str
+    model: nn.Module, example: ModelInput, prune: Callable[[nn.Module], object], technique: str
 ) -> nn.Module:
     """Prune a copy of ``model`` with ``prune`` and check it still runs with the same outputs.
 
     Args:
         model: The model to protect; it is not changed.
-        example: One input batch on the model's device.
+        example: One input batch on the model's device (a tensor or a tuple of tensors).
         prune: Prunes the module it is given in place, to the final target.
         technique: Name used in messages, e.g. ``"GradualPruning"``.
 
@@ -98,8 +99,9 @@ def rehearse(
         The pruned copy (to measure what the plan reaches).
 
     Raises:
-        ValueError: If pruning fails, or the pruned copy fails or changes its output shapes,
-            naming the cause and the fix; ``model`` is untouched.
+        ValueError: If pruning fails, the pruned copy fails or changes its output shapes, or a
+            layer of it disagrees with its own attributes (attention heads, groups), naming the
+            cause and the fix; ``model`` is untouched.
     """
     expected = _shapes_of(model, example)
     trial = detached_copy(model)
@@ -119,5 +121,14 @@ def rehearse(
             f"{technique}(mode='structured') would change the model's output shapes from "
             f"{expected} to {got}. Leave the output layers out with ignore=[...]. The model "
             "was not changed."
+        )
+    broken = inconsistent_layers(trial)
+    if broken:
+        name, problem = broken[0]
+        raise ValueError(
+            f"{technique}(mode='structured') would break {type(model).__name__}: after pruning "
+            f"a copy to the target, layer {name!r} {problem}. Keep widths a multiple of the head "
+            f"count or groups with round_to=..., or leave the layers feeding {name!r} out with "
+            "ignore=[...]. The model was not changed."
         )
     return trial

@@ -6,30 +6,43 @@ from collections.abc import Sequence
 from fnmatch import fnmatchcase
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from lightning_accel.utilities.modules import eval_mode
+from lightning_accel.utilities.modules import ModelInput, eval_mode, run_model
 
 WEIGHTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 WeightedLayer = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear
+TRANSPOSED_CONVS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+# Layers whose output channels structured pruning can remove (torch-pruning cuts them all).
+PRUNABLE_LAYERS = WEIGHTED_LAYERS + TRANSPOSED_CONVS
 
 
 @torch.no_grad()
-def layers_in_call_order(model: nn.Module, example_input: Tensor) -> list[str]:
-    """Names of conv and linear layers in the order a forward pass calls them.
+def layers_in_call_order(
+    model: nn.Module,
+    example_input: ModelInput,
+    kinds: tuple[type[nn.Module], ...] = WEIGHTED_LAYERS,
+) -> list[str]:
+    """Names of layers of the given ``kinds`` in the order a forward pass calls them.
 
-    Runs one forward pass in eval mode on ``example_input`` and restores every submodule's own
-    training mode.
+    Runs one forward pass in eval mode on ``example_input`` (a tensor, or a tuple of tensors
+    passed as positional inputs) and restores every submodule's own training mode.
+
+    Args:
+        model: The root module.
+        example_input: One input batch.
+        kinds: Layer classes to list; default conv/linear (:data:`PRUNABLE_LAYERS` adds the
+            transposed convs).
     """
     order: list[str] = []
     handles = [
         module.register_forward_hook(lambda mod, args, out, name=name: order.append(name))
         for name, module in model.named_modules()
-        if isinstance(module, WEIGHTED_LAYERS)
+        if isinstance(module, kinds)
     ]
     try:
         with eval_mode(model):
-            model(example_input)
+            run_model(model, example_input)
     finally:
         for handle in handles:
             handle.remove()
@@ -65,28 +78,37 @@ def match_patterns(names: Sequence[str], patterns: Sequence[str], argument: str)
 
 def select_layers(
     model: nn.Module,
-    example_input: Tensor,
+    example_input: ModelInput,
     ignore: Sequence[str],
     keep_first_and_last: bool,
     technique: str,
+    kinds: tuple[type[nn.Module], ...] = WEIGHTED_LAYERS,
+    keep_last: bool = False,
 ) -> list[str]:
-    """Conv/linear layers a technique may change, in call order.
+    """Layers of the given ``kinds`` a technique may change, in call order.
 
     Args:
         model: The root module; names are relative to it.
-        example_input: One input batch for a forward pass.
+        example_input: One input batch for a forward pass (a tensor or a tuple of tensors).
         ignore: Glob patterns of layers to leave alone.
-        keep_first_and_last: Leave the first layer called and the last (the classifier) alone.
+        keep_first_and_last: Leave the first layer called and the last (the classifier, or a
+            segmentation head such as a ``ConvTranspose2d``) alone.
         technique: Name used in error messages, e.g. ``"GradualPruning"``.
+        kinds: Layer classes to consider; default conv/linear, :data:`PRUNABLE_LAYERS` for
+            structured pruning.
+        keep_last: Leave the last layer called alone even with ``keep_first_and_last=False``
+            (structured pruning: its width is the model's output width).
 
     Raises:
         ValueError: If a pattern matches nothing, no layer is left, or a selected layer's weight
             is already reparametrized (``torch.nn.utils.prune``, ``parametrize``).
     """
-    order = layers_in_call_order(model, example_input)
+    order = layers_in_call_order(model, example_input, kinds)
     skipped = match_patterns(order, ignore, f"{technique}(ignore=...)")
     if keep_first_and_last and order:
         skipped |= {order[0], order[-1]}
+    if keep_last and order:
+        skipped.add(order[-1])
     selected = [name for name in order if name not in skipped]
     if not selected:
         raise ValueError(

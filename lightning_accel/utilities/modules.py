@@ -107,3 +107,12 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, training in modes.items():
             module.training = training
+
+
+ModelInput = Tensor | tuple[Tensor, ...]
+"""What a model is called with: one tensor, or a tuple of tensors passed as positional inputs."""
+
+
+def run_model(model: nn.Module, inputs: ModelInput) -> Any:
+    """Call ``model`` on one input tensor, or on a tuple of tensors as positional inputs."""
+    return model(*inputs) if isinstance(inputs, tuple) else model(inputs)
