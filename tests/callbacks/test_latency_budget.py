@@ -1,0 +1,172 @@
+"""LatencyBudgetPruning on a 3-layer CNN at batch 1: the budget is met as measured, logged,
+checkpointed and resumed; impossible budgets are refused before anything changes."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_accel import ClassificationModule
+from lightning_accel.callbacks.latency_budget import LatencyBudgetPruning, callback_from_flags
+from lightning_accel.pruning.latency_model import Probe
+from tests.conftest import quiet_trainer
+from tests.pruning.test_latency_model import cnn3
+
+KEY = "latency/onnxruntime"
+
+
+def _module(width: int = 64) -> ClassificationModule:
+    torch.manual_seed(0)
+    return ClassificationModule(cnn3(width), input_size=32, lr=0.02)
+
+
+def _loader() -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(64, 1, 32, 32, generator=g)
+    labels = (images.mean((1, 2, 3)) > 0).long()  # learnable: the sign of the mean
+    return DataLoader(TensorDataset(images, labels), batch_size=16)
+
+
+def _fit(module, callback, root: Path, epochs: int = 3, ckpt_path=None, **kwargs):
+    kwargs.setdefault("callbacks", [callback])
+    trainer = quiet_trainer(root, max_epochs=epochs, **kwargs)
+    trainer.fit(module, _loader(), _loader(), ckpt_path=ckpt_path)
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def budget_run():
+    """One fit to 1.5x, with a CSV logger and a checkpoint per epoch (shared by the tests)."""
+    torch.set_num_threads(2)
+    root = Path(tempfile.mkdtemp(prefix="latency-budget-test-"))
+    module = _module()
+    dense = copy.deepcopy(module)
+    callback = LatencyBudgetPruning(target_speedup=1.5, threads=1, end_epoch=2)
+    checkpoints = ModelCheckpoint(root / "ckpt", "{epoch}", save_top_k=-1)
+    trainer = _fit(
+        module,
+        callback,
+        root,
+        logger=CSVLogger(root, name="csv"),
+        enable_checkpointing=True,
+        callbacks=[callback, checkpoints],
+    )
+    return trainer, module, dense, callback, root
+
+
+def test_speedup_budget_is_met_as_measured(budget_run) -> None:
+    _, module, dense, callback, _ = budget_run
+    assert callback.progress == 1.0
+    assert callback.metrics[f"{KEY}/speedup"] >= 1.5 / (1.0 + callback.tolerance + 0.02)
+    # independently: export both and time them in alternating rounds on ONNX Runtime
+    probe = Probe("onnxruntime", torch.zeros(1, 1, 32, 32), 1, threads=1, rounds=7)
+    try:
+        dense_t, pruned_t = probe.time(
+            [probe.compile(dense, exact=True), probe.compile(module, exact=True)]
+        )
+    finally:
+        probe.close()
+    # generous: other jobs share these 2 cores
+    assert dense_t.median_ms / pruned_t.median_ms >= 1.5 * 0.8
+    widths = callback.widths
+    assert all(w % 8 == 0 and 8 <= w <= 64 for w in widths.values())
+    assert min(widths.values()) < 64  # something was cut
+
+
+def test_latency_and_widths_are_logged_per_epoch(budget_run) -> None:
+    trainer, _, _, callback, _ = budget_run
+    with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    for name in ("target_ms", "measured_ms", "predicted_ms", "dense_ms", "speedup"):
+        values = [float(r[f"{KEY}/{name}"]) for r in rows if r.get(f"{KEY}/{name}")]
+        assert len(values) == 3, name  # one per epoch
+    measured = [float(r[f"{KEY}/measured_ms"]) for r in rows if r.get(f"{KEY}/measured_ms")]
+    assert measured[-1] < measured[0]  # epoch 0 is dense; the budget is met by epoch 2
+    widths = [float(r["compress/width/model.3"]) for r in rows if r.get("compress/width/model.3")]
+    assert widths[0] == 64 and widths[-1] == callback.widths["model.3"]
+
+
+def test_resume_mid_schedule_replays_the_pruning(budget_run, tmp_path) -> None:
+    _, module, _, callback, root = budget_run
+    saved = torch.load(root / "ckpt" / "epoch=1.ckpt", weights_only=True)
+    assert saved["lightning_accel"]["surgery"]  # the channel cuts are in the structural log
+    state = next(v for k, v in saved["callbacks"].items() if "LatencyBudgetPruning" in k)
+    assert 0.0 < state["progress"] < 1.0  # epoch 1 took the cubic schedule's first step
+    resumed_callback = LatencyBudgetPruning(target_speedup=1.5, threads=1, end_epoch=2)
+    resumed = _module()
+    _fit(resumed, resumed_callback, tmp_path, ckpt_path=root / "ckpt" / "epoch=1.ckpt")
+    assert resumed_callback.progress == 1.0
+    assert resumed_callback.history[0]["epoch"] == 1  # restored, then one more step
+    assert resumed_callback.metrics[f"{KEY}/speedup"] >= 1.5 / (
+        1.0 + resumed_callback.tolerance + 0.02
+    )
+    # load_from_checkpoint rebuilds the pruned widths
+    final = ClassificationModule.load_from_checkpoint(
+        root / "ckpt" / "epoch=2.ckpt", model=cnn3(), weights_only=False
+    )
+    assert final.model[3].out_channels == module.model[3].out_channels
+
+
+def test_cli_flags_translate_to_the_callback() -> None:
+    assert callback_from_flags() is None
+    made = callback_from_flags(target_speedup=2.0, batch_size=64)
+    assert isinstance(made, LatencyBudgetPruning) and made.target_speedup == 2.0
+    assert made.batch_size == 64
+    with pytest.raises(ValueError, match="exactly one target"):
+        callback_from_flags(latency_budget_ms=1.0, target_speedup=2.0)
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "exactly one target"),
+        (dict(target_latency_ms=1.0, target_speedup=2.0), "exactly one target"),
+        (dict(target_speedup=1.0), "target_speedup must be"),
+        (dict(target_speedup=0.5), "target_speedup must be"),
+        (dict(target_latency_ms=-1.0), "target_latency_ms must be"),
+        (dict(target_speedup=2.0, backend="coreml"), "Unknown backend 'coreml'"),
+        (dict(target_speedup=2.0, round_to=0), "round_to must be"),
+        (dict(target_speedup=2.0, schedule="exp"), "schedule must be one of"),
+    ],
+)
+@pytest.mark.bad_input("constructor")
+def test_bad_arguments_are_refused_at_construction(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        LatencyBudgetPruning(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (dict(target_latency_ms=1e3), ValueError, r"dense model already runs in .* ms"),
+        (dict(target_latency_ms=1e-4), ValueError, r"cannot reach .*closest reachable"),
+        (dict(target_speedup=1e3), ValueError, r"cannot reach .*speedup of at most"),
+        (dict(target_speedup=2.0, backend="tensorrt"), RuntimeError, "cannot run here"),
+        (dict(target_speedup=2.0, round_to=64), ValueError, "no prunable channel group"),
+    ],
+)
+@pytest.mark.bad_input("constructor")
+def test_impossible_budgets_are_refused_in_setup_with_the_model_untouched(
+    kwargs: dict, error: type, message: str, tmp_path
+) -> None:
+    if kwargs.get("backend") == "tensorrt":
+        from lightning_accel.backends import get_backend
+
+        if get_backend("tensorrt").problem() is None:
+            pytest.skip("TensorRT runs here")
+    module = _module()
+    before = copy.deepcopy(module.state_dict())
+    with pytest.raises(error, match=message):
+        _fit(module, LatencyBudgetPruning(threads=1, end_epoch=1, **kwargs), tmp_path, epochs=2)
+    after = module.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
