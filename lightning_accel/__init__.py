@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # imported on first use (below): the torch-free serving path 
         Binarize,
         ExportOnFitEnd,
         GradualPruning,
+        LatencyBudgetPruning,
         LatencyMonitor,
         QuantizationAware,
     )
@@ -42,6 +43,7 @@ _LAZY = {
     "Binarize": "callbacks",
     "ExportOnFitEnd": "callbacks",
     "GradualPruning": "callbacks",
+    "LatencyBudgetPruning": "callbacks",
     "LatencyMonitor": "callbacks",
     "QuantizationAware": "callbacks",
     "CompressionCheckpointMixin": "checkpointing",
@@ -77,6 +79,7 @@ __all__ = [
     "ExportOnFitEnd",
     "FashionMNISTDataModule",
     "GradualPruning",
+    "LatencyBudgetPruning",
     "LatencyMonitor",
     "QuantizationAware",
     "restore_compression",

@@ -3,7 +3,15 @@
 from lightning_accel.callbacks.binarization import Binarize
 from lightning_accel.callbacks.export import ExportOnFitEnd
 from lightning_accel.callbacks.latency import LatencyMonitor
+from lightning_accel.callbacks.latency_budget import LatencyBudgetPruning
 from lightning_accel.callbacks.pruning import GradualPruning
 from lightning_accel.callbacks.quantization import QuantizationAware
 
-__all__ = ["Binarize", "ExportOnFitEnd", "GradualPruning", "LatencyMonitor", "QuantizationAware"]
+__all__ = [
+    "Binarize",
+    "ExportOnFitEnd",
+    "GradualPruning",
+    "LatencyBudgetPruning",
+    "LatencyMonitor",
+    "QuantizationAware",
+]

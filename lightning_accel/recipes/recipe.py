@@ -44,6 +44,7 @@ from lightning_accel.recipes.typecheck import (
 # Short names for dotted overrides: callbacks.<name>.<argument>=value
 CALLBACK_NAMES = {
     "lightning_accel.GradualPruning": "pruning",
+    "lightning_accel.LatencyBudgetPruning": "latency_budget",
     "lightning_accel.LatencyMonitor": "latency",
     "lightning_accel.ExportOnFitEnd": "export",
     "lightning_accel.QuantizationAware": "quantization",
