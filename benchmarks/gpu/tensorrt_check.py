@@ -1,8 +1,10 @@
-"""Check the TensorRT path on a real NVIDIA GPU and compare it with ONNX Runtime.
+"""Check the TensorRT path on a real NVIDIA GPU and compare it with ONNX Runtime and OpenVINO.
 
-Builds engines for ResNet-18 (Fashion-MNIST stem): dense, 50% structured-pruned, 2:4-pruned,
-int8 from QuantizationAware's TensorRT-style Q/DQ (symmetric), and pruned + int8; verifies
-each against PyTorch on the same inputs and times it next to ONNX Runtime (CPU).
+Builds engines for ResNet-18 (Fashion-MNIST stem): dense, 50% structured-pruned, 2:4-pruned
+(fp32 and fp16 each), int8 from QuantizationAware's TensorRT-style Q/DQ (symmetric), and
+pruned + int8; verifies each against PyTorch on the same inputs and times it next to ONNX
+Runtime and OpenVINO on the CPU. Works on TensorRT 10 (weak-typing builder flags) and 11
+(strongly typed network; fp16 from an fp16 copy of the ONNX graph) and prints which ran.
 Weights are random: this checks the runtime path and speed, not accuracy.
 
     pip install -e ".[zoo,tensorrt]"
@@ -20,7 +22,8 @@ import torch
 from torch import nn
 
 from lightning_accel.backends import compile_model
-from lightning_accel.backends.tensorrt import tensorrt_problem
+from lightning_accel.backends.openvino import openvino_problem
+from lightning_accel.backends.tensorrt import require_tensorrt, tensorrt_major, tensorrt_problem
 from lightning_accel.export.onnx import to_onnx
 from lightning_accel.export.verify import compare_outputs
 from lightning_accel.models.zoo import build
@@ -72,6 +75,18 @@ def main() -> None:
     problem = tensorrt_problem()
     if problem:
         raise SystemExit(f"TensorRT cannot run here: {problem}")
+    tensorrt = require_tensorrt()
+    version = str(tensorrt.__version__)
+    major = tensorrt_major(tensorrt)
+    print(
+        f"TensorRT {version} (major {major}): "
+        + (
+            "strongly typed networks, fp16 from an fp16 ONNX copy"
+            if major >= 11
+            else "weak-typing builder flags (FP16/INT8)"
+        )
+    )
+    cpu_runtimes = ["onnxruntime"] + (["openvino"] if openvino_problem() is None else [])
     out = Path(args.out)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     x = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(1))
@@ -81,9 +96,9 @@ def main() -> None:
         onnx_path = to_onnx(model, x[:1], out / f"{slug}.onnx")
         with torch.no_grad():
             reference = model(x).numpy()
-        ort = compile_model("onnxruntime", onnx_path, out / "ort")
-        entry = {}
-        for precision in ("fp32", "fp16"):
+        entry: dict = {}
+        precisions = ("int8",) if "int8" in name else ("fp32", "fp16")
+        for precision in precisions:
             trt = compile_model(
                 "tensorrt", onnx_path, out / f"trt_{precision}", precision=precision
             )
@@ -91,13 +106,18 @@ def main() -> None:
             entry[precision] = {
                 "verification": check.as_dict(),
                 "sparse_2_4": trt.info.get("sparse_2_4"),
+                "tensorrt_version": trt.info.get("tensorrt_version"),
+                "strongly_typed": trt.info.get("strongly_typed"),
                 "latency_ms": {b: trt.latency(b).median_ms for b in batch_sizes},
             }
             rows.append(
                 (name, f"TensorRT {precision}", check.passed, entry[precision]["latency_ms"])
             )
-        entry["onnxruntime_cpu"] = {b: ort.latency(b, runs=20).median_ms for b in batch_sizes}
-        rows.append((name, "ONNX Runtime CPU", True, entry["onnxruntime_cpu"]))
+        for runtime in cpu_runtimes:
+            cpu = compile_model(runtime, onnx_path, out / runtime)
+            check = compare_outputs(reference, cpu.run(x.numpy()), precisions[0])
+            entry[f"{runtime}_cpu"] = {b: cpu.latency(b, runs=20).median_ms for b in batch_sizes}
+            rows.append((name, f"{runtime} CPU", check.passed, entry[f"{runtime}_cpu"]))
         results[name] = entry
     dense_fp16 = results["dense"]["fp16"]["latency_ms"]
     print(
@@ -113,10 +133,14 @@ def main() -> None:
             f"{dense_fp16[b] / ms[b]:.2f}x" for b in batch_sizes
         ]
         print(f"| {name} | {runtime} | {ok} | " + " | ".join(cells) + " |")
-    print(f"GPU: {torch.cuda.get_device_name()}")
+    print(f"GPU: {torch.cuda.get_device_name()}; TensorRT {version}")
+    results["versions"] = {"tensorrt": version, "strongly_typed": major >= 11}
     (out / "tensorrt_check.json").write_text(json.dumps(results, indent=2, default=float))
     assert all(
-        e[p]["verification"]["passed"] for e in results.values() for p in ("fp32", "fp16")
+        entry[p]["verification"]["passed"]
+        for entry in results.values()
+        for p in ("fp32", "fp16", "int8")
+        if isinstance(entry, dict) and p in entry
     ), "a TensorRT engine disagreed with PyTorch"
     np.testing.assert_array_less(0, [dense_fp16[b] for b in batch_sizes])
 
