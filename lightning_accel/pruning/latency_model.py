@@ -223,13 +223,12 @@ def random_inputs(example: Tensor, batch_size: int) -> np.ndarray:
     return rng.standard_normal((batch_size, *example.shape[1:])).astype(np.float32)
 
 
-def time_alternating(
+def time_rounds(
     models: Sequence[CompiledModel], inputs: np.ndarray, rounds: int = 5, round_s: float = 0.05
-) -> list[Latency]:
+) -> list[list[list[float]]]:
     """Time compiled models in alternating rounds, so CPU contention hits them alike.
 
-    Each round runs every model for about ``round_s`` seconds (the order rotates each round);
-    a model's runs from all rounds are summarized together.
+    Each round runs every model for about ``round_s`` seconds (the order rotates each round).
 
     Args:
         models: Compiled models taking ``inputs``.
@@ -238,22 +237,56 @@ def time_alternating(
         round_s: Seconds per model per round.
 
     Returns:
-        One :class:`Latency` per model (median, p90, IQR in milliseconds).
+        ``times[model][round]``: the run times in milliseconds.
     """
-    batch = int(inputs.shape[0])
     per_call = []
     for model in models:  # warm-up, and a first estimate of the time per call
         per_call.append(float(np.median(time_calls(lambda m=model: m.run(inputs), 2, 3))))
     runs = [max(3, min(500, int(round_s * 1000.0 / max(t, 1e-3)))) for t in per_call]
-    times: list[list[float]] = [[] for _ in models]
+    times: list[list[list[float]]] = [[] for _ in models]
     for r in range(max(1, rounds)):
         order = list(range(len(models)))
         order = order[r % len(order) :] + order[: r % len(order)]
         for i in order:
             model = models[i]
-            times[i] += time_calls(lambda m=model: m.run(inputs), 1, runs[i])
+            times[i].append(time_calls(lambda m=model: m.run(inputs), 1, runs[i]))
+    return times
+
+
+def time_alternating(
+    models: Sequence[CompiledModel], inputs: np.ndarray, rounds: int = 5, round_s: float = 0.05
+) -> list[Latency]:
+    """:func:`time_rounds`, each model's runs of all rounds summarized together.
+
+    Returns:
+        One :class:`Latency` per model (median, p90, IQR in milliseconds).
+    """
+    batch = int(inputs.shape[0])
     threads = int(getattr(models[0], "threads", None) or default_threads()) if models else 0
-    return [summarize_times(t, batch, threads) for t in times]
+    return [
+        summarize_times([t for run in model for t in run], batch, threads)
+        for model in time_rounds(models, inputs, rounds, round_s)
+    ]
+
+
+def round_ratio(
+    numerator: Sequence[Sequence[float]], denominator: Sequence[Sequence[float]]
+) -> tuple[float, float]:
+    """Median over rounds of ``median(numerator) / median(denominator)``, and its spread.
+
+    Args:
+        numerator: Run times per round of one model (e.g. the dense one).
+        denominator: Run times per round of the other, timed in the same rounds.
+
+    Returns:
+        ``(ratio, spread)``: the median per-round ratio and half the interquartile range of
+        the per-round ratios relative to it (0 with one round).
+    """
+    ratios = [
+        float(np.median(a) / np.median(b)) for a, b in zip(numerator, denominator, strict=True)
+    ]
+    p25, median, p75 = np.percentile(ratios, [25, 50, 75])
+    return float(median), float((p75 - p25) / 2.0 / median)
 
 
 @dataclass
@@ -285,6 +318,10 @@ class Probe:
     def time(self, models: Sequence[CompiledModel]) -> list[Latency]:
         """Alternating-round latencies of ``models`` at this probe's batch size."""
         return time_alternating(models, random_inputs(self.example, self.batch_size), self.rounds)
+
+    def time_rounds(self, models: Sequence[CompiledModel]) -> list[list[list[float]]]:
+        """Alternating-round run times ``[model][round]`` at this probe's batch size."""
+        return time_rounds(models, random_inputs(self.example, self.batch_size), self.rounds)
 
     def close(self) -> None:
         """Delete the probes' files."""
