@@ -149,8 +149,8 @@ def _run_recipe(args: argparse.Namespace) -> int:
         latency_budget_ms=args.latency_budget_ms,
         threads=args.threads,
     )
-    print()
-    print(summary_table(summary))
+    if not summary:  # ExportOnFitEnd printed the table, then where its files are
+        print(summary_table(summary))
     return 0
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +132,7 @@ class SweepConfig:
             raise SweepError(f"{path}: --set: {err}") from err
         sweep._check_parameters()
         sweep._check_metric()
+        _check_schema(path, config)  # W&B's own check last: ours name the fix more plainly
         return sweep
 
     def overrides(self, values: dict[str, Any]) -> list[str]:
@@ -214,6 +216,20 @@ class SweepConfig:
             )
 
 
+def _check_schema(path: Path, config: dict[str, Any]) -> None:
+    """W&B's own schema check, when its sweep engine is installed; deprecations only warn."""
+    from lightning_accel.sweeps.search import schema_problems
+
+    try:
+        errors, deprecated = schema_problems(config)
+    except ModuleNotFoundError:  # the agent path validates on the server; --local needs it
+        return
+    if errors:
+        raise SweepError(f"{path}: W&B's sweep schema: {'; '.join(errors)}")
+    for message in deprecated:
+        warnings.warn(f"{path}: {message} (sampled as W&B does)", UserWarning, stacklevel=3)
+
+
 def metrics_logged_by(recipe: Recipe) -> set[str]:
     """Every metric a run of ``recipe`` logs: its module's, its callbacks' and the trial's."""
     logged = set(TRIAL_METRICS)
@@ -235,16 +251,15 @@ def _edge_values(key: str, spec: dict[str, Any]) -> list[Any]:
     if "value" in spec:
         return [spec["value"]]
     try:
-        from lightning_accel.sweeps.search import sweep_engine
+        from lightning_accel.sweeps.search import plain_value, sweep_engine
 
-        parameter = sweep_engine().params.HyperParameter(key, spec)
-        return [_plain(parameter.ppf(0.0)), _plain(parameter.ppf(1.0))]
+        sweep_engine()  # installed, or ModuleNotFoundError below
+        from sweeps.params import HyperParameter
+
+        parameter = HyperParameter(key, spec)
+        return [plain_value(parameter.ppf(0.0), spec), plain_value(parameter.ppf(1.0), spec)]
     except ModuleNotFoundError:  # validated against the raw bounds; trials need the engine
         return [spec["min"], spec["max"]]
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
 
 
 def _parse_command(

@@ -43,7 +43,7 @@ def grid_points(sweep: SweepConfig) -> list[dict[str, Any]]:
     points: list[dict[str, Any]] = []
     runs: list[Any] = []
     while True:
-        proposal = engine.next_run(config, runs, validate=True)
+        proposal = engine.next_run(config, runs, validate=False)
         if proposal is None:
             return points
         runs.append(
@@ -51,7 +51,7 @@ def grid_points(sweep: SweepConfig) -> list[dict[str, Any]]:
                 name=f"trial-{len(runs)}", state=engine.RunState.finished, config=proposal.config
             )
         )
-        points.append(_values(proposal.config))
+        points.append(_values(proposal.config, sweep))
 
 
 def random_point(sweep: SweepConfig, seed: int | str = 0) -> dict[str, Any]:
@@ -66,10 +66,10 @@ def random_point(sweep: SweepConfig, seed: int | str = 0) -> dict[str, Any]:
     state = random.getstate()
     random.seed(seed)
     try:
-        proposal = engine.next_run(_engine_config(sweep, "random"), [], validate=True)
+        proposal = engine.next_run(_engine_config(sweep, "random"), [], validate=False)
     finally:
         random.setstate(state)
-    return _values(proposal.config)
+    return _values(proposal.config, sweep)
 
 
 def bayes_point(sweep: SweepConfig, finished: list[tuple[dict[str, Any], float | None]]) -> dict:
@@ -84,18 +84,39 @@ def bayes_point(sweep: SweepConfig, finished: list[tuple[dict[str, Any], float |
         )
         for i, (values, metric) in enumerate(finished)
     ]
-    proposal = engine.next_run(_engine_config(sweep, "bayes"), runs, validate=True)
-    return _values(proposal.config)
+    proposal = engine.next_run(_engine_config(sweep, "bayes"), runs, validate=False)
+    return _values(proposal.config, sweep)
+
+
+def schema_problems(config: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """W&B's own schema check of a sweep configuration: ``(errors, deprecations)``.
+
+    Deprecated distributions (``log_uniform`` with exponent bounds, ``q_log_uniform``,
+    ``inv_log_uniform``) still sample as W&B defines them; they are returned apart, to warn.
+    """
+    problems = sweep_engine().schema_violations_from_proposed_config(config)
+    deprecated = [p for p in problems if "base-e exponents" in p]
+    return [p for p in problems if p not in deprecated], deprecated
 
 
 def _engine_config(sweep: SweepConfig, method: str) -> dict[str, Any]:
     return {"method": method, "metric": sweep.config["metric"], "parameters": sweep.parameters}
 
 
-def _values(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: _plain(v["value"]) for k, v in config.items()}
+def _values(config: dict[str, Any], sweep: SweepConfig | None = None) -> dict[str, Any]:
+    specs = sweep.parameters if sweep is not None else {}
+    return {k: plain_value(v["value"], specs.get(k, {})) for k, v in config.items()}
 
 
-def _plain(value: Any) -> Any:
-    """Numpy scalars to Python numbers, so overrides print cleanly."""
-    return value.item() if hasattr(value, "item") else value
+def plain_value(value: Any, spec: dict[str, Any]) -> Any:
+    """A drawn value as a plain Python number; whole numbers of an integer-``q`` grid as ints.
+
+    W&B's ``q_*`` distributions return floats (``32.0``) even with an integer step; a recipe key
+    typed ``int`` (a batch size) takes the integer.
+    """
+    value = value.item() if hasattr(value, "item") else value
+    quantized = str(spec.get("distribution", "")).startswith("q_")
+    step = spec.get("q", 1)
+    if quantized and isinstance(step, int) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

@@ -11,21 +11,45 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 EPOCH_METRICS = ("val/*", "train/*", "test/*", "compress/*", "latency/*", "model/*")
 
 
 def has_wandb_credentials() -> bool:
-    """Whether W&B can sync: an API key in the environment or in ``~/.netrc``."""
-    if os.environ.get("WANDB_API_KEY"):
+    """Whether W&B can sync, found the way W&B itself looks.
+
+    ``WANDB_API_KEY`` (or ``WANDB_IDENTITY_TOKEN_FILE``), else a netrc entry (``NETRC`` or
+    ``~/.netrc``) for the server W&B would talk to: its ``base_url`` setting, which honours
+    ``WANDB_BASE_URL`` and ``wandb login --host``, so a self-hosted server counts.
+    """
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
+    host = wandb_base_url()
     try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
+        from wandb.sdk.lib.wbauth import read_netrc_auth
+    except ImportError:  # an older wandb: the stdlib reads the same file
+        try:
+            return netrc.netrc().authenticators(urlsplit(host).hostname or "") is not None
+        except (OSError, netrc.NetrcParseError):
+            return False
+    try:
+        return read_netrc_auth(host=host) is not None
+    except Exception:  # W&B's AuthenticationError: an entry that is not an API key
         return False
+
+
+def wandb_base_url() -> str:
+    """The W&B server URL W&B's settings resolve to (``WANDB_BASE_URL``, settings file)."""
+    try:
+        from wandb.sdk import wandb_setup
+
+        return str(wandb_setup.singleton().settings.base_url)
+    except ImportError:
+        return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
 
 
 def wandb_logger(
@@ -46,8 +70,20 @@ def wandb_logger(
             f"W&B: no credentials found, logging offline under {save_dir}/wandb. Sync later with "
             f"`wandb sync {save_dir}/wandb/offline-run-*` after `wandb login`."
         )
+        if kwargs.get("log_model"):  # Lightning refuses log_model offline
+            kwargs.pop("log_model")
+            rank_zero_warn(
+                "W&B offline: log_model is off (Lightning uploads checkpoints only online); the "
+                "checkpoints stay on disk, and ExportOnFitEnd's ONNX artifact is still logged "
+                "and synced by `wandb sync`."
+            )
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     return WandbLogger(project=project, save_dir=str(save_dir), offline=offline, **kwargs)
+
+
+def onnx_artifact_name(run_id: str) -> str:
+    """The exported model's artifact: ``onnx-<run id>`` (Lightning's checkpoints: ``model-``)."""
+    return f"onnx-{run_id}"
 
 
 def wandb_run(trainer: pl.Trainer) -> Any | None:
@@ -99,7 +135,8 @@ def log_export_to_wandb(
         trainer: The Trainer whose ``WandbLogger`` run receives the results.
         summary: ``ExportOnFitEnd``'s summary; per backend, ``"latency"`` rows by batch size
             (``"speedup"``, ``"model_ms"``) and ``"verification"`` are read.
-        files: Files to add to the ``model-<run id>`` artifact, e.g. the ONNX file.
+        files: Files to add to the ``onnx-<run id>`` artifact (type ``model``), e.g. the ONNX
+            file; named apart from Lightning's ``model-<run id>`` checkpoint artifact.
     """
     run = wandb_run(trainer)
     if run is None:
@@ -112,7 +149,7 @@ def log_export_to_wandb(
             run.summary[f"latency/{backend}/b{batch}_ms"] = row["model_ms"]
         if "verification" in entry:
             run.summary[f"verification/{backend}/passed"] = entry["verification"]["passed"]
-    artifact = wandb.Artifact(name=f"model-{run.id}", type="model", metadata=summary)
+    artifact = wandb.Artifact(name=onnx_artifact_name(run.id), type="model", metadata=summary)
     for path in files:
         artifact.add_file(str(path))
     run.log_artifact(artifact)

@@ -92,7 +92,7 @@ def test_wandb_offline_run_holds_epoch_axis_table_summary_and_artifact(
     artifacts = {
         r.artifact.name: r.artifact for r in records if r.WhichOneof("record_type") == "artifact"
     }
-    artifact = artifacts[f"model-{run_id}"]
+    artifact = artifacts[f"onnx-{run_id}"]  # apart from Lightning's model-<id> checkpoints
     assert artifact.type == "model"
     assert {"model.onnx", "summary.json"} <= {entry.path for entry in artifact.manifest.contents}
     metrics = [r.metric for r in records if r.WhichOneof("record_type") == "metric"]

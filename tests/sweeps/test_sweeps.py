@@ -49,14 +49,14 @@ def test_grid_is_the_product_and_random_is_seeded_and_in_range() -> None:
     assert len(points) == 6 and len({tuple(p.values()) for p in points}) == 6
 
     rand = SweepConfig.from_yaml(ROOT / "recipes" / "sweeps" / "resnet18_random.yaml")
-    first = [random_point(rand, random.Random(3)) for _ in range(1)]
-    again = [random_point(rand, random.Random(3)) for _ in range(1)]
-    assert first == again
-    rng = random.Random(0)
-    for _ in range(50):
-        point = random_point(rand, rng)
+    assert random_point(rand, "3-0") == random_point(rand, "3-0")
+    assert random_point(rand, "3-0") != random_point(rand, "3-1")
+    state = random.getstate()
+    for number in range(50):
+        point = random_point(rand, f"0-{number}")
         assert 0.2 <= point["callbacks.pruning.target_sparsity"] <= 0.8
         assert 0.01 <= point["model.lr"] <= 0.2
+    assert random.getstate() == state  # the caller's random state is left alone
 
 
 def test_bayes_proposes_points_in_range_from_finished_trials() -> None:
@@ -170,9 +170,115 @@ def test_missing_sweep_file_and_non_positive_budget_or_count_are_refused(tmp_pat
     assert "--count must be >= 1; got 0" in capsys.readouterr().err
 
 
-def test_without_credentials_the_agent_mode_says_to_use_local(tmp_path, monkeypatch, capsys):
+@pytest.mark.bad_input("cli")
+def test_without_credentials_the_agent_mode_exits_2_and_says_to_use_local(
+    tmp_path, monkeypatch, capsys
+):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert main(["sweep", str(_sweep_file(tmp_path, GRID))]) == 1
+    assert main(["sweep", str(_sweep_file(tmp_path, GRID))]) == 2  # bad input, nothing ran
     assert "--local" in capsys.readouterr().err
+
+
+def _draws(tmp_path: Path, spec: str, n: int = 200) -> list:
+    body = (
+        "method: random\nmetric: {name: sweep/objective, goal: maximize}\n"
+        f"parameters:\n  {spec}\n"
+    )
+    sweep = SweepConfig.from_yaml(_sweep_file(tmp_path, body))
+    (key,) = sweep.parameters
+    return [random_point(sweep, f"0-{i}")[key] for i in range(n)]
+
+
+def test_log_uniform_bounds_are_exponents_as_in_wandb(tmp_path: Path) -> None:
+    values = _draws(tmp_path, "model.lr: {distribution: log_uniform, min: -9.2, max: -2.3}")
+    assert all(1e-4 <= v <= 0.101 for v in values)  # e^-9.2 .. e^-2.3, never negative
+
+
+def test_q_log_uniform_values_is_log_uniform_with_integers(tmp_path: Path) -> None:
+    spec = "data.batch_size: {distribution: q_log_uniform_values, min: 1, max: 1000}"
+    values = _draws(tmp_path, spec)
+    assert all(isinstance(v, int) and 1 <= v <= 1000 for v in values)
+    assert 15 <= sorted(values)[len(values) // 2] <= 70  # about sqrt(1000) = 32, not 500
+
+
+def test_pareto_ties_latencies_within_their_measured_spread() -> None:
+    def trial(n: int, acc: float, ms: float, iqr: float) -> Trial:
+        return Trial(
+            n,
+            {},
+            result={"sweep/accuracy": acc, "sweep/latency_ms": ms, "sweep/latency_iqr_ms": iqr},
+        )
+
+    close = [trial(0, 0.90, 0.080, 0.004), trial(1, 0.88, 0.078, 0.004)]
+    assert [t.number for t in mark_pareto_front(close)] == [0]  # 2 us apart: one point, not two
+    apart = [trial(0, 0.90, 0.080, 0.0005), trial(1, 0.88, 0.078, 0.0005)]
+    assert [t.number for t in mark_pareto_front(apart)] == [1, 0]  # measured apart: a trade-off
+
+
+def _fake_trials(monkeypatch) -> list:
+    ran = []
+
+    def fake_run_trial(sweep, trial, folder, quick):
+        ran.append(trial)
+        trial.result = {"sweep/accuracy": 0.5, "sweep/latency_ms": 1.0, "sweep/objective": 0.5}
+        return trial
+
+    monkeypatch.setattr("lightning_accel.sweeps.runner.run_trial", fake_run_trial)
+    monkeypatch.setattr("lightning_accel.sweeps.results.log_sweep_to_wandb", lambda *a: None)
+    return ran
+
+
+RANDOM = GRID.replace("grid", "random").replace("{values: [0.5, 0.9]}", "{min: 0.3, max: 0.9}")
+
+
+def test_run_cap_caps_a_local_sweep(tmp_path: Path, monkeypatch) -> None:
+    from lightning_accel.sweeps.runner import run_local
+
+    ran = _fake_trials(monkeypatch)
+    sweep = SweepConfig.from_yaml(_sweep_file(tmp_path, RANDOM + "run_cap: 2\n"))
+    assert len(run_local(sweep, None, tmp_path / "out", progress=lambda m: None)) == 2
+    assert len(run_local(sweep, 5, tmp_path / "out", progress=lambda m: None)) == 2
+    grid = SweepConfig.from_yaml(_sweep_file(tmp_path, GRID + "run_cap: 1\n"))
+    assert len(run_local(grid, None, tmp_path / "out", progress=lambda m: None)) == 1
+    assert len(ran) == 5
+
+
+@pytest.mark.bad_input("recipe")
+def test_early_terminate_and_a_bad_run_cap_are_refused_locally(tmp_path: Path, capsys) -> None:
+    stop = "early_terminate: {type: hyperband, min_iter: 2}\n"
+    path = _sweep_file(tmp_path, GRID + stop)
+    assert main(["sweep", str(path), "--local", "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "early_terminate (hyperband)" in err and "with the W&B agent (without --local)" in err
+    path = _sweep_file(tmp_path, GRID + "run_cap: 0\n")
+    assert main(["sweep", str(path), "--local", "--output-dir", str(tmp_path / "o")]) == 2
+    assert "run_cap must be an integer >= 1; got 0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_local_trials_are_named_after_their_values_and_grouped(tmp_path: Path) -> None:
+    from lightning_accel.sweeps.runner import trial_name
+
+    trial = Trial(2, {"callbacks.pruning.target_sparsity": 0.7, "callbacks.pruning.end_epoch": 3})
+    assert trial_name(trial) == "trial-2 target_sparsity=0.7 end_epoch=3"
+
+
+@pytest.mark.parametrize("end_epoch", [2, 3, 4])
+def test_quick_scales_the_swept_schedule_so_bayes_trials_can_run(end_epoch: int) -> None:
+    from lightning_accel.recipes.recipe import Recipe
+    from lightning_accel.recipes.run import quick_overrides
+
+    swept = [f"callbacks.pruning.end_epoch={end_epoch}"]
+    quick = quick_overrides(Recipe.from_yaml(SMALL_CNN, swept))
+    recipe = Recipe.from_yaml(SMALL_CNN, swept + quick)
+    pruning = recipe.callback_config("pruning")
+    max_epochs = recipe.config["trainer"]["max_epochs"]
+    assert max_epochs == 2 and pruning["start_epoch"] < pruning["end_epoch"] < max_epochs
+
+
+def test_bundled_sweeps_find_their_recipe_from_any_folder(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # not the checkout: the bundled recipe is found by name
+    for path in SWEEPS:
+        assert SweepConfig.from_yaml(path).recipe.parent == ROOT / "recipes"
