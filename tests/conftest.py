@@ -61,6 +61,7 @@ BAD_INPUT_KINDS = (
     "data",
     "distributed",
     "schedule",
+    "request",
 )
 
 
