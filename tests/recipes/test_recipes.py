@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_accel import GradualPruning
+from lightning_accel import GradualPruning, LatencyBudgetPruning
 from lightning_accel.cli.main import main
 from lightning_accel.recipes.recipe import Recipe, RecipeError, bundled_recipes
 from lightning_accel.recipes.run import run_recipe
@@ -26,7 +26,9 @@ def test_every_architecture_has_a_recipe_with_a_description() -> None:
     for path in bundled_recipes():
         recipe = Recipe.from_yaml(path)
         assert len(recipe.description) > 20
-        assert any(isinstance(c, GradualPruning) for c in recipe.callbacks())
+        assert any(
+            isinstance(c, (GradualPruning, LatencyBudgetPruning)) for c in recipe.callbacks()
+        )
 
 
 @pytest.mark.parametrize("path", bundled_recipes(), ids=lambda p: p.stem)
@@ -48,9 +50,10 @@ def test_recipe_quick_fit_exports_and_verifies(path: Path, tmp_path) -> None:
         assert ort["info"]["integer_kernels"]["QLinearConv"] == convs
     assert ort["latency"]["1"]["speedup"] > 0
     assert (tmp_path / path.stem / "export" / "model.onnx").is_file()
-    (pruning,) = [c for c in Recipe.from_yaml(path).callbacks() if isinstance(c, GradualPruning)]
+    pruners = (GradualPruning, LatencyBudgetPruning)
+    (pruning,) = [c for c in Recipe.from_yaml(path).callbacks() if isinstance(c, pruners)]
     pruned, dense = summary["model"], summary["baseline"]
-    if pruning.mode == "structured":
+    if getattr(pruning, "mode", "structured") == "structured":
         assert pruned["params"] < dense["params"]
     else:  # masks: same shapes, fewer non-zero weights
         assert pruned["params"] == dense["params"]
