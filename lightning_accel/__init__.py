@@ -27,6 +27,7 @@ from lightning_accel import _moved
 if TYPE_CHECKING:  # imported on first use (below): the torch-free serving path stays torch-free
     from lightning_accel.callbacks import (
         Binarize,
+        Distillation,
         ExportOnFitEnd,
         GradualPruning,
         LatencyBudgetPruning,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # imported on first use (below): the torch-free serving path 
 # so ``lightning_accel.serving`` runs in an image without them (``lightning-accel serve``).
 _LAZY = {
     "Binarize": "callbacks",
+    "Distillation": "callbacks",
     "ExportOnFitEnd": "callbacks",
     "GradualPruning": "callbacks",
     "LatencyBudgetPruning": "callbacks",
@@ -76,6 +78,7 @@ __all__ = [
     "ClassificationModule",
     "CompressionCheckpointMixin",
     "DigitsDataModule",
+    "Distillation",
     "ExportOnFitEnd",
     "FashionMNISTDataModule",
     "GradualPruning",

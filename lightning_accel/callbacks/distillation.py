@@ -315,7 +315,7 @@ class Distillation(AccelCallback):
     def _release(self, pl_module: pl.LightningModule) -> None:
         active.unregister(pl_module)
         if self.distiller is not None:
-            self.distiller.detach()
+            self.distiller.close()  # no hooks left on the student or a user's teacher
 
 
 def _check_teacher(teacher: object) -> nn.Module | str | Path:

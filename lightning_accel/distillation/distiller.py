@@ -220,7 +220,8 @@ class Distiller:
 
 
 def make_projection(in_width: int, out_width: int, ndim: int) -> nn.Module:
-    """A learned projection from ``in_width`` to ``out_width`` channels.
+    """A learned projection from ``in_width`` to ``out_width`` channels, initialized the same
+    way every time (a fixed seed: a resumed run and every DDP rank build the same one).
 
     Args:
         in_width: Student channels (dim 1).
@@ -230,14 +231,20 @@ def make_projection(in_width: int, out_width: int, ndim: int) -> nn.Module:
     Raises:
         ValueError: For other feature ranks.
     """
+    projection: nn.Module
     if ndim == 4:
-        return nn.Conv2d(in_width, out_width, kernel_size=1, bias=False)
-    if ndim == 2:
-        return nn.Linear(in_width, out_width, bias=False)
-    raise ValueError(
-        f"Feature matching supports (N, C, H, W) and (N, C) features; got {ndim} dimensions. "
-        "Pick conv or linear layers in features=..."
-    )
+        projection = nn.Conv2d(in_width, out_width, kernel_size=1, bias=False)
+    elif ndim == 2:
+        projection = nn.Linear(in_width, out_width, bias=False)
+    else:
+        raise ValueError(
+            f"Feature matching supports (N, C, H, W) and (N, C) features; got {ndim} dimensions. "
+            "Pick conv or linear layers in features=..."
+        )
+    generator = torch.Generator().manual_seed(in_width * 100_003 + out_width)
+    with torch.no_grad():
+        nn.init.kaiming_uniform_(projection.weight, a=5**0.5, generator=generator)  # type: ignore[arg-type]
+    return projection
 
 
 def _in_width(module: nn.Module) -> int:
