@@ -395,7 +395,15 @@ class LatencyBudgetPruning(AccelCallback):
             self._pending = True  # rank by the gradients of this batch, one batch later
             return
         self._pending = False
-        self._step(trainer, pl_module, progress)
+        assert self.dense_ms is not None and self.target_ms is not None
+        before = self._budget_frame(self.last)
+        if before - schedule_target(self.dense_ms, self.target_ms, progress) > 0.3 * before:
+            # A large cut: go 60% of the way, measure, and let the measured error correct the
+            # rest (the additive model errs most on large cuts; removed channels cannot return).
+            self._step(trainer, pl_module, progress, fraction=0.6)
+            self._step(trainer, pl_module, progress, refresh=False)
+        else:
+            self._step(trainer, pl_module, progress)
         final = progress >= 1.0 - 1e-9
         for _ in range(self.max_corrections if final else 0):
             if self._within_budget():
@@ -413,14 +421,24 @@ class LatencyBudgetPruning(AccelCallback):
         pl_module: pl.LightningModule,
         progress: float,
         refresh: bool = True,
+        fraction: float = 1.0,
     ) -> None:
-        """Plan on rank zero, apply on every rank, measure on rank zero (closed loop)."""
+        """Plan on rank zero, apply on every rank, measure on rank zero (closed loop).
+
+        Args:
+            trainer: The Trainer.
+            pl_module: The module, changed in place.
+            progress: Schedule progress in [0, 1]: sets the step's latency goal.
+            refresh: Measure a new latency model (else reuse the last one).
+            fraction: Go this fraction of the way from the measured latency to the goal.
+        """
         assert (
             self._example is not None and self.dense_ms is not None and self.target_ms is not None
         )
         check_finite_weights(pl_module, self.technique)
-        goal = schedule_target(self.dense_ms, self.target_ms, progress)
         before = self._budget_frame(self.last)
+        goal = schedule_target(self.dense_ms, self.target_ms, progress)
+        goal = before - fraction * (before - goal)
         graph = dependency_graph(pl_module, self._example)
         plan: Any = None
         if trainer.is_global_zero:
@@ -598,6 +616,13 @@ class LatencyBudgetPruning(AccelCallback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().teardown(trainer, pl_module, stage)
+        self._close()
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        super().on_exception(trainer, pl_module, exception)
         self._close()
 
     def _close(self) -> None:

@@ -23,6 +23,7 @@ pruning callback corrects the next step with the error it measured on the real m
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
@@ -135,8 +136,9 @@ def group_scores(
         criterion: A name of :data:`lightning_accel.pruning.criteria.CRITERIA` or a callable.
 
     Returns:
-        ``{root name: scores}``, one non-negative score per channel (torch-pruning normalizes
-        magnitude and Taylor scores by their group mean, so groups compare).
+        ``{root name: scores}``, one non-negative score per channel: torch-pruning's score
+        (normalized by its group mean, so groups compare) times the number of layers whose
+        output channels the group holds.
     """
     from lightning_accel.pruning.criteria import group_importance
 
@@ -148,7 +150,17 @@ def group_scores(
         imp = importance(groups[name])
         if imp is None:  # torch-pruning found no weight to score: every channel alike
             imp = torch.ones(width)
-        scores[name] = torch.nan_to_num(imp.detach().float().cpu(), nan=0.0).clamp_min(0.0)
+        # torch-pruning averages over the group's layers and normalizes by the mean; a channel
+        # of a coupled group leaves every layer it joins, so weigh it by how many layers' outputs
+        # it carries (HALP sums saliency over a group's layers): residual streams stay wider.
+        layers = {
+            dep.target.module
+            for dep, _ in groups[name]
+            if graph.is_out_channel_pruning_fn(dep.handler)
+            and isinstance(dep.target.module, WEIGHTED_LAYERS)
+        }
+        imp = torch.nan_to_num(imp.detach().float().cpu(), nan=0.0).clamp_min(0.0)
+        scores[name] = imp * max(1, len(layers))
     return scores
 
 
@@ -239,17 +251,17 @@ def time_rounds(
     Returns:
         ``times[model][round]``: the run times in milliseconds.
     """
+    calls = [functools.partial(model.run, inputs) for model in models]
     per_call = []
-    for model in models:  # warm-up, and a first estimate of the time per call
-        per_call.append(float(np.median(time_calls(lambda m=model: m.run(inputs), 2, 3))))
+    for call in calls:  # warm-up, and a first estimate of the time per call
+        per_call.append(float(np.median(np.asarray(time_calls(call, 2, 3)))))
     runs = [max(3, min(500, int(round_s * 1000.0 / max(t, 1e-3)))) for t in per_call]
     times: list[list[list[float]]] = [[] for _ in models]
     for r in range(max(1, rounds)):
         order = list(range(len(models)))
         order = order[r % len(order) :] + order[: r % len(order)]
         for i in order:
-            model = models[i]
-            times[i].append(time_calls(lambda m=model: m.run(inputs), 1, runs[i]))
+            times[i].append(time_calls(calls[i], 1, runs[i]))
     return times
 
 
@@ -433,24 +445,34 @@ def build_latency_model(
     rounds of ``probe.rounds``; a few seconds for a small CNN at batch 1.
     """
     base = probe.compile(model)
-    curves: dict[str, GroupCurve] = {}
-    base_times: list[Latency] = []
+    fractions: dict[str, list[float]] = {}
+    base_runs: list[float] = []
     for group in groups:
         widths = probe_widths(group.width, round_to, widths_per_group)
         compiled = [probe.compile(thinned_copy(model, example, {group.name: w})) for w in widths]
-        timed = probe.time([base, *compiled])
-        base_times.append(timed[0])
-        savings = [0.0]
-        for latency in timed[1:]:
-            savings.append(max(savings[-1], timed[0].median_ms - latency.median_ms))
-        curves[group.name] = GroupCurve([group.width, *widths], savings)
-    base_ms = float(np.median([t.median_ms for t in base_times])) if base_times else 0.0
-    iqr = float(np.median([t.iqr_ms for t in base_times])) if base_times else 0.0
+        runs = probe.time_rounds([base, *compiled])
+        base_runs += [t for r in runs[0] for t in r]
+        # Paired per round: the fraction of the base latency saved, robust to the load
+        # changing between groups (and between rounds).
+        saved = [0.0]
+        for probe_runs in runs[1:]:
+            speedup, _ = round_ratio(runs[0], probe_runs)
+            saved.append(max(saved[-1], 1.0 - 1.0 / speedup))
+        fractions[group.name] = saved
+    base_ms = float(np.median(np.asarray(base_runs))) if base_runs else 0.0
+    p25, p75 = np.percentile(np.asarray(base_runs), [25, 75]) if base_runs else (0.0, 0.0)
+    curves = {
+        g.name: GroupCurve(
+            [g.width, *probe_widths(g.width, round_to, widths_per_group)],
+            [f * base_ms for f in fractions[g.name]],
+        )
+        for g in groups
+    }
     return LatencyModel(
         probe.backend,
         probe.batch_size,
         base_ms,
-        iqr,
+        float(p75 - p25),
         curves,
         {g.name: g.width for g in groups},
     )

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import copy
 import csv
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -170,3 +173,57 @@ def test_impossible_budgets_are_refused_in_setup_with_the_model_untouched(
     after = module.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.bad_input("distributed")
+def test_ddp_ranks_apply_the_plan_rank_zero_measured(tmp_path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    done = subprocess.run(
+        [sys.executable, __file__, str(tmp_path)],
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank0["shapes"] == rank1["shapes"]
+    assert rank0["shapes"]["model.3.weight"][0] < 64 or rank0["shapes"]["model.6.weight"][0] < 64
+    assert rank0["history"] == rank1["history"]  # rank zero's measurements, broadcast
+    for name, weight in rank0["weights"].items():
+        torch.testing.assert_close(weight, rank1["weights"][name], msg=name)
+
+
+if __name__ == "__main__":  # run by the DDP test: two CPU processes (gloo)
+    import lightning.pytorch as pl
+
+    out = Path(sys.argv[1])
+    pl.seed_everything(0)
+    module = _module()
+    callback = LatencyBudgetPruning(
+        target_speedup=1.3, threads=1, end_epoch=1, max_corrections=1, timing_rounds=3
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=2,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, _loader(), _loader())
+    torch.save(
+        {
+            "shapes": {k: tuple(v.shape) for k, v in module.state_dict().items()},
+            "weights": module.state_dict(),
+            "history": [
+                {k: v for k, v in row.items() if k != "widths"} for row in callback.history
+            ],
+        },
+        out / f"rank{trainer.global_rank}.pt",
+    )
