@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import Callback
 
 from lightning_accel import ClassificationModule, FashionMNISTDataModule, GradualPruning
 from lightning_accel.cli.fit_job import fine_tune_copy, make_trainer, test_accuracy
-from lightning_accel.cli.report import format_table, measure_model
+from lightning_accel.cli.report import format_table, measure_model, time_against_baseline
 
 
 class StepTimer(Callback):
@@ -126,6 +126,7 @@ def main() -> None:
             flush=True,
         )
 
+    time_against_baseline(rows, rows[0], threads=args.threads)  # alternating rounds (#18)
     print()
     print(format_table(rows, rows[0]))
     print()

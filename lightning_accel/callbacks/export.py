@@ -246,7 +246,9 @@ class ExportOnFitEnd(AccelCallback):
                 rank_zero_warn(f"ExportOnFitEnd: {moved}")
             remove_stale(staged)
         # Written beside, checked, then renamed: never a half-written file named last.ckpt.
-        trainer.save_checkpoint(staged)  # collective under DDP: every rank calls it
+        # weights_only=False said: a full checkpoint (callback states too), without the
+        # "`weights_only` was not set" line Lightning logs when it is left to default.
+        trainer.save_checkpoint(staged, weights_only=False)  # collective under DDP: all ranks
         if not trainer.is_global_zero:
             return
         problem = problem or publish_checkpoint(staged, checkpoint)

@@ -13,14 +13,17 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_accel.backends import DEFAULT_BACKEND, BackendName, get_backend
+from lightning_accel.backends.timing import compare_latency, timing_batch
 from lightning_accel.callbacks.base import (
     AccelCallback,
     check_batch_sizes,
+    check_bool,
     check_int,
     example_input,
 )
 from lightning_accel.export.inputs import value_range
 from lightning_accel.export.onnx import to_onnx
+from lightning_accel.tracking.run_config import log_callback_settings
 from lightning_accel.tracking.wandb_logging import define_epoch_axis, log_epoch_table, wandb_run
 from lightning_accel.utilities.layer_selection import WEIGHTED_LAYERS
 from lightning_accel.utilities.model_stats import model_stats
@@ -32,7 +35,11 @@ class LatencyMonitor(AccelCallback):
     At validation end every ``every_n_epochs`` epochs (rank zero), the model is exported to a
     temporary ONNX file and timed; logged against ``epoch``: ``latency/<backend>/b<N>_ms``,
     ``model/params``, ``model/nonzero_params``, ``model/macs``, ``model/onnx_bytes`` and its own
-    cost, ``latency/monitor_s``. Each row of :attr:`history` also holds ``model/sparsity``: the
+    cost, ``latency/monitor_s``. With ``baseline=True`` (the default) the model as it was when
+    this fit started is timed with it in alternating rounds
+    (:func:`~lightning_accel.backends.timing.compare_latency`), and
+    ``latency/<backend>/b<N>_speedup`` is logged too: a shared machine's drift lands on both.
+    Each row of :attr:`history` also holds ``model/sparsity``: the
     fraction of the conv/linear weights of the model at train start that are now zero or
     removed (measured on the model). With a ``WandbLogger`` it also logs a per-epoch table and an
     accuracy-vs-latency chart at the end of fit.
@@ -43,6 +50,8 @@ class LatencyMonitor(AccelCallback):
         batch_sizes: Batch sizes to time.
         threads: ONNX Runtime threads; default: all cores.
         runs: Timed runs per figure (median logged).
+        baseline: Also time the model from the start of this fit, alternating with the current
+            one, and log the speedup over it.
 
     Raises:
         ValueError: At construction, for an unknown backend or a count below 1.
@@ -58,6 +67,7 @@ class LatencyMonitor(AccelCallback):
         batch_sizes: Sequence[int] = (1,),
         threads: int | None = None,
         runs: int = 20,
+        baseline: bool = True,
     ) -> None:
         super().__init__()
         self.backend = get_backend(backend, "LatencyMonitor(backend=...)").name
@@ -70,6 +80,9 @@ class LatencyMonitor(AccelCallback):
         self.batch_sizes = tuple(batch_sizes)
         self.threads = threads
         self.runs = runs
+        check_bool(baseline, "baseline")
+        self.baseline = baseline
+        self._baseline_dir: tempfile.TemporaryDirectory | None = None  # the fit-start ONNX
         self.history: list[dict[str, Any]] = []
         self._start_weights: int | None = None  # conv/linear weight entries at train start
         self._example: Tensor | None = None
@@ -82,6 +95,8 @@ class LatencyMonitor(AccelCallback):
     @override
     def metric_names(self) -> tuple[str, ...]:
         latency = tuple(f"latency/{self.backend}/b{b}_ms" for b in self.batch_sizes)
+        if self.baseline:
+            latency += tuple(f"latency/{self.backend}/b{b}_speedup" for b in self.batch_sizes)
         model = ("model/onnx_bytes", "model/params", "model/nonzero_params", "model/macs")
         return (*latency, *model, "latency/monitor_s")
 
@@ -110,9 +125,20 @@ class LatencyMonitor(AccelCallback):
             self._start_weights = _layer_weights(pl_module)[0]
         # Found once: example_input reads a training batch, too costly for every epoch.
         self._example = example_input(trainer, pl_module).cpu()
+        if self.baseline and trainer.is_global_zero and self._baseline_dir is None:
+            self._baseline_dir = tempfile.TemporaryDirectory(prefix="lightning-accel-latency-")
+            to_onnx(pl_module, self._example, Path(self._baseline_dir.name) / "baseline.onnx")
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        if self._baseline_dir is not None:
+            self._baseline_dir.cleanup()
+            self._baseline_dir = None
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        log_callback_settings(trainer)  # every callback's settings in W&B config / hparams
         run = wandb_run(trainer)
         if run is not None:
             define_epoch_axis(run)
@@ -149,9 +175,22 @@ class LatencyMonitor(AccelCallback):
             onnx_path = to_onnx(pl_module, example, Path(tmp) / "model.onnx")
             compiled = get_backend(self.backend).compile(onnx_path, Path(tmp), threads=self.threads)
             compiled.input_bounds = value_range([example])  # token ids: within the seen range
+            base = None
+            if self._baseline_dir is not None:
+                base_onnx = Path(self._baseline_dir.name) / "baseline.onnx"
+                base = get_backend(self.backend).compile(
+                    base_onnx, Path(tmp) / "baseline", threads=self.threads
+                )
             for batch_size in self.batch_sizes:
-                ms = compiled.latency(batch_size, self.runs).median_ms
-                metrics[f"latency/{self.backend}/b{batch_size}_ms"] = ms
+                key = f"latency/{self.backend}/b{batch_size}"
+                if base is None:
+                    metrics[f"{key}_ms"] = compiled.latency(batch_size, self.runs).median_ms
+                    continue
+                inputs = timing_batch(example.detach().numpy(), batch_size)
+                rounds = max(1, min(5, self.runs))
+                result = compare_latency(compiled, base, inputs, batch_size, self.runs, rounds)
+                metrics[f"{key}_ms"] = result.model.median_ms
+                metrics[f"{key}_speedup"] = result.speedup
             metrics["model/onnx_bytes"] = float(onnx_path.stat().st_size)
         stats = model_stats(pl_module, example)
         metrics["model/params"] = float(stats.params)

@@ -21,7 +21,13 @@ from lightning_accel.cli.fit_args import (  # noqa: F401 - re-exported
     given_main_job_flags,
     refuse_main_job_flags,
 )
-from lightning_accel.cli.report import ModelReport, format_table, measure_model, write_summary
+from lightning_accel.cli.report import (
+    ModelReport,
+    format_table,
+    measure_model,
+    time_against_baseline,
+    write_summary,
+)
 from lightning_accel.data import FashionMNISTDataModule
 from lightning_accel.models.module import ClassificationModule
 
@@ -153,6 +159,7 @@ def run_pruning_job(cfg: PruningJobConfig, progress: bool = True) -> list[ModelR
             runs=cfg.latency_runs,
         ),
     ]
+    time_against_baseline(rows, rows[0], threads=cfg.threads, runs=cfg.latency_runs)
     write_summary(out / "summary.json", rows, {"config": asdict(cfg)})
     return rows
 

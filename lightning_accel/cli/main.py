@@ -225,9 +225,20 @@ def _run_sweep(args: argparse.Namespace) -> int:
     print(f"\nPareto front (accuracy vs batch-1 latency): trials {[t.number for t in front]}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps([t.as_dict() for t in trials], indent=2))
+    chart = _pareto_chart(trials, out / "pareto.png")
     run_dir = log_sweep_to_wandb(trials, sweep.path.stem, out, args.project)
-    print(f"trials: {out / 'sweep.json'}; W&B summary run: {run_dir}")
+    print(f"trials: {out / 'sweep.json'}; {chart}; W&B summary run: {run_dir}")
     return 0 if front else 1
+
+
+def _pareto_chart(trials: list, path: object) -> str:
+    """Draw the sweep's Pareto chart (PNG) if matplotlib is installed; say what was done."""
+    from pathlib import Path
+
+    from lightning_accel.tracking.plots import plot_pareto, plots_available
+
+    note = plots_available()
+    return note if note is not None else f"chart: {plot_pareto(trials, Path(str(path)))}"
 
 
 def _progress(message: str) -> None:
@@ -266,6 +277,12 @@ def _run_export(args: argparse.Namespace) -> int:
     )
     print(format_summary(outcome.summary))
     print(f"\nsummary: {Path(args.output_dir) / 'summary.json'}")
+    for backend, entry in outcome.summary.get("backends", {}).items():
+        for batch, row in (entry.get("latency") or {}).items():
+            if row and row.get("warning"):  # the spread says the speedup cannot be trusted
+                print(
+                    f"lightning-accel: {backend} batch {batch}: {row['warning']}", file=sys.stderr
+                )
     for problem in outcome.errors + outcome.mismatches:
         print(f"lightning-accel: {problem}", file=sys.stderr)
     return 1 if outcome.errors or outcome.mismatches else 0

@@ -29,6 +29,12 @@ class ModelReport:
         onnx_bytes: Size of the ONNX file.
         gzip_bytes: Size of the gzip-compressed ONNX file (what zeroed weights buy).
         latency_ms: Median ONNX Runtime latency by batch size.
+        onnx_path: The exported file.
+        speedup: Against the table's baseline, by batch size: the median of per-round ratios
+            from alternating rounds (see :func:`time_against_baseline`); empty until timed so.
+        speedup_iqr: The per-round ratios' 25th and 75th percentiles, by batch size.
+        timing_warnings: Why a speedup cannot be trusted (the spread rule of
+            :func:`lightning_accel.backends.timing.spread_warning`), one line each.
     """
 
     name: str
@@ -39,6 +45,10 @@ class ModelReport:
     onnx_bytes: int
     gzip_bytes: int
     latency_ms: dict[int, float] = field(default_factory=dict)
+    onnx_path: str = ""
+    speedup: dict[int, float] = field(default_factory=dict)
+    speedup_iqr: dict[int, tuple[float, float]] = field(default_factory=dict)
+    timing_warnings: list[str] = field(default_factory=list)
 
 
 def measure_model(
@@ -84,7 +94,49 @@ def measure_model(
             b: latency(onnx_path, b, threads=threads, runs=runs, min_seconds=1.0).median_ms
             for b in batch_sizes
         },
+        onnx_path=str(onnx_path),
     )
+
+
+def time_against_baseline(
+    rows: list[ModelReport], baseline: ModelReport, threads: int | None = None, runs: int = 50
+) -> None:
+    """Time each row against the baseline in alternating rounds; fill its speedup and spread.
+
+    Each row's ONNX file and the baseline's are run in ONNX Runtime, round by round in
+    alternating order (:func:`~lightning_accel.backends.timing.compare_latency`), so a busy
+    machine's drift lands on both; ``latency_ms`` becomes the median of those runs.
+
+    Args:
+        rows: Rows from :func:`measure_model` (their ``onnx_path`` set); changed in place.
+        baseline: The row they are compared with (its own speedup is 1).
+        threads: ONNX Runtime intra-op threads; ``None``: all cores.
+        runs: Timed runs per side and batch size.
+    """
+    import tempfile
+
+    from lightning_accel.backends import get_backend
+    from lightning_accel.backends.timing import compare_latency, default_threads
+    from lightning_accel.export.bench import random_onnx_input
+
+    runtime = get_backend("onnxruntime")
+    with tempfile.TemporaryDirectory(prefix="lightning-accel-report-") as tmp:
+        base = runtime.compile(Path(baseline.onnx_path), Path(tmp) / "baseline", threads=threads)
+        for number, row in enumerate(rows):
+            if row is baseline:
+                row.speedup = {b: 1.0 for b in row.latency_ms}
+                continue
+            model = runtime.compile(Path(row.onnx_path), Path(tmp) / str(number), threads=threads)
+            for b in sorted(row.latency_ms):
+                inputs = random_onnx_input(Path(row.onnx_path), b)
+                result = compare_latency(
+                    model, base, inputs, b, runs, threads=threads or default_threads()
+                )
+                row.latency_ms[b] = result.model.median_ms
+                row.speedup[b] = result.speedup
+                row.speedup_iqr[b] = (result.speedup_p25, result.speedup_p75)
+                if result.warning:
+                    row.timing_warnings.append(f"{row.name} @b{b}: {result.warning}")
 
 
 def format_table(rows: list[ModelReport], baseline: ModelReport) -> str:
@@ -106,8 +158,18 @@ def format_table(rows: list[ModelReport], baseline: ModelReport) -> str:
         ]
         for b in batch_sizes:
             ms = row.latency_ms[b]
-            cells += [f"{ms:.2f}", f"{baseline.latency_ms[b] / ms:.2f}x"]
+            if b in row.speedup and b in row.speedup_iqr:
+                low, high = row.speedup_iqr[b]
+                cells += [f"{ms:.2f}", f"{row.speedup[b]:.2f}x ({low:.2f}-{high:.2f})"]
+            else:
+                cells += [f"{ms:.2f}", f"{row.speedup.get(b, baseline.latency_ms[b] / ms):.2f}x"]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(row.speedup_iqr for row in rows):
+        lines.append(
+            "speedup: median of per-round ratios (interquartile range), each model and the "
+            "baseline timed in alternating rounds"
+        )
+    lines += [f"warning: {w}" for row in rows for w in row.timing_warnings]
     return "\n".join(lines)
 
 

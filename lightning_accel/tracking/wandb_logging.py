@@ -45,10 +45,15 @@ def has_wandb_credentials() -> bool:
 def wandb_base_url() -> str:
     """The W&B server URL W&B's settings resolve to (``WANDB_BASE_URL``, settings file)."""
     try:
-        from wandb.sdk import wandb_setup
+        import wandb
 
-        return str(wandb_setup.singleton().settings.base_url)
-    except ImportError:
+        # As wandb's setup loads them (settings file, then environment), without creating its
+        # process-wide singleton: that would freeze settings before the logger's own init.
+        settings = wandb.Settings()
+        settings.update_from_system_settings()
+        settings.update_from_env_vars(dict(os.environ))
+        return str(settings.base_url)
+    except Exception:  # no wandb, or settings it refuses: the variable, else W&B's cloud
         return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
 
 

@@ -60,6 +60,8 @@ def test_epochs_csv_and_charts_lie_beside_summary_json(finished) -> None:
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["0", "1"]  # one row per epoch
     assert float(rows[1]["val/acc"]) > 0 and float(rows[1]["latency/onnxruntime/b1_ms"]) > 0
+    # LatencyMonitor times the fit-start model alternately with the current one
+    assert float(rows[1]["latency/onnxruntime/b1_speedup"]) > 0
     for chart in ("epochs.png", "accuracy_vs_latency.png"):
         assert (out / chart).read_bytes()[:4] == b"\x89PNG", chart
     listed = {f["path"] for f in json.loads((out / "summary.json").read_text())["run"]["files"]}
@@ -90,3 +92,8 @@ def test_every_callback_setting_is_in_the_logged_hyperparameters(finished) -> No
     assert hparams["callbacks.latency.runs"] == 3
     assert hparams["callbacks.export.latency_runs"] == 6
     assert hparams["lr"] == 0.05  # the module's own, still there
+
+
+def test_saving_last_ckpt_logs_no_weights_only_default_line(finished) -> None:
+    _, _, text, _ = finished
+    assert "`weights_only` was not set" not in text
