@@ -95,7 +95,8 @@ def widths_at_batch(dense: ClassificationModule, batch: int, speedup: float, thr
         probe.close()
     graph = dependency_graph(dense, example)
     scores = group_scores(dense, graph, layers, [g.name for g in groups], "l2")
-    plan = allocate(scores, model.saving, model.base_ms, model.base_ms / speedup, 8)
+    weights = {g.name: float(len(g.layers)) for g in groups}
+    plan = allocate(scores, model.saving, model.base_ms, model.base_ms / speedup, 8, 1.0, weights)
     return {"base_ms": model.base_ms, "predicted_ms": plan.predicted_ms, "widths": plan.widths}
 
 

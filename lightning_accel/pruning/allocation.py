@@ -8,6 +8,15 @@ groups). Starting from the current widths, the allocator repeatedly takes the on
 ``round_to`` channels, over all groups, that loses the **least importance per millisecond
 saved**, until the predicted latency reaches the target. The channels cut within a group are
 always its least important ones; no group ever loses its last ``round_to`` channels.
+
+Importance lost is measured as ``weight * log(kept before / kept after)``, where "kept" is the
+summed score of a group's remaining channels: the objective is the product of the fractions of
+importance each group keeps. Magnitude scores are not calibrated across layers, and with a
+plain sum of removed scores the greedy drove whole groups to ``round_to`` channels (measured:
+residual streams or every inner conv of ResNet-18 cut to 8-16 channels, with accuracy far
+below uniform pruning); the logarithm makes the last channels of a group ever dearer and is
+free of each group's score scale. ``weight`` is the number of layers whose outputs the group
+holds (HALP sums saliency over a group's layers).
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ def allocate(
     target_ms: float,
     round_to: int,
     scale: float = 1.0,
+    weights: Mapping[str, float] | None = None,
 ) -> Allocation:
     """Greedy least-importance-per-millisecond allocation of channel cuts.
 
@@ -68,6 +78,8 @@ def allocate(
             channels, and new widths are multiples of it.
         scale: Correction applied to every predicted saving (measured / predicted drop of the
             previous step; 1.0: trust the model).
+        weights: Per group, the weight of its importance loss (default 1): the number of
+            layers whose output channels it holds.
 
     Returns:
         The :class:`Allocation`.
@@ -86,6 +98,12 @@ def allocate(
     initial = {name: int(s.numel()) for name, s in scores.items()}
     order = {name: torch.argsort(s, stable=True) for name, s in scores.items()}
     ranked = {name: s[order[name]].double() for name, s in scores.items()}
+    # kept[name][k]: summed score of the channels left after removing the k lowest
+    kept = {
+        name: (r.sum() - torch.cat([r.new_zeros(1), r.cumsum(0)])).clamp_min(0.0)
+        for name, r in ranked.items()
+    }
+    weight = {name: float((weights or {}).get(name, 1.0)) for name in scores}
     widths = dict(initial)
     predicted = float(current_ms)
     lost = 0.0
@@ -98,8 +116,11 @@ def allocate(
             gain = (savings(name, new) - savings(name, width)) * scale
             if gain <= 0:
                 continue
-            cost = float(ranked[name][initial[name] - width : initial[name] - new].sum())
-            key = cost / gain
+            cut = initial[name] - width, initial[name] - new
+            cost = float(ranked[name][cut[0] : cut[1]].sum())
+            tiny = 1e-12 * float(kept[name][0]) + 1e-30
+            before, after = float(kept[name][cut[0]]) + tiny, float(kept[name][cut[1]]) + tiny
+            key = weight[name] * math.log(before / after) / gain
             # least importance per ms first; on a tie, the larger saving
             if best is None or (key, -gain) < (best[0], -best[1]):
                 best = (key, gain, name, new, cost)

@@ -136,9 +136,8 @@ def group_scores(
         criterion: A name of :data:`lightning_accel.pruning.criteria.CRITERIA` or a callable.
 
     Returns:
-        ``{root name: scores}``, one non-negative score per channel: torch-pruning's score
-        (normalized by its group mean, so groups compare) times the number of layers whose
-        output channels the group holds.
+        ``{root name: scores}``, one non-negative score per channel (torch-pruning's, which
+        averages over the group's layers and normalizes by the group mean).
     """
     from lightning_accel.pruning.criteria import group_importance
 
@@ -150,17 +149,7 @@ def group_scores(
         imp = importance(groups[name])
         if imp is None:  # torch-pruning found no weight to score: every channel alike
             imp = torch.ones(width)
-        # torch-pruning averages over the group's layers and normalizes by the mean; a channel
-        # of a coupled group leaves every layer it joins, so weigh it by how many layers' outputs
-        # it carries (HALP sums saliency over a group's layers): residual streams stay wider.
-        layers = {
-            dep.target.module
-            for dep, _ in groups[name]
-            if graph.is_out_channel_pruning_fn(dep.handler)
-            and isinstance(dep.target.module, WEIGHTED_LAYERS)
-        }
-        imp = torch.nan_to_num(imp.detach().float().cpu(), nan=0.0).clamp_min(0.0)
-        scores[name] = imp * max(1, len(layers))
+        scores[name] = torch.nan_to_num(imp.detach().float().cpu(), nan=0.0).clamp_min(0.0)
     return scores
 
 

@@ -34,22 +34,30 @@ def test_widths_stay_multiples_of_round_to_and_no_group_is_emptied() -> None:
 
 
 def test_cuts_go_where_importance_per_ms_is_lowest() -> None:
-    # "cheap" saves 0.1 ms per channel at importance 1; "costly" saves 0.1 ms at importance 5;
-    # "slow" saves 1 ms per channel at importance 5 (0.5 + 0.5 importance per ms: best).
-    scores = {
-        "cheap": torch.ones(32),
-        "costly": torch.full((32,), 5.0),
-        "slow": torch.full((32,), 5.0),
-    }
-    widths = {n: 32 for n in scores}
-    savings = _linear({"cheap": 0.1, "costly": 0.1, "slow": 1.0}, widths)
-    plan = allocate(scores, savings, current_ms=100.0, target_ms=92.0, round_to=8)
-    assert plan.widths == {"cheap": 32, "costly": 32, "slow": 24}
-    assert plan.reached and plan.predicted_ms == pytest.approx(92.0)
-    # a larger cut: "slow" goes first (5 per ms), then "cheap" (10 per ms), "costly" last (50)
-    plan = allocate(scores, savings, current_ms=100.0, target_ms=75.0, round_to=8)
-    assert plan.widths["slow"] == 8 and plan.widths["costly"] == 32
-    assert plan.widths["cheap"] < 32
+    # "skewed" holds its importance in 8 channels: cutting its 24 others loses almost nothing;
+    # "flat" loses log(32/24) of its importance per cut of 8; both save 0.1 ms per channel
+    skewed = torch.cat([torch.full((24,), 0.01), torch.full((8,), 10.0)])
+    scores = {"flat": torch.ones(32), "skewed": skewed}
+    savings = _linear({"flat": 0.1, "skewed": 0.1}, {"flat": 32, "skewed": 32})
+    plan = allocate(scores, savings, current_ms=10.0, target_ms=8.0, round_to=8)
+    assert plan.widths == {"flat": 32, "skewed": 8}
+    assert plan.reached and plan.predicted_ms == pytest.approx(7.6)
+    # the same importance, ten times the time saved per channel: cut first
+    scores = {"flat": torch.ones(32), "fast": torch.ones(32)}
+    savings = _linear({"flat": 0.1, "fast": 1.0}, {"flat": 32, "fast": 32})
+    plan = allocate(scores, savings, 40.0, 32.0, 8)
+    assert plan.widths == {"flat": 32, "fast": 24}
+    # ... unless its group holds the outputs of 20 layers (a residual stream)
+    plan = allocate(scores, savings, 40.0, 39.2, 8, weights={"fast": 20.0})
+    assert plan.widths == {"flat": 24, "fast": 32}
+
+
+def test_the_last_channels_of_a_group_grow_dearer() -> None:
+    # two alike groups share a large cut evenly instead of one being emptied
+    scores = {"a": torch.ones(64), "b": torch.ones(64)}
+    savings = _linear({"a": 0.1, "b": 0.1}, {"a": 64, "b": 64})
+    plan = allocate(scores, savings, 20.0, 20.0 - 6.4, 8)
+    assert plan.widths == {"a": 32, "b": 32}
 
 
 def test_the_least_important_channels_of_a_group_are_the_ones_removed() -> None:
