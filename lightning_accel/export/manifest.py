@@ -65,7 +65,12 @@ class ImagePreprocessing:
             raise ValueError(f"std values must be > 0; got {self.std}")
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "image_size": list(self.image_size)}
+        return {
+            **asdict(self),
+            "image_size": list(self.image_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
     @classmethod
     def from_dict(cls, value: Mapping[str, Any]) -> ImagePreprocessing:

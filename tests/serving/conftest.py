@@ -25,7 +25,11 @@ ROOT = Path(__file__).parents[2]
 @pytest.fixture(scope="session")
 def digits_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small CNN fitted briefly on the digits and exported (verified, not timed)."""
-    out = tmp_path_factory.mktemp("serving") / "export"
+    return fit_digits_export(tmp_path_factory.mktemp("serving") / "export")
+
+
+def fit_digits_export(out: Path) -> Path:
+    """Fit the small CNN on a few digits batches with ExportOnFitEnd into ``out``."""
     data = DigitsDataModule(batch_size=64)
     trainer = quiet_trainer(
         out.parent,
