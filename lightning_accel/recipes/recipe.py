@@ -49,6 +49,7 @@ CALLBACK_NAMES = {
     "lightning_accel.ExportOnFitEnd": "export",
     "lightning_accel.QuantizationAware": "quantization",
     "lightning_accel.Binarize": "binarization",
+    "lightning_accel.Distillation": "distillation",
 }
 _TOP_LEVEL = ("seed_everything", "model", "data", "trainer")
 

@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import CSVLogger
 import lightning_accel.callbacks as callbacks_package
 from lightning_accel import (
     Binarize,
+    Distillation,
     ExportOnFitEnd,
     GradualPruning,
     LatencyMonitor,
@@ -38,6 +39,7 @@ FACTORIES: dict[str, Callable[[Path], AccelCallback]] = {
     "taylor_pruning": lambda d: GradualPruning(0.5, end_epoch=2, criterion="taylor"),
     "quantization": lambda d: QuantizationAware(start_epoch=1),
     "binarization": lambda d: Binarize(start_epoch=1, end_epoch=2),
+    "distillation": lambda d: Distillation(start_epoch=1),
     "latency": lambda d: LatencyMonitor(batch_sizes=(1,), runs=2, threads=1),
     "export": lambda d: ExportOnFitEnd(
         d / "export", batch_sizes=(1,), latency_runs=2, threads=1, benchmark=False
