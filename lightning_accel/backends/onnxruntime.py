@@ -94,7 +94,8 @@ def latency(
     """Latency of an ONNX model in ONNX Runtime on the CPU, on seeded random inputs.
 
     Args:
-        onnx_path: The model file; its first input's non-batch dimensions must be static.
+        onnx_path: The model file; its inputs' non-batch dimensions must be static. Every
+            input gets its own random batch of its declared dtype (several inputs, int64 ids).
         batch_size: Inputs per run (the batch dimension must be dynamic or equal to this).
         threads: Intra-op threads; defaults to all available cores.
         warmup: Untimed runs first.
@@ -115,7 +116,9 @@ def latency(
             f"runs={runs}, warmup={warmup}"
         )
     session = ort_session(onnx_path, threads)
-    feed = {session.get_inputs()[0].name: _random_input(session, batch_size, input_bounds)}
+    feed = {
+        meta.name: _random_input(meta, batch_size, input_bounds) for meta in session.get_inputs()
+    }
     times = time_calls(lambda: session.run(None, feed), warmup, runs, min_seconds)
     return summarize_times(times, batch_size, session.get_session_options().intra_op_num_threads)
 
@@ -127,9 +130,9 @@ def _numpy_dtype(meta: Any) -> Any:
 
 
 def _random_input(
-    session: Any, batch_size: int, input_bounds: tuple[int, int] | None = None
+    meta: Any, batch_size: int, input_bounds: tuple[int, int] | None = None
 ) -> np.ndarray:
-    meta = session.get_inputs()[0]
+    """Seeded random batch for one graph input (every input of a several-input model gets one)."""
     dims = [d for d in meta.shape[1:] if isinstance(d, int)]
     if len(dims) != len(meta.shape) - 1:
         raise ValueError(
@@ -163,7 +166,11 @@ class OnnxRuntimeModel:
             "operators": counts,
         }
 
-    def run(self, inputs: np.ndarray) -> np.ndarray:
+    def run(self, inputs: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        if isinstance(inputs, dict):  # several inputs, by graph input name
+            metas = {meta.name: meta for meta in self._session.get_inputs()}
+            feed = {n: x.astype(_numpy_dtype(metas[n])) for n, x in inputs.items()}
+            return self._session.run(None, feed)[0]
         dtype = _numpy_dtype(self._session.get_inputs()[0])
         return self._session.run(None, {self._input: inputs.astype(dtype)})[0]
 

@@ -309,8 +309,13 @@ def rebuild_optimizers(trainer: pl.Trainer) -> None:
             group["lr"] = lr
 
 
-def example_input(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor:
+def example_input(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, several: bool = False
+) -> Tensor:
     """One input sample on the module's device: ``example_input_array`` or a training batch.
+
+    With ``several=True`` a tuple of tensors (several positional inputs, e.g. an image and
+    int64 token ids) is returned as a tuple of one-sample tensors; otherwise it is refused.
 
     Raises:
         ValueError: If neither gives a tensor.
@@ -339,6 +344,15 @@ def example_input(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor:
             f"example_input_array to one input batch, e.g. torch.zeros(1, "
             f"{', '.join(str(d) for d in data.shape[1:])})."
         )
+    if (
+        several
+        and isinstance(sample, (list, tuple))
+        and sample
+        and all(isinstance(t, Tensor) for t in sample)
+    ):
+        # Several positional inputs (e.g. an image and int64 token ids), as Lightning's own
+        # example_input_array tuples; the batch's first element holds them (#12).
+        return tuple(t[:1].to(pl_module.device) for t in sample)  # type: ignore[return-value]
     if not isinstance(sample, Tensor):
         raise ValueError(
             f"The example input must be a tensor (the first element of a batch); got "

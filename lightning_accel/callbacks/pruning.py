@@ -179,7 +179,7 @@ class GradualPruning(AccelCallback):
         self._initial_widths: dict[str, int] = {}
         self._layers: list[str] = []
         self._masks: dict[str, Tensor] = {}
-        self._example: Tensor | None = None
+        self._example: ModelInput | None = None
         self._step_schedule: StepSchedule | None = None
         self._dense_stats: tuple[int, int] | None = None  # params, MACs at train start
         self._gradients: dict[str, Tensor] = {}  # for a gradient criterion, kept in checkpoints
@@ -230,7 +230,7 @@ class GradualPruning(AccelCallback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self.end_epoch is not None  # resolved in setup
         self.check_reached_within_max_steps(trainer, f"end_epoch={self.end_epoch}", self.end_epoch)
-        self._example = example_input(trainer, pl_module)
+        self._example = example_input(trainer, pl_module, several=True)
         self._module = weakref.ref(pl_module)
         for name, parameter in pl_module.named_parameters():
             if name in self._gradients:  # resumed: the gradients the criterion would have seen

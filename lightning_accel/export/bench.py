@@ -107,18 +107,29 @@ def bench_onnx(
     return rows
 
 
-def random_onnx_input(path: Path, batch_size: int, seed: int = 0) -> np.ndarray:
-    """Seeded random inputs for an ONNX model's first input: normal floats, or 0/1 integers.
+def random_onnx_input(
+    path: Path, batch_size: int, seed: int = 0
+) -> np.ndarray | dict[str, np.ndarray]:
+    """Seeded random inputs for an ONNX model: normal floats, or 0/1 integers (token ids).
+
+    Each input is drawn per its declared dtype and shape; integers lie in ``[0, 1]``, valid for
+    any embedding. A model with one input gets an array, one with several a dict by input name.
 
     Raises:
-        ValueError: If a non-batch dimension of the input is not fixed.
+        ValueError: If a non-batch dimension of an input is not fixed.
     """
     import onnx
-    from onnx import helper
 
     graph = onnx.load(str(path), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
-    first = next(i for i in graph.input if i.name not in initializers)
+    declared = [i for i in graph.input if i.name not in initializers]
+    feeds = {i.name: _random_graph_input(path, i, batch_size, seed) for i in declared}
+    return next(iter(feeds.values())) if len(feeds) == 1 else feeds
+
+
+def _random_graph_input(path: Path, first: Any, batch_size: int, seed: int) -> np.ndarray:
+    from onnx import helper
+
     tensor = first.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim][1:]
     if any(d is None for d in dims):

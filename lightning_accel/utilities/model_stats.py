@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from lightning_accel.utilities.modules import eval_mode
+from lightning_accel.utilities.modules import ModelInput, eval_mode, run_model
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,10 @@ class ModelStats:
 
 
 @torch.no_grad()
-def model_stats(model: nn.Module, example_input: Tensor) -> ModelStats:
+def model_stats(model: nn.Module, example_input: ModelInput) -> ModelStats:
     """Count parameters and MACs for a single input shaped like ``example_input[:1]``.
+
+    ``example_input`` may be a tuple of tensors (several positional inputs, any dtype).
 
     Every submodule's own training mode is restored afterwards (eval mode keeps BatchNorm
     statistics).
@@ -44,8 +46,8 @@ def model_stats(model: nn.Module, example_input: Tensor) -> ModelStats:
             # torch.nn.utils.prune recomputes `weight` in a forward pre-hook; after a training
             # step it is a non-leaf tensor, which torch-pruning's deepcopy cannot copy. A
             # no-grad forward makes it a plain tensor again.
-            model(example_input[:1].to(device))
-        macs, params = tp.utils.count_ops_and_params(model, example_input[:1].to(device))
+            run_model(model, _first(example_input, device))
+        macs, params = tp.utils.count_ops_and_params(model, _first(example_input, device))
     nonzero = sum(int((p != 0).sum()) for p in model.parameters())
     return ModelStats(params=int(params), nonzero_params=nonzero, macs=int(macs))
 
@@ -69,3 +71,10 @@ def _count_quantized_layers_as_their_float_kind() -> None:
     }
     for quantized, float_kind in kinds.items():
         op_counter.MODULES_MAPPING.setdefault(quantized, op_counter.MODULES_MAPPING[float_kind])
+
+
+def _first(example: ModelInput, device: torch.device) -> ModelInput:
+    """The first sample of one input or of each of several, on ``device``."""
+    if isinstance(example, tuple):
+        return tuple(t[:1].to(device) for t in example)
+    return example[:1].to(device)

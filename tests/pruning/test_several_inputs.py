@@ -1,0 +1,159 @@
+"""Models with several inputs and int64 inputs (issue #12): pruning's graph, replay and bench.
+
+An image plus int64 token ids (the digits' first rows as ids 0..16), through structured
+``GradualPruning`` with real batches ``((image, tokens), label)``, then ONNX and
+``lightning-accel bench`` (its ``bench_onnx``) on the exported file.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_accel import GradualPruning
+from lightning_accel.checkpointing.structural_log import structural_changes
+from lightning_accel.export.bench import bench_onnx, random_onnx_input
+from lightning_accel.pruning.channels import replay_channel_pruning_entry
+from tests.conftest import quiet_trainer
+
+
+class _ImageAndTokens(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.image = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.embed = nn.Embedding(17, 16)
+        self.tokens = nn.Sequential(nn.Linear(16, 32), nn.ReLU())
+        self.fuse = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+    def forward(self, image: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        text = self.tokens(self.embed(tokens).mean(1))
+        return self.fuse(torch.cat([self.image(image), text], dim=1))
+
+
+class _Module(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = _ImageAndTokens()
+
+    def forward(self, image: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model(image, tokens)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        (image, tokens), label = batch
+        return nn.functional.cross_entropy(self(image, tokens), label)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+class _Pairs(Dataset):
+    """Digits as ``((image, token ids), label)``: the ids are the first row's pixel values."""
+
+    def __init__(self, digits) -> None:  # type: ignore[no-untyped-def]
+        from sklearn.datasets import load_digits
+
+        data = load_digits()
+        self.images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16
+        self.tokens = torch.tensor(data.images[:, 0, :], dtype=torch.int64)  # 0..16
+        self.labels = torch.tensor(data.target)
+
+    def __len__(self) -> int:
+        return 256
+
+    def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+        return (self.images[i], self.tokens[i]), self.labels[i]
+
+
+@pytest.fixture
+def loader() -> DataLoader:
+    return DataLoader(_Pairs(None), batch_size=64)
+
+
+def test_two_inputs_with_int64_ids_prune_replay_export_and_bench(loader, tmp_path) -> None:
+    module = _Module()
+    fresh = copy.deepcopy(module)
+    # The token branch is called first; keep_first_and_last=False lets it shrink too (with it
+    # kept, the concatenation couples the image branch to it: see test_user_models' gate).
+    pruning = GradualPruning(0.5, end_epoch=1, keep_first_and_last=False)
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[pruning])
+    trainer.fit(module, train_dataloaders=loader)
+    net = module.model
+    assert net.image[2].out_channels == 16 and net.tokens[0].out_features == 16
+    assert net.fuse[0].in_features == 32 and net.fuse[0].out_features == 16
+    assert net.fuse[2].out_features == 10  # the output width never changes
+    assert pruning.measured_sparsity(module) == pytest.approx(0.5, abs=0.02)
+
+    # The structural log records both inputs with their dtypes; replay rebuilds the shapes.
+    entry = next(e for e in structural_changes(module) if e["kind"] == "channel_pruning")
+    assert entry["inputs"][1] == {"shape": [1, 8], "dtype": "torch.int64"}
+    replay_channel_pruning_entry(fresh, entry)
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {
+        k: v.shape for k, v in module.state_dict().items()
+    }
+
+    image, tokens = torch.randn(2, 1, 8, 8), torch.randint(0, 17, (2, 8))
+    path = tmp_path / "two_inputs.onnx"
+    torch.onnx.export(
+        net.eval(),
+        (image, tokens),
+        path,
+        dynamo=True,
+        dynamic_shapes=({0: "batch"}, {0: "batch"}),
+        external_data=False,  # fmt: skip
+    )
+    feeds = random_onnx_input(path, 3)
+    assert isinstance(feeds, dict) and len(feeds) == 2
+    ids = next(x for x in feeds.values() if x.dtype == np.int64)
+    assert ids.shape == (3, 8) and ids.min() >= 0 and ids.max() <= 1  # small, non-negative
+
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    got = session.run(None, {names[0]: image.numpy(), names[1]: tokens.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net(image, tokens).numpy(), rtol=1e-4, atol=1e-5)
+
+    for baseline in (None, path):  # without and with a baseline (alternating rounds)
+        rows = bench_onnx(path, baseline, "onnxruntime", tmp_path / "bench", (1, 4), 1, runs=3)
+        assert [r["batch"] for r in rows] == [1, 4] and all(r["model_ms"] > 0 for r in rows)
+
+
+class _TokenClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(1000, 32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(tokens).mean(1))
+
+
+def test_bench_times_an_onnx_model_with_one_int64_input(tmp_path) -> None:
+    path = tmp_path / "tokens.onnx"
+    torch.onnx.export(
+        _TokenClassifier().eval(),
+        (torch.randint(0, 1000, (2, 12)),),
+        path,
+        dynamo=True,
+        dynamic_shapes=({0: "batch"},),
+        external_data=False,  # fmt: skip
+    )
+    ids = random_onnx_input(path, 5)
+    assert isinstance(ids, np.ndarray) and ids.dtype == np.int64 and ids.shape == (5, 12)
+    rows = bench_onnx(path, path, "onnxruntime", tmp_path / "bench", (2,), 1, runs=3)
+    assert rows[0]["model_ms"] > 0 and rows[0]["baseline_ms"] > 0
