@@ -220,8 +220,10 @@ class Distiller:
 
 
 def make_projection(in_width: int, out_width: int, ndim: int) -> nn.Module:
-    """A learned projection from ``in_width`` to ``out_width`` channels, initialized the same
-    way every time (a fixed seed: a resumed run and every DDP rank build the same one).
+    """A learned projection from ``in_width`` to ``out_width`` channels.
+
+    Initialized the same way every time (a fixed seed), so a resumed run and every DDP rank
+    build the same one.
 
     Args:
         in_width: Student channels (dim 1).

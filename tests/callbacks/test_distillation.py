@@ -67,7 +67,9 @@ def test_teacher_is_absent_from_the_exported_onnx(digits, tmp_path: Path) -> Non
     path = to_onnx(module.model, X, tmp_path / "student.onnx")
     graph = onnx.load(str(path)).graph
     stored = sum(int(torch.tensor(list(t.dims)).prod()) for t in graph.initializer)
-    student = sum(v.numel() for v in module.model.state_dict().values() if v.dtype.is_floating_point)
+    student = sum(
+        v.numel() for v in module.model.state_dict().values() if v.dtype.is_floating_point
+    )
     assert stored <= student  # a teacher inside would double it
     assert distillation.teacher is not None
     assert not any(n.op_type == "Softmax" for n in graph.node)
@@ -133,7 +135,11 @@ def test_own_module_distills_through_one_line(digits) -> None:
 @pytest.mark.bad_input("constructor")
 def test_own_module_without_the_line_is_refused_before_the_optimizer_steps(digits) -> None:
     module = OwnModule(with_line=False)
-    before = {k: v.clone() for k, v in module.state_dict().items() if "running" not in k and "batches_tracked" not in k}
+    before = {
+        k: v.clone()
+        for k, v in module.state_dict().items()
+        if "running" not in k and "batches_tracked" not in k
+    }
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=3, callbacks=[Distillation()])
     with pytest.raises(RuntimeError, match=r"(?s)did not call distill.*loss = distill\(self, x"):
         trainer.fit(module, datamodule=digits)
@@ -217,9 +223,7 @@ def _refused(module: pl.LightningModule, digits, distillation: Distillation, mes
 def test_teacher_checkpoint_of_another_architecture_is_refused(digits, tmp_path: Path) -> None:
     other = ClassificationModule("small_cnn", num_classes=5, input_size=8)
     torch.save({"state_dict": other.state_dict()}, tmp_path / "other.ckpt")
-    _refused(
-        small_module(), digits, Distillation(teacher=tmp_path / "other.ckpt"), "another arch"
-    )
+    _refused(small_module(), digits, Distillation(teacher=tmp_path / "other.ckpt"), "another arch")
 
 
 def test_teacher_checkpoint_of_the_dense_model_is_loaded(digits, tmp_path: Path) -> None:
