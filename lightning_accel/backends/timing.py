@@ -165,6 +165,16 @@ def spread_warning(
     :data:`RATIO_SPREAD_LIMIT` (10%) of their median, or either side's p90 exceeds
     :data:`TAIL_LIMIT` (1.5) times its median. Either means the machine's load changed while
     timing: rerun on an idle machine, with ``threads`` fixed, or with more runs.
+
+    Args:
+        model: The candidate's latency.
+        baseline: The baseline's latency.
+        ratio_p25: 25th percentile of the per-round speedups.
+        ratio: Their median (the reported speedup).
+        ratio_p75: Their 75th percentile.
+
+    Returns:
+        One line saying what is too wide and what to do, or ``None`` when the figure holds.
     """
     problems = []
     if ratio > 0 and (ratio_p75 - ratio_p25) / ratio > RATIO_SPREAD_LIMIT:

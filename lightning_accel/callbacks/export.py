@@ -289,7 +289,7 @@ class ExportOnFitEnd(AccelCallback):
         self.summary = self.folder.write_summary(
             summary,
             [checkpoint, *outcome.files, *charts],
-            data=trainer.datamodule,  # preprocessing and class names for manifest.json
+            data=trainer.datamodule,  # type: ignore[attr-defined]  # for manifest.json
         )
         rank_zero_info(format_summary(self.summary) + _compressed_line(self.summary))
         for warning in _timing_warnings(self.summary):

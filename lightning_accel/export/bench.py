@@ -95,7 +95,7 @@ def bench_onnx(
         compared = compare_latency(
             model, baseline, inputs, batch_size, runs, threads=threads or default_threads()
         )
-        row = compared.as_row()
+        row: dict[str, Any] = compared.as_row()
         rows.append(
             {
                 "batch": batch_size,

@@ -218,7 +218,7 @@ class SweepConfig:
 
 def _check_schema(path: Path, config: dict[str, Any]) -> None:
     """W&B's own schema check, when its sweep engine is installed; deprecations only warn."""
-    from lightning_accel.sweeps.search import schema_problems
+    from lightning_accel.sweeps.engine import schema_problems
 
     try:
         errors, deprecated = schema_problems(config)
@@ -251,7 +251,7 @@ def _edge_values(key: str, spec: dict[str, Any]) -> list[Any]:
     if "value" in spec:
         return [spec["value"]]
     try:
-        from lightning_accel.sweeps.search import plain_value, sweep_engine
+        from lightning_accel.sweeps.engine import plain_value, sweep_engine
 
         sweep_engine()  # installed, or ModuleNotFoundError below
         from sweeps.params import HyperParameter

@@ -229,6 +229,8 @@ def test_main_job_flags_apply_on_top_of_quick(monkeypatch, capsys) -> None:
     assert (seen[1].prune_epochs, seen[1].train_size, seen[1].model) == (2, 2048, "resnet18")
     assert main(["fit", "--model", "small_cnn"]) == 2
     assert (seen[2].model, seen[2].prune_epochs, seen[2].train_size) == ("small_cnn", 4, 12_000)
+    assert main(["fit", "--quick", "--train-size", "500"]) == 2  # trains on 500, not 2,048
+    assert (seen[3].train_size, seen[3].prune_epochs) == (500, 2)
 
 
 @pytest.mark.parametrize(

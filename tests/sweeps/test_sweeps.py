@@ -102,12 +102,29 @@ def test_local_grid_sweep_runs_two_offline_trials_and_reports_the_front(tmp_path
         assert 0.0 <= t["result"]["sweep/accuracy"] <= 1.0 and t["result"]["sweep/latency_ms"] > 0
         # each trial is its own offline W&B run that logged the trial metrics
         (run,) = (Path(t["folder"]) / "small_cnn").glob("wandb/offline-run-*/run-*.wandb")
-        logged = [row for row in history_rows(read_records(run)) if "sweep/accuracy" in row]
+        records = read_records(run)
+        logged = [row for row in history_rows(records) if "sweep/accuracy" in row]
         assert logged[-1]["sweep/accuracy"] == pytest.approx(t["result"]["sweep/accuracy"])
+        # named after its values, grouped by sweep, its swept value in its config
+        (info,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+        value = t["values"]["callbacks.pruning.target_sparsity"]
+        assert info.display_name == f"trial-{t['number']} target_sparsity={value}"
+        assert info.run_group == "sweep" and info.job_type == "sweep-trial"
+        config = {
+            item.key: json.loads(item.value_json)
+            for r in records
+            if r.WhichOneof("record_type") in ("config", "run")
+            for item in (
+                r.config.update if r.WhichOneof("record_type") == "config" else r.run.config.update
+            )
+        }
+        assert config["callbacks.pruning.target_sparsity"] == value
+        assert config["recipe.name"] == "small_cnn" and config["recipe.quick"] is True
     assert any(t["pareto"] for t in trials)
     assert "Pareto front" in printed and "| 0 | 0.5 |" in printed
     (summary_run,) = (out / "sweep").glob("wandb/offline-run-*/run-*.wandb")
     assert summary_values(read_records(summary_run))["sweep/finished"] == 2
+    assert (out / "sweep" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize(
