@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from lightning_accel.backends import DEFAULT_BACKEND, get_backend
 from lightning_accel.backends.onnxruntime import operator_counts
+from lightning_accel.backends.timing import compare_latency, timing_batch
 from lightning_accel.export.inputs import value_range
 from lightning_accel.export.onnx import to_onnx
 from lightning_accel.export.verify import compare_outputs
@@ -227,15 +228,10 @@ def _run_backend(
         entry["latency"] = {}
         for batch_size in settings.batch_sizes:
             progress(f"timing {backend} at batch {batch_size}")
-            measured = compiled.latency(batch_size, settings.latency_runs)
-            base_ms = baseline.latency(batch_size, settings.latency_runs).median_ms
-            entry["latency"][str(batch_size)] = {
-                "model_ms": measured.median_ms,
-                "model_iqr_ms": measured.iqr_ms,
-                "baseline_ms": base_ms,
-                "speedup": base_ms / measured.median_ms,
-                "throughput": measured.throughput,
-            }
+            inputs = timing_batch(batches[0].numpy(), batch_size)  # alternating rounds (#18)
+            entry["latency"][str(batch_size)] = compare_latency(
+                compiled, baseline, inputs, batch_size, settings.latency_runs
+            ).as_row()
         timings[f"benchmark_{backend}_s"] = time.perf_counter() - started
     return entry, problem
 
