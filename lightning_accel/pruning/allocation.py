@@ -156,6 +156,12 @@ def correction(
 
     The next step scales its predicted savings by this, so a model that over- or
     under-estimates its savings (non-additive groups) is corrected by what was measured.
+
+    Args:
+        before_ms: Latency before the step (measured), in ms.
+        predicted_ms: Latency the step was predicted to reach, in ms.
+        measured_ms: Latency measured after the step, in ms.
+        bounds: Smallest and largest ratio returned.
     """
     predicted_drop = before_ms - predicted_ms
     if not math.isfinite(measured_ms) or predicted_drop <= 1e-9:

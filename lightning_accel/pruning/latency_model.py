@@ -181,7 +181,13 @@ def prune_groups(
 
 
 def thinned_copy(model: nn.Module, example: Tensor, widths: Mapping[str, int]) -> nn.Module:
-    """A copy of ``model`` with the named groups cut to ``widths`` (the last channels go)."""
+    """A copy of ``model`` with the named groups cut to ``widths`` (the last channels go).
+
+    Args:
+        model: The model; not changed.
+        example: One input batch, for tracing.
+        widths: ``{group root name: new width}``.
+    """
     copy = detached_copy(model).cpu()
     graph = dependency_graph(copy, example.cpu())
     current = {n: out_channels(copy.get_submodule(n)) for n in widths}
@@ -195,6 +201,11 @@ def export_for_timing(model: nn.Module, example: Tensor, path: Path) -> Path:
 
     Probes are only timed, never shipped; the model itself is always measured through
     :func:`lightning_accel.export.onnx.to_onnx`.
+
+    Args:
+        model: The model to export; not changed.
+        example: One input batch (the batch dimension is exported dynamic).
+        path: The ``.onnx`` file to write.
     """
     exportable = detached_copy(model).cpu().eval()
     sample = example.detach().cpu()
@@ -258,6 +269,12 @@ def time_alternating(
     models: Sequence[CompiledModel], inputs: np.ndarray, rounds: int = 5, round_s: float = 0.05
 ) -> list[Latency]:
     """:func:`time_rounds`, each model's runs of all rounds summarized together.
+
+    Args:
+        models: Compiled models taking ``inputs``.
+        inputs: One batch (batch first).
+        rounds: Rounds (at least 1).
+        round_s: Seconds per model per round.
 
     Returns:
         One :class:`Latency` per model (median, p90, IQR in milliseconds).
@@ -396,6 +413,11 @@ class LatencyModel:
 def probe_widths(width: int, round_to: int, count: int = 3) -> list[int]:
     """``count`` widths below ``width``, evenly spaced down to ``round_to``, multiples of it.
 
+    Args:
+        width: The group's current width.
+        round_to: Channel multiple, and the smallest width.
+        count: How many widths at most.
+
     Example:
         >>> probe_widths(64, 8)
         [40, 24, 8]
@@ -478,6 +500,13 @@ def additivity_error(
 
     Both are in the probes' frame: the model and the thinned copy are timed in alternating
     rounds, and the prediction is anchored at the model's latency measured in those rounds.
+
+    Args:
+        model: The model the latency model was measured on; not changed.
+        example: One input batch.
+        latency_model: Its :class:`LatencyModel`.
+        widths: ``{group root name: width}`` to predict and measure.
+        probe: Backend, batch size, threads and rounds.
     """
     base = probe.compile(model)
     thinned = probe.compile(thinned_copy(model, example, widths))
