@@ -1,0 +1,332 @@
+"""Serving load test: `lightning-accel serve` against the bare runtime session, on 127.0.0.1.
+
+A pruned model and its int8 (QAT) version are exported (small CNN on a Fashion-MNIST subset,
+unless --pruned-dir/--int8-dir name existing export folders, e.g. the main job's), then each is
+served with dynamic batching on and off. At concurrency 1, 4, 16 and 64 a fixed number of
+requests is sent; throughput, p50/p95/p99 latency and errors are recorded. The bare ONNX Runtime
+session's latency on the same input (same thread count) is measured in the same run, before and
+after each server, so the server's own overhead is a measured difference. Then resident memory
+of the server's processes over many requests, and a fuzz of bad requests.
+
+Load driver: an asyncio ``httpx`` client in this process. Why: it is a well-kept HTTP client
+(the one the tests use), needs no extra service or dependency (Locust needs gevent and its own
+processes), gives per-request latencies directly, and holds 64 concurrent keep-alive connections
+on one core. The client shares the machine's CPUs with the server: figures include its cost.
+
+    flock /tmp/heavy.lock .venv/bin/python benchmarks/serving.py   # ~3-5 min on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).parents[1]
+
+
+# ------------------------------------------------------------------------------ exports
+def export_models(out: Path, train_size: int) -> tuple[Path, Path]:
+    """Fit the small CNN on Fashion-MNIST: structured pruning, then the same plus QAT."""
+    import lightning.pytorch as pl
+
+    from lightning_accel import (
+        ClassificationModule,
+        ExportOnFitEnd,
+        FashionMNISTDataModule,
+        GradualPruning,
+        QuantizationAware,
+    )
+
+    folders = {"pruned": out / "pruned", "int8": out / "int8"}
+    for name, folder in folders.items():
+        if (folder / "manifest.json").is_file():
+            continue
+        callbacks: list[pl.Callback] = [GradualPruning(0.5, mode="structured", end_epoch=1)]
+        if name == "int8":
+            callbacks.append(
+                QuantizationAware("onnxruntime", start_epoch=2, freeze_observers_epoch=3)
+            )
+        callbacks.append(ExportOnFitEnd(folder, benchmark=False, threads=1))
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            max_epochs=4 if name == "int8" else 3,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=callbacks,
+        )
+        data = FashionMNISTDataModule(batch_size=128, train_size=train_size, test_size=1000)
+        trainer.fit(ClassificationModule("small_cnn", input_size=28, lr=0.05), datamodule=data)
+        print(f"exported {name} to {folder} (val/acc {trainer.callback_metrics.get('val/acc')})")
+    return folders["pruned"], folders["int8"]
+
+
+# ------------------------------------------------------------------------------ bare runtime
+def bare_latency_ms(export_dir: Path, sample: np.ndarray, threads: int, runs: int) -> float:
+    """Median latency of the bare ONNX Runtime session on one sample (batch 1)."""
+    from lightning_accel.backends.onnxruntime import ort_session
+
+    session = ort_session(export_dir / "model.onnx", threads)
+    feed = {session.get_inputs()[0].name: sample[np.newaxis]}
+    for _ in range(50):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+# ------------------------------------------------------------------------------ server
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(export_dir: Path, threads: int, batch: int, timeout_ms: float):
+    port = free_port()
+    command = [sys.executable, "-m", "lightning_accel.cli.serve", str(export_dir)]
+    command += ["--port", str(port), "--threads", str(threads), "--max-batch-size", str(batch)]
+    command += ["--batch-timeout-ms", str(timeout_ms)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(process.stderr.read().decode() if process.stderr else "no server")
+
+
+def stop_server(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=60)
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory of a process and all its descendants (Linux /proc), MiB."""
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += int(
+                next(ln for ln in status.splitlines() if ln.startswith("VmRSS")).split()[1]
+            )
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, StopIteration):
+            continue
+    return total / 1024
+
+
+# ------------------------------------------------------------------------------ load
+def stack_latency_ms(url: str, body: bytes, runs: int = 300) -> dict:
+    """Where a request's time goes (p50, one client, keep-alive).
+
+    HTTP alone (GET /health), HTTP + body checks (a 422 answered in the HTTP process), and the
+    whole path through LitServe's queue to the runtime worker and back (POST /predict).
+    """
+    bad = json.dumps([[1.0, 2.0]]).encode()
+    parts = {"health": ("GET", b""), "rejected_422": ("POST", bad), "predict": ("POST", body)}
+    out = {}
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for name, (method, content) in parts.items():
+            path = "/health" if method == "GET" else "/predict"
+            times = []
+            for i in range(runs + 30):
+                started = time.perf_counter()
+                client.request(method, path, content=content or None)
+                if i >= 30:
+                    times.append(time.perf_counter() - started)
+            out[name] = 1000 * statistics.median(times)
+    return out
+
+
+async def load(url: str, bodies: list[bytes], concurrency: int) -> dict:
+    """Send ``bodies`` with ``concurrency`` requests in flight; latency per request."""
+    latencies: list[float] = []
+    errors = 0
+    queue = iter(bodies)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {"content-type": "application/json"}
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal errors
+            for body in queue:
+                started = time.perf_counter()
+                try:
+                    answer = await client.post("/predict", content=body, headers=headers)
+                    ok = answer.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append(time.perf_counter() - started)
+                errors += not ok
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    ms = np.asarray(latencies) * 1000
+    return {
+        "requests": len(bodies),
+        "concurrency": concurrency,
+        "throughput_rps": len(bodies) / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "errors": errors,
+    }
+
+
+def bad_bodies(sample: np.ndarray, count: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    valid = json.dumps(sample.tolist()).encode()
+    kinds = [
+        {"content": b""},
+        {"content": b"[1, 2"},
+        {"content": json.dumps([[1.0, 2.0]]).encode()},
+        {"content": json.dumps([["x"] * 28] * 28).encode()},
+        {"content": valid.replace(b"0.", b"NaN", 1)},
+        {"content": b"\x89PNG\r\n\x1a\n broken", "headers": {"content-type": "image/png"}},
+        {"content": b"[" + b"0," * 2_100_000 + b"0]"},  # over the 4 MiB default limit
+        {"content": json.dumps([sample.tolist()] * 300).encode()},  # > 256 samples
+    ]
+    out = []
+    for i in range(count):
+        if i % 2:
+            out.append(rng.choice(kinds))
+        else:
+            data = bytearray(valid)
+            for _ in range(rng.randint(1, 8)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            out.append({"content": bytes(data)})
+    return out
+
+
+async def fuzz(url: str, requests: list[dict]) -> dict:
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        sem = asyncio.Semaphore(16)
+
+        async def one(kwargs: dict) -> int:
+            async with sem:
+                try:
+                    return (await client.post("/predict", **kwargs)).status_code
+                except httpx.HTTPError:
+                    return -1
+
+        codes = await asyncio.gather(*(one(r) for r in requests))
+    return {str(code): codes.count(code) for code in sorted(set(codes))}
+
+
+# ------------------------------------------------------------------------------ main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/lightning-accel-serving"))
+    parser.add_argument("--pruned-dir", type=Path, default=None)
+    parser.add_argument("--int8-dir", type=Path, default=None)
+    parser.add_argument("--train-size", type=int, default=6000)
+    parser.add_argument("--requests", type=int, default=400, help="per concurrency level")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--threads", type=int, default=1, help="runtime threads, server and bare")
+    parser.add_argument("--batch", type=int, default=16, help="max batch size when batching")
+    parser.add_argument("--batch-timeout-ms", type=float, default=2.0)
+    parser.add_argument("--rss-requests", type=int, default=3000)
+    parser.add_argument("--fuzz", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/serving.json")
+    args = parser.parse_args()
+
+    if args.pruned_dir and args.int8_dir:
+        models = {"pruned": args.pruned_dir, "int8": args.int8_dir}
+    else:
+        pruned, int8 = export_models(args.work_dir, args.train_size)
+        models = {"pruned": pruned, "int8": int8}
+    from lightning_accel.data.fashion_mnist import load_split
+
+    images, _ = load_split("test")
+    samples = images[:256].numpy()
+    bodies = [json.dumps(samples[i % len(samples)].tolist()).encode() for i in range(4096)]
+    results: dict = {"settings": vars(args) | {"cpus": os.cpu_count()}, "models": {}}
+    for name, folder in models.items():
+        entry: dict = {"export_dir": str(folder), "bare_ms": [], "servers": {}}
+        for batching, (batch, timeout) in {
+            "on": (args.batch, args.batch_timeout_ms),
+            "off": (1, 0.0),
+        }.items():
+            entry["bare_ms"].append(bare_latency_ms(folder, samples[0], args.threads, 2000))
+            process, url = start_server(folder, args.threads, batch, timeout)
+            rows = []
+            asyncio.run(load(url, bodies[:200], 4))  # warm-up
+            server_parts = stack_latency_ms(url, bodies[0])
+            print(name, f"batching {batching}", server_parts, flush=True)
+            for concurrency in args.concurrency:
+                row = asyncio.run(load(url, bodies[: args.requests], concurrency))
+                rows.append(row)
+                print(name, f"batching {batching}", row, flush=True)
+            server: dict = {"rows": rows, "stack_ms": server_parts}
+            if batching == "on" and name == "pruned":
+                rss = [tree_rss_mib(process.pid)]
+                step = args.rss_requests // 4
+                for i in range(4):
+                    chunk = [bodies[(i * step + j) % len(bodies)] for j in range(step)]
+                    asyncio.run(load(url, chunk, 16))
+                    rss.append(tree_rss_mib(process.pid))
+                server["rss_mib"] = rss
+                before = tree_rss_mib(process.pid)
+                server["fuzz_codes"] = asyncio.run(fuzz(url, bad_bodies(samples[0], args.fuzz)))
+                server["fuzz_rss_mib"] = [before, tree_rss_mib(process.pid)]
+                server["healthy_after_fuzz"] = httpx.get(f"{url}/health").status_code == 200
+                print(name, "rss", rss, "fuzz", server["fuzz_codes"], flush=True)
+            server["exit_code"] = stop_server(process)
+            entry["servers"][batching] = server
+        entry["bare_ms"].append(bare_latency_ms(folder, samples[0], args.threads, 2000))
+        results["models"][name] = entry
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, default=str))
+    print(format_table(results))
+
+
+def format_table(results: dict) -> str:
+    lines = [
+        "| model | batching | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in results["models"].items():
+        for batching, server in entry["servers"].items():
+            for r in server["rows"]:
+                lines.append(
+                    f"| {name} | {batching} | {r['concurrency']} | {r['throughput_rps']:.0f} | "
+                    f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |"
+                )
+    lines.append("")
+    for name, entry in results["models"].items():
+        bare = entry["bare_ms"]
+        c1 = {b: s["rows"][0]["p50_ms"] for b, s in entry["servers"].items()}
+        overhead = {b: round(ms - statistics.median(bare), 3) for b, ms in c1.items()}
+        lines.append(
+            f"{name}: bare session p50 {min(bare):.3f}-{max(bare):.3f} ms; server p50 at "
+            f"concurrency 1: {c1}; server overhead (p50 - bare): {overhead} ms"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
