@@ -378,6 +378,11 @@ def add_compressed_sizes(summary: dict[str, Any], model: Path, baseline: Path) -
 
     Unstructured sparsity and binarization keep the ONNX file's size but make it compress:
     this is the size they buy (DESIGN.md, contract 2).
+
+    Args:
+        summary: The export summary; its ``model`` and ``baseline`` sections are extended.
+        model: The exported model's ONNX file.
+        baseline: The baseline's ONNX file (skipped when missing).
     """
     for section, path in (("model", model), ("baseline", baseline)):
         if section in summary and path.is_file():

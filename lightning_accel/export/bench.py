@@ -115,6 +115,11 @@ def random_onnx_input(
     Each input is drawn per its declared dtype and shape; integers lie in ``[0, 1]``, valid for
     any embedding. A model with one input gets an array, one with several a dict by input name.
 
+    Args:
+        path: The ONNX file (external data is not read).
+        batch_size: Rows of each input.
+        seed: Seed of the random values.
+
     Raises:
         ValueError: If a non-batch dimension of an input is not fixed.
     """

@@ -292,6 +292,14 @@ def recipe_hyperparameters(recipe: Recipe, overrides: list[str], quick: bool) ->
     ``data.train_size``, ``trainer.max_epochs``), so a local sweep's trials and W&B agent
     trials name their swept values alike; plus ``recipe.name``, ``recipe.path``,
     ``recipe.overrides`` and ``recipe.quick``.
+
+    Args:
+        recipe: The recipe, overrides applied.
+        overrides: The overrides applied, in order.
+        quick: Whether the run is a ``--quick`` smoke run.
+
+    Returns:
+        A flat mapping of dotted keys to plain values.
     """
     config = recipe.config
     flat: dict[str, Any] = {
