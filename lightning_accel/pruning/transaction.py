@@ -122,6 +122,16 @@ def layer_widths(model: nn.Module) -> dict[str, int]:
     }
 
 
+def _channel_groups(model: nn.Module) -> dict[int, int]:
+    """Widths that a grouped (not depthwise) conv takes or gives, with its group count."""
+    groups: dict[int, int] = {}
+    for module in model.modules():
+        if isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups < module.in_channels:
+            for width in (module.in_channels, module.out_channels):
+                groups[width] = max(groups.get(width, 1), module.groups)
+    return groups
+
+
 @torch.no_grad()
 def output_shapes_of(model: nn.Module, example: ModelInput) -> Any:
     """Shapes of the model's outputs on ``example``, in eval mode (modes given back)."""
@@ -143,6 +153,9 @@ def check_step(
         example: One input batch, to run the model.
         plan: What the step should reach.
         widths_before: :func:`layer_widths` before the step.
+
+    A selected layer may end up to ``round_to - 1`` channels (or, coupled to a grouped conv of
+    ``g`` groups, ``g - 1``) below its planned width: torch-pruning's rounding.
         shapes_before: :func:`output_shapes_of` before the step.
 
     Returns:
@@ -170,12 +183,15 @@ def check_step(
     short = []
     if plan.per_layer:
         attention = attention_modules(model)
-        slack = (plan.round_to or 1) - 1
+        grouped = _channel_groups(model)
         for name in plan.layers:
             if name in attention:
                 continue  # loses whole heads; checked for consistency above
             planned = planned_width(plan.initial_widths[name], plan.sparsity)
             width = widths[name]
+            # torch-pruning keeps a multiple of round_to, and removes channels coupled to a
+            # grouped conv evenly from every group (RegNet, ResNeXt): either may round down.
+            slack = max((plan.round_to or 1), grouped.get(width, 1)) - 1
             if width < planned - slack:
                 return StepProblem(
                     name,

@@ -146,7 +146,7 @@ def _criterion_failing_when_armed(group):  # type: ignore[no-untyped-def]
     return tp.importance.GroupMagnitudeImportance(p=1)(group)
 
 
-def test_a_criterion_failing_halfway_leaves_no_half_pruned_model(digits, tmp_path) -> None:
+def test_a_failing_criterion_leaves_the_model_and_optimizer_as_they_were(digits, tmp_path) -> None:
     _Switch.on, _Switch.calls = False, 0
     module = ClassificationModule("small_cnn", input_size=8, lr=0.05)
     snap = _Snapshot((_Switch, "on"))

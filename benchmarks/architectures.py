@@ -1,0 +1,433 @@
+"""Peer suite (issue #12): the architectures people train, pruned and quantized through ``fit``.
+
+For every classification model in the installed torchvision plus a few timm models (random
+init, 10 classes, the smallest square input each accepts), in its own subprocess with a time
+limit:
+
+- **peer**: plain torch-pruning at 30% of the channels (``MetaPruner``, L2 magnitude, the
+  classifier ignored; timm attention through ``num_heads`` as torch-pruning documents it):
+  what torch-pruning alone achieves on the same model;
+- **prune**: ``GradualPruning(0.3, mode="structured")`` through a real short ``fit`` on random
+  data of the right shape (``max_epochs=2, limit_train_batches=2, limit_val_batches=1``: the
+  pruning step at the start of epoch 1 then two fine-tuning steps), export to ONNX and ONNX
+  Runtime parity against PyTorch;
+- **qat**: ``QuantizationAware("onnxruntime")`` through a short ``fit`` (``max_epochs=1``),
+  export, ONNX Runtime's optimized graph: integer kernels counted against float
+  ``Conv``/``Gemm``/``MatMul`` left, top-1 agreement with PyTorch.
+
+Each failure is classified: ``refused before training`` (one clear error before the first
+step, model untouched), ``crash mid-fit`` (an error after training started), ``mismatch``
+(ONNX Runtime disagrees with PyTorch, or the output shape changed), ``timeout``.
+Results are appended to a JSON lines file as each model finishes; a Markdown coverage table
+is printed at the end.
+
+    .venv/bin/python benchmarks/architectures.py                      # all (~80 models, hours)
+    .venv/bin/python benchmarks/architectures.py --models resnet18 'timm/*' --timeout 300
+    .venv/bin/python benchmarks/architectures.py --limit 12 --small   # the smallest first
+    .venv/bin/python benchmarks/architectures.py --table-only         # table of the results
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_RESULTS = HERE / "results" / "architectures.jsonl"
+TIMM_MODELS = (
+    "vit_tiny_patch16_224",
+    "deit_tiny_patch16_224",
+    "convnext_atto",
+    "regnetx_002",
+    "efficientnet_b0",
+)
+SIZES = (32, 64, 96, 128, 160, 224, 299)
+# Constructor arguments a model needs for a plain logits output in training.
+BUILD_ARGUMENTS = {"googlenet": {"aux_logits": False}, "inception_v3": {"aux_logits": False}}
+FLOAT_KERNELS = ("Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul")
+PARITY_RTOL = 1e-3  # max |onnx - torch| / max |torch|, fp32
+
+
+# ----------------------------------------------------------------------------- models
+def model_names() -> list[str]:
+    """The torchvision classification models, then the timm models as ``timm/<name>``."""
+    import torchvision
+
+    names = list(torchvision.models.list_models(module=torchvision.models))
+    return names + [f"timm/{name}" for name in TIMM_MODELS]
+
+
+def build(name: str) -> Any:
+    """The model, random init, 10 classes (no download)."""
+    if name.startswith("timm/"):
+        import timm
+
+        return timm.create_model(name.removeprefix("timm/"), pretrained=False, num_classes=10)
+    import torchvision
+
+    extra = BUILD_ARGUMENTS.get(name, {})
+    return torchvision.models.get_model(name, weights=None, num_classes=10, **extra)
+
+
+def smallest_input(model: Any) -> int:
+    """The smallest square input size in :data:`SIZES` the model runs on (eval and train)."""
+    import torch
+
+    for size in SIZES:
+        try:
+            with torch.no_grad():
+                model.eval()(torch.randn(2, 3, size, size))
+                model.train()(torch.randn(2, 3, size, size))
+            return size
+        except Exception:  # noqa: BLE001 - any failure means: too small, try the next size
+            continue
+    raise ValueError(f"runs on none of the input sizes {SIZES}")
+
+
+# ----------------------------------------------------------------------------- one model
+def classify(err: BaseException, steps: int) -> dict[str, Any]:
+    """A failure as ``refused before training`` or ``crash mid-fit``, with its message."""
+    message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:400]
+    kind = "refused before training" if steps == 0 else "crash mid-fit"
+    return {"status": kind, "message": message}
+
+
+def data_module(size: int) -> Any:
+    import lightning.pytorch as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(8, 3, size, size, generator=generator)
+    labels = torch.randint(0, 10, (8,), generator=generator)
+    loader = DataLoader(TensorDataset(images, labels), batch_size=4)
+    return pl.LightningDataModule.from_datasets(
+        train_dataset=TensorDataset(images, labels),
+        val_dataset=TensorDataset(images, labels),
+        batch_size=4,
+    ), loader
+
+
+def trainer(epochs: int, callbacks: list[Any], root: str) -> Any:
+    import lightning.pytorch as pl
+
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=root,
+    )
+
+
+def state_digest(model: Any) -> dict[str, Any]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def unchanged(model: Any, before: dict[str, Any]) -> bool:
+    import torch
+
+    after = model.state_dict()
+    return after.keys() == before.keys() and all(
+        after[k].shape == v.shape and torch.equal(after[k], v) for k, v in before.items()
+    )
+
+
+def parity(model: Any, size: int, workdir: Path, name: str) -> dict[str, Any]:
+    """Export to ONNX and compare ONNX Runtime with PyTorch on a seeded batch."""
+    import numpy as np
+    import torch
+
+    from lightning_accel.backends.onnxruntime import ort_session
+    from lightning_accel.export.onnx import to_onnx
+
+    batch = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(1))
+    path = to_onnx(model, batch, workdir / f"{name}.onnx")
+    optimized = workdir / f"{name}.opt.onnx"
+    session = ort_session(path, threads=1, optimized_path=optimized)
+    got = session.run(None, {session.get_inputs()[0].name: batch.numpy()})[0]
+    model.eval()
+    with torch.no_grad():
+        want = model(batch).numpy()
+    if got.shape != want.shape:
+        return {"status": "mismatch", "message": f"ONNX output {got.shape}, torch {want.shape}"}
+    finite = np.isfinite(want)
+    if not np.array_equal(finite, np.isfinite(got)):
+        return {"status": "mismatch", "message": "non-finite outputs differ from PyTorch's"}
+    scale = max(float(np.abs(want[finite]).max()) if finite.any() else 0.0, 1e-12)
+    error = float(np.abs(got[finite] - want[finite]).max() / scale) if finite.any() else 0.0
+    top1 = float((got.argmax(1) == want.argmax(1)).mean())
+    result = {"onnx_rel_error": error, "top1_agreement": top1, "optimized": str(optimized)}
+    if not finite.all():  # e.g. mnasnet at 32x32, random init: NaN in PyTorch as in ONNX
+        result["nonfinite_in_torch_too"] = True
+    return result
+
+
+def run_peer(name: str, size: int) -> dict[str, Any]:
+    """Plain torch-pruning at 30% of the channels, the classifier ignored."""
+    import torch
+    import torch_pruning as tp
+
+    model = build(name).eval()
+    example = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        shape = tuple(model(example).shape)
+    params = sum(p.numel() for p in model.parameters())
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    ignored = [m for m in layers if getattr(m, "out_features", getattr(m, "out_channels", 0)) == 10]
+    heads = {
+        m.qkv: m.num_heads for m in model.modules() if hasattr(m, "qkv") and hasattr(m, "num_heads")
+    }
+    try:
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example,
+            importance=tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=0.3,
+            ignored_layers=ignored,
+            num_heads=heads,
+            prune_num_heads=bool(heads),
+            prune_head_dims=False,
+        )
+        pruner.step()
+        for module in model.modules():  # timm attention keeps its own head count
+            if module in heads.values() or (
+                hasattr(module, "qkv") and hasattr(module, "num_heads")
+            ):
+                module.num_heads = module.qkv.out_features // (3 * module.head_dim)
+        with torch.no_grad():
+            after = tuple(model(example).shape)
+    except Exception as err:  # noqa: BLE001 - recorded, not raised
+        return {"status": "failed", "message": f"{type(err).__name__}: {str(err)[:300]}"}
+    if after != shape:
+        return {"status": "mismatch", "message": f"output {shape} became {after}"}
+    kept = sum(p.numel() for p in model.parameters()) / params
+    return {"status": "ok", "params_kept": round(kept, 4)}
+
+
+def run_prune(name: str, size: int, workdir: Path) -> dict[str, Any]:
+    from lightning_accel import ClassificationModule, GradualPruning
+
+    module = ClassificationModule(
+        build(name), num_classes=10, in_channels=3, input_size=size, lr=0.01
+    )
+    before = state_digest(module)
+    pruning = GradualPruning(0.3, mode="structured", end_epoch=1)
+    fit = trainer(2, [pruning], str(workdir))
+    data, _ = data_module(size)
+    try:
+        fit.fit(module, datamodule=data)
+    except Exception as err:  # noqa: BLE001 - classified
+        result = classify(err, fit.global_step)
+        if result["status"] == "refused before training":
+            result["model_untouched"] = unchanged(module, before)
+        return result
+    result: dict[str, Any] = {
+        "measured_sparsity": round(pruning.measured_sparsity(module), 4),
+        "params_kept": round(float(pruning.metrics.get("compress/params_kept", 1.0)), 4),
+    }
+    try:
+        check = parity(module.model, size, workdir, "pruned")
+    except Exception as err:  # noqa: BLE001
+        return {
+            **result,
+            "status": "export failed",
+            "message": f"{type(err).__name__}: {str(err)[:300]}",
+        }
+    check.pop("optimized", None)
+    result.update(check)
+    if "status" in check:
+        return result
+    ok = check["onnx_rel_error"] <= PARITY_RTOL
+    result["status"] = "ok" if ok else "mismatch"
+    return result
+
+
+def run_qat(name: str, size: int, workdir: Path) -> dict[str, Any]:
+    from lightning_accel import ClassificationModule, QuantizationAware
+    from lightning_accel.backends.onnxruntime import INTEGER_KERNELS, operator_counts
+
+    module = ClassificationModule(
+        build(name), num_classes=10, in_channels=3, input_size=size, lr=0.01
+    )
+    before = state_digest(module)
+    fit = trainer(1, [QuantizationAware("onnxruntime")], str(workdir))
+    data, _ = data_module(size)
+    try:
+        fit.fit(module, datamodule=data)
+    except Exception as err:  # noqa: BLE001 - classified
+        result = classify(err, fit.global_step)
+        if result["status"] == "refused before training":
+            result["model_untouched"] = unchanged(module, before)
+        return result
+    try:
+        check = parity(module.model, size, workdir, "qat")
+    except Exception as err:  # noqa: BLE001
+        return {"status": "export failed", "message": f"{type(err).__name__}: {str(err)[:300]}"}
+    if "status" in check:
+        return check
+    ops = operator_counts(Path(check.pop("optimized")))
+    integer = sum(ops.get(op, 0) for op in INTEGER_KERNELS)
+    floating = sum(ops.get(op, 0) for op in FLOAT_KERNELS)
+    all_integer = floating == 0 and integer > 0
+    return {
+        **check,
+        "integer_kernels": integer,
+        "float_kernels_left": floating,
+        "all_integer": all_integer,
+        "status": "ok" if check["top1_agreement"] >= 0.75 else "mismatch",
+    }
+
+
+def run_one(name: str) -> dict[str, Any]:
+    """All three parts for one model (inside its subprocess)."""
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    size = smallest_input(build(name))
+    row: dict[str, Any] = {"model": name, "input": size}
+    with tempfile.TemporaryDirectory() as tmp:
+        for part, run in (
+            ("peer", lambda: run_peer(name, size)),
+            ("prune", lambda: run_prune(name, size, Path(tmp))),
+            ("qat", lambda: run_qat(name, size, Path(tmp))),
+        ):
+            try:
+                row[part] = run()
+            except Exception as err:  # noqa: BLE001 - a harness failure, recorded
+                row[part] = {
+                    "status": "harness error",
+                    "message": repr(err)[:300],
+                    "trace": traceback.format_exc(limit=3)[-600:],
+                }
+    row["seconds"] = round(time.perf_counter() - started, 1)
+    return row
+
+
+# ----------------------------------------------------------------------------- driver
+def run_isolated(name: str, timeout: float) -> dict[str, Any]:
+    """Run :func:`run_one` in a subprocess with a time limit; its last stdout line is the row."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    try:
+        done = subprocess.run(
+            [sys.executable, __file__, "--one", name],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return {"model": name, "status": "timeout", "message": f"over {timeout:.0f} s"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"model": name, "status": "crashed", "message": tail[0][:300]}
+    return json.loads(lines[-1])
+
+
+def outcome(part: dict[str, Any] | None) -> str:
+    if part is None:
+        return "-"
+    status = part.get("status", "?")
+    if status == "ok":
+        return "ok"
+    message = str(part.get("message", "")).replace("|", "/")[:90]
+    return f"{status}: {message}" if message else status
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The Markdown coverage table (one row per model, latest result per model)."""
+    latest = {row["model"]: row for row in rows}
+    lines = [
+        "| model | input | torch-pruning 30% | GradualPruning 0.3 (sparsity, ONNX err) | "
+        "QAT ORT (int kernels / float left, top-1) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in latest.items():
+        if "status" in row:
+            lines.append(f"| {name} | - | {outcome(row)} | | |")
+            continue
+        peer, prune, qat = row.get("peer"), row.get("prune"), row.get("qat")
+        peer_cell = outcome(peer) + (
+            f" ({peer['params_kept']:.2f} params)" if peer and "params_kept" in peer else ""
+        )
+        prune_cell = outcome(prune)
+        if prune and "measured_sparsity" in prune and "onnx_rel_error" in prune:
+            prune_cell += f" ({prune['measured_sparsity']:.2f}, {prune['onnx_rel_error']:.1e})"
+            if prune.get("nonfinite_in_torch_too"):
+                prune_cell += ", NaN outputs in PyTorch too"
+        qat_cell = outcome(qat)
+        if qat and "integer_kernels" in qat:
+            qat_cell += (
+                f" ({qat['integer_kernels']} / {qat['float_kernels_left']}, "
+                f"{qat['top1_agreement']:.2f})"
+            )
+        lines.append(f"| {name} | {row['input']} | {peer_cell} | {prune_cell} | {qat_cell} |")
+    done = [r for r in latest.values() if "status" not in r]
+    pruned = sum(1 for r in done if r.get("prune", {}).get("status") == "ok")
+    peer_ok = sum(1 for r in done if r.get("peer", {}).get("status") == "ok")
+    qat_int = sum(1 for r in done if r.get("qat", {}).get("all_integer"))
+    crashes = sum(
+        1 for r in done for p in ("prune", "qat") if r.get(p, {}).get("status") == "crash mid-fit"
+    )
+    lines.append("")
+    lines.append(
+        f"{len(latest)} models: torch-pruning alone prunes {peer_ok}, GradualPruning prunes and "
+        f"matches ONNX Runtime on {pruned}, QAT puts every conv/linear on integer kernels on "
+        f"{qat_int}; crashes mid-fit: {crashes}."
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=None, help="glob patterns over names")
+    parser.add_argument("--limit", type=int, default=None, help="run at most this many")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per model")
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
+    parser.add_argument("--table-only", action="store_true", help="print the table and stop")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one)), flush=True)
+        return
+    if args.table_only:
+        rows = [json.loads(line) for line in args.results.read_text().splitlines() if line]
+        print(table(rows))
+        return
+    names = model_names()
+    if args.models:
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in args.models)]
+    names = names[: args.limit] if args.limit else names
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in names:
+        row = run_isolated(name, args.timeout)
+        rows.append(row)
+        with args.results.open("a") as out:  # incremental: a killed run keeps what it did
+            out.write(json.dumps(row) + "\n")
+        print(f"{name}: {row.get('seconds', '-')} s", file=sys.stderr, flush=True)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

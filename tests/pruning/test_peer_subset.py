@@ -1,0 +1,98 @@
+"""A fixed subset of the peer suite (benchmarks/architectures.py) at tiny input sizes.
+
+The gate, attention and ConvNeXt cases live in tests/callbacks/test_user_models.py and
+tests/pruning/test_channels.py; here: a DenseNet-like block (concatenated features) and a
+RegNet-like block (grouped conv in a residual bottleneck), each pruned through ``fit``, exported
+and checked in ONNX Runtime; and the per-layer consistency check that every step runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lightning_accel import ClassificationModule, GradualPruning
+from lightning_accel.export.onnx import to_onnx
+from lightning_accel.pruning.consistency import inconsistent_layers
+from tests.conftest import quiet_trainer
+
+
+class _DenseBlock(nn.Module):
+    """Two DenseNet layers: each adds 8 channels concatenated to what came before."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.layer1 = nn.Sequential(nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1))
+        self.layer2 = nn.Sequential(nn.BatchNorm2d(24), nn.ReLU(), nn.Conv2d(24, 8, 3, padding=1))
+        self.transition = nn.Sequential(nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 16, 1))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.cat([x, self.layer1(x)], 1)
+        x = torch.cat([x, self.layer2(x)], 1)
+        return self.head(self.transition(x))
+
+
+class _GroupedBottleneck(nn.Module):
+    """A RegNet-like block: 1x1 -> grouped 3x3 (groups of 8 channels) -> 1x1, plus identity."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.a = nn.Sequential(nn.Conv2d(32, 24, 1), nn.BatchNorm2d(24), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(24, 24, 3, padding=1, groups=3), nn.BatchNorm2d(24))
+        self.c = nn.Sequential(nn.ReLU(), nn.Conv2d(24, 32, 1), nn.BatchNorm2d(32))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        return self.head(torch.relu(x + self.c(self.b(self.a(x)))))
+
+
+@pytest.mark.parametrize("net", [_DenseBlock, _GroupedBottleneck], ids=["densenet", "regnet"])
+def test_block_prunes_through_fit_and_matches_onnx_runtime(digits, tmp_path, net) -> None:
+    import onnxruntime as ort
+
+    module = ClassificationModule(net(), input_size=8, lr=0.05)
+    pruning = GradualPruning(0.3, end_epoch=1)
+    quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=4, callbacks=[pruning]).fit(
+        module, datamodule=digits
+    )
+    sparsity = pruning.measured_sparsity(module)
+    assert 0.2 < sparsity <= 0.4  # measured on the model
+    assert pruning.metrics["compress/sparsity"] == pytest.approx(sparsity)
+    assert inconsistent_layers(module) == []
+    if net is _GroupedBottleneck:
+        grouped = module.model.b[0]
+        assert grouped.in_channels < 24 and grouped.in_channels % grouped.groups == 0
+    x = torch.randn(4, 1, 8, 8)
+    path = to_onnx(module.model, x, tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, module.model.eval()(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_inconsistent_layers_names_what_disagrees() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(8, 12, 3, groups=4),
+        nn.MultiheadAttention(embed_dim=16, num_heads=4),
+        nn.BatchNorm2d(12),
+        nn.ConvTranspose2d(12, 6, 2, groups=2),
+    )
+    assert inconsistent_layers(model) == []
+    model[0].out_channels = 10  # as a pruner that forgot the groups would leave it
+    model[1].embed_dim = 14
+    model[2].num_features = 11
+    model[3].weight = nn.Parameter(torch.zeros(10, 3, 2, 2))
+    found: dict[str, str] = {}
+    for name, problem in inconsistent_layers(model):
+        found[name] = found.get(name, "") + problem + "; "
+    assert "10 output channels, not divisible by its 4 groups" in found["0"]
+    assert "embed_dim 14, not divisible by its 4 heads" in found["1"]
+    assert "declares 11 features" in found["2"]
+    assert "weight of shape (10, 3, 2, 2)" in found["3"]
