@@ -13,7 +13,8 @@ QAT for ONNX Runtime), ``resnet18_binary`` (all inner layers binarized).
     .venv/bin/python benchmarks/distillation.py   # all three, full data: hours on 2 CPU cores
     # the scaled-down run in docs/distillation.md (about 5 minutes):
     .venv/bin/python benchmarks/distillation.py --cases mobilenet_v2_prune_qat \
-        --train-size 2000 --val-size 500 --test-size 2000 --dense-epochs 2 --epochs 3
+        --train-size 3000 --val-size 500 --test-size 2000 --batch-size 64 --dense-epochs 3 \
+        --epochs 3
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=None, help="default: all 55,000")
     parser.add_argument("--test-size", type=int, default=None, help="default: all 10,000")
     parser.add_argument("--val-size", type=int, default=5000)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--dense-epochs", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=6, help="compression epochs (>= 3)")
     parser.add_argument("--lr", type=float, default=0.05)
@@ -118,7 +120,7 @@ def main() -> None:
         parser.error("--epochs must be >= 3: prune, then QAT, then one QAT epoch")
     torch.set_num_threads(args.threads)
     data = FashionMNISTDataModule(
-        batch_size=128,
+        batch_size=args.batch_size,
         train_size=args.train_size,
         val_size=args.val_size,
         test_size=args.test_size,

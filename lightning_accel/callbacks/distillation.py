@@ -145,6 +145,7 @@ class Distillation(AccelCallback):
         # Compression callbacks change the model from on_train_epoch_start on, so a copy made
         # here, whatever the callbacks' order, is the model as fit starts.
         if self.teacher_source == "initial":
+            self.teacher, self.distiller = None, None  # a new fit takes a new snapshot
             self._template = snapshot(pl_module)
             reference: nn.Module = self._template
         elif isinstance(self.teacher_source, nn.Module):
