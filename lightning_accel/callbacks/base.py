@@ -314,11 +314,14 @@ def example_input(
 ) -> Tensor:
     """One input sample on the module's device: ``example_input_array`` or a training batch.
 
-    With ``several=True`` a tuple of tensors (several positional inputs, e.g. an image and
-    int64 token ids) is returned as a tuple of one-sample tensors; otherwise it is refused.
+    Args:
+        trainer: The Trainer, for its train dataloader.
+        pl_module: The module, for ``example_input_array`` and its device.
+        several: Accept several positional inputs (e.g. an image and int64 token ids): a tuple
+            of tensors is returned as a tuple of one-sample tensors; otherwise it is refused.
 
     Raises:
-        ValueError: If neither gives a tensor.
+        ValueError: If neither gives a tensor (or, with ``several``, a tuple of tensors).
     """
     sample: Any = pl_module.example_input_array
     loader = trainer.train_dataloader
