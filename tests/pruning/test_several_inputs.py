@@ -157,3 +157,24 @@ def test_bench_times_an_onnx_model_with_one_int64_input(tmp_path) -> None:
     assert isinstance(ids, np.ndarray) and ids.dtype == np.int64 and ids.shape == (5, 12)
     rows = bench_onnx(path, path, "onnxruntime", tmp_path / "bench", (2,), 1, runs=3)
     assert rows[0]["model_ms"] > 0 and rows[0]["baseline_ms"] > 0
+
+
+@pytest.mark.bad_input("data")
+@pytest.mark.parametrize("kind", ["qat", "export", "latency"])
+def test_callbacks_taking_one_input_refuse_several_before_training(loader, tmp_path, kind) -> None:
+    from lightning_accel import ExportOnFitEnd, LatencyMonitor, QuantizationAware
+
+    callback = {
+        "qat": lambda: QuantizationAware(),
+        "export": lambda: ExportOnFitEnd(dirpath=tmp_path / "export"),
+        "latency": lambda: LatencyMonitor(),
+    }[kind]()
+    module = _Module()
+    before = copy.deepcopy(module.state_dict())
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[callback])
+    with pytest.raises(
+        ValueError, match=r"must be a tensor .*got list|one tensor input; the batches give list"
+    ):
+        trainer.fit(module, train_dataloaders=loader)
+    assert trainer.global_step == 0
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
