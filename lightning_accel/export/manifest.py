@@ -19,6 +19,7 @@ A data module describes itself with two optional class attributes (the protocol 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -235,7 +236,7 @@ def write_manifest(
     return atomic_write(dirpath / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
 
 
-def read_manifest(dirpath: str | Path) -> Manifest:
+def read_manifest(dirpath: str | os.PathLike) -> Manifest:
     """Read ``dirpath/manifest.json``.
 
     Raises:

@@ -65,6 +65,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def top_k(probabilities: np.ndarray, k: int, names: tuple[str, ...] | None) -> list[list[dict]]:
     """The ``k`` most probable classes of each row, most probable first.
 
+    Args:
+        probabilities: ``[n, classes]``, each row summing to 1.
+        k: Classes kept per row (at most all of them).
+        names: Class names by index, or ``None``.
+
     Returns:
         Per row: ``[{"class": index, "label": name or None, "probability": p}, ...]``.
     """

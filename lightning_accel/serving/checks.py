@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
-from pathlib import Path
 
 from lightning_accel.backends import get_backend
 from lightning_accel.export.manifest import REEXPORT_HINT, Manifest, read_manifest
@@ -35,7 +35,9 @@ def check_backend(backend: str) -> None:
         raise ServeError(f"backend {backend!r} cannot run here: {problem}")
 
 
-def check_export(export_dir: str | Path, backend: str, allow_unverified: bool = False) -> Manifest:
+def check_export(
+    export_dir: str | os.PathLike, backend: str, allow_unverified: bool = False
+) -> Manifest:
     """The export folder's manifest, if the model was verified on ``backend``.
 
     Args:
@@ -86,6 +88,17 @@ def check_settings(
     top_k: int,
 ) -> None:
     """Refuse settings out of range, naming the setting, its value and what is allowed.
+
+    Args:
+        host: Address to bind, one of :data:`HOSTS`.
+        port: TCP port in [1024, 65535].
+        max_batch_size: Requests per runtime call, in [1, 4096].
+        batch_timeout_ms: Milliseconds a batch waits, in [0, 10000].
+        workers: Runtime worker processes, in [1, 64].
+        threads: Runtime threads per worker, ``None`` or in [1, 1024].
+        max_body_bytes: Largest request body, in [64, 2**31].
+        max_samples: Most samples per request, in [1, 4096].
+        top_k: Classes per answer, at least 1.
 
     Raises:
         ServeError: For the first setting out of range.
