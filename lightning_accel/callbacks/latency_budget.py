@@ -227,6 +227,16 @@ class LatencyBudgetPruning(AccelCallback):
             f"{k}/speedup",
         )
 
+    @override
+    def logged_metrics(self) -> tuple[str, ...]:
+        """:meth:`metric_names` plus ``compress/width/<layer>`` per selected layer.
+
+        The width names are known once the layers are selected (train start); logged straight
+        to the loggers (a W&B table under ``compress/widths`` with a ``WandbLogger``).
+        """
+        widths = tuple(f"compress/width/{name}" for name in self._layers)
+        return self.metric_names() + widths
+
     def resolved_end_epoch(self, max_epochs: int | None) -> int:
         """``end_epoch``, or ``max(max_epochs - 1, start_epoch + 1)``.
 
@@ -593,12 +603,13 @@ class LatencyBudgetPruning(AccelCallback):
                 ),
             },
         )
+        plain = {f"compress/width/{name}": float(w) for name, w in self.widths.items()}
+        self.metrics.update(plain)
         if not trainer.is_global_zero:
             return
         from lightning.pytorch.loggers import WandbLogger
 
         run = wandb_run(trainer)
-        plain = {f"compress/width/{name}": float(w) for name, w in self.widths.items()}
         for logger in trainer.loggers:
             if run is not None and isinstance(logger, WandbLogger):
                 import wandb
