@@ -167,6 +167,19 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
         help="with --recipe: more overrides, as W&B's ${args_no_hyphens} passes them",
     )
     p.add_argument(
+        "--target-speedup",
+        type=float,
+        default=None,
+        help="with a latency-budget recipe (e.g. resnet18_latency): "
+        "callbacks.latency_budget.target_speedup",
+    )
+    p.add_argument(
+        "--target-latency-ms",
+        type=float,
+        default=None,
+        help="with a latency-budget recipe: callbacks.latency_budget.target_latency_ms",
+    )
+    p.add_argument(
         "--latency-budget-ms",
         type=float,
         default=None,
@@ -226,6 +239,12 @@ RECIPE_KEYS = {
     "--train-size": "data.train_size",
 }
 
+# Recipe-only flags of LatencyBudgetPruning (the recipe then checks it has the key).
+LATENCY_BUDGET_KEYS = {
+    "target_speedup": "callbacks.latency_budget.target_speedup",
+    "target_latency_ms": "callbacks.latency_budget.target_latency_ms",
+}
+
 
 def main_job_flags_as_overrides(args: argparse.Namespace) -> list[str]:
     """The main-job flags given with ``--recipe``, as the recipe overrides that apply them.
@@ -237,7 +256,11 @@ def main_job_flags_as_overrides(args: argparse.Namespace) -> list[str]:
         ValueError: For a flag no recipe key stands for (``--dense-epochs``,
             ``--prune-epochs``), naming the keys to set instead.
     """
-    overrides = []
+    overrides = [
+        f"{key}={getattr(args, name)}"
+        for name, key in LATENCY_BUDGET_KEYS.items()
+        if getattr(args, name, None) is not None
+    ]
     for flag, (name, fix) in given_main_job_flags(args).items():
         value = getattr(args, name)
         if flag not in RECIPE_KEYS:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 
 from lightning_accel.backends import DEFAULT_BACKEND, backend_names
+from lightning_accel.cli import serve as serve_cli  # torch-free
 
 
 def _fit_parser(sub: argparse._SubParsersAction) -> None:
@@ -100,6 +101,8 @@ def _run_fit(args: argparse.Namespace) -> int:
             ("KEY=VALUE overrides", args.positional_overrides),
             ("--set", args.overrides),
             ("--latency-budget-ms", args.latency_budget_ms),
+            ("--target-speedup", args.target_speedup),
+            ("--target-latency-ms", args.target_latency_ms),
             ("--logger", args.logger),
         )
         if value not in (None, [])
@@ -330,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _export_parser(sub)
     _bench_parser(sub)
     _sweep_parser(sub)
+    serve_cli.add_parser(sub)
     args = parser.parse_args(argv)
     commands = {
         "fit": _run_fit,
@@ -337,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "export": _run_export,
         "bench": _run_bench,
         "sweep": _run_sweep,
+        "serve": serve_cli.run,
     }
     try:
         return commands[args.command](args)

@@ -311,3 +311,34 @@ def test_an_unknown_recipe_name_lists_the_bundled_ones(capsys) -> None:
 def test_recipe_flags_without_a_recipe_are_refused(capsys) -> None:
     assert main(["fit", "--logger", "wandb"]) == 2
     assert "--logger: only used with a recipe; add --recipe FILE" in _error_line(capsys)
+
+
+def test_latency_budget_flags_reach_the_callback(monkeypatch) -> None:
+    from lightning_accel import LatencyBudgetPruning
+    from lightning_accel.recipes.recipe import Recipe
+
+    seen = {}
+    monkeypatch.setattr(
+        "lightning_accel.recipes.run.run_recipe",
+        lambda path, overrides, **kwargs: seen.update(path=path, overrides=overrides) or {},
+    )
+    assert main(["fit", "--recipe", "resnet18_latency", "--target-speedup", "3"]) == 0
+    assert seen["overrides"] == ["callbacks.latency_budget.target_speedup=3.0"]
+    recipe = Recipe.from_yaml(seen["path"], seen["overrides"])
+    (budget,) = [cb for cb in recipe.callbacks() if isinstance(cb, LatencyBudgetPruning)]
+    assert budget.target_speedup == 3.0
+
+
+@pytest.mark.bad_input("cli")
+def test_latency_budget_flags_need_a_latency_budget_recipe(capsys) -> None:
+    assert main(["fit", "--recipe", str(CLEAN), "--target-speedup", "2"]) == 2
+    assert "callbacks.latency_budget.target_speedup names no callback" in _error_line(capsys)
+    assert main(["fit", "--target-latency-ms", "1.5"]) == 2
+    assert "--target-latency-ms: only used with a recipe" in _error_line(capsys)
+
+
+@pytest.mark.bad_input("cli")
+def test_serve_without_an_export_folder_exits_2(tmp_path: Path, capsys) -> None:
+    assert main(["serve", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing" in err[0], err
