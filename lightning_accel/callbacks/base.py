@@ -72,6 +72,10 @@ class AccelCallback(Callback):
         accel = [c for c in trainer.callbacks if isinstance(c, AccelCallback)]  # type: ignore[attr-defined]
         if stage == "fit" and accel and accel[0] is self:
             check_resume_fits(pl_module)
+            # Every lightning_accel callback's settings in W&B config / hparams.yaml, once.
+            from lightning_accel.tracking.run_config import log_callback_settings
+
+            log_callback_settings(trainer)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

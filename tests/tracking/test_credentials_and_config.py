@@ -88,3 +88,25 @@ def test_callback_settings_name_every_argument_under_recipe_keys() -> None:
     assert settings["callbacks.pruning.mode"] == "unstructured"
     assert settings["callbacks.export.batch_sizes"] == [1, 64]  # kept in its settings object
     assert settings["callbacks.export.latency_runs"] == 50
+
+
+def test_a_lone_compression_callback_records_its_settings_in_hparams(tmp_path, digits) -> None:
+    import yaml
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_accel import GradualPruning
+    from tests.conftest import quiet_trainer, small_module
+
+    logger = CSVLogger(tmp_path, name="run")
+    trainer = quiet_trainer(
+        tmp_path,
+        max_epochs=2,
+        logger=logger,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        callbacks=[GradualPruning(0.3, mode="unstructured", end_epoch=1)],
+    )
+    trainer.fit(small_module(), datamodule=digits)
+    hparams = yaml.safe_load((tmp_path / "run" / "version_0" / "hparams.yaml").read_text())
+    assert hparams["callbacks.pruning.target_sparsity"] == 0.3  # no export/monitor callback
+    assert hparams["callbacks.pruning.mode"] == "unstructured"
