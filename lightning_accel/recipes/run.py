@@ -70,6 +70,12 @@ def quick_overrides(recipe: Recipe, output_dir: Path | None = None) -> list[str]
             overrides.append(f"callbacks.{name}.{key}={'null' if value is None else value}")
     if recipe.callback_config("latency") is not None:
         overrides.append("callbacks.latency.runs=3")
+    if recipe.callback_config("latency_budget") is not None:  # fewer probes and rounds
+        overrides += [
+            "callbacks.latency_budget.widths_per_group=1",
+            "callbacks.latency_budget.timing_rounds=3",
+            "callbacks.latency_budget.max_corrections=1",
+        ]
     if recipe.callback_config("export") is not None:
         overrides += [
             "callbacks.export.latency_runs=5",

@@ -171,7 +171,7 @@ def test_export_summary_says_no_runtime_has_1_bit_kernels(binary_run, tmp_path) 
 
     _, _, module, _, _ = binary_run
     (note,) = runtime_notes(module)
-    assert "neither ONNX Runtime nor TensorRT has 1-bit kernels" in note
+    assert "neither ONNX Runtime, OpenVINO nor TensorRT has 1-bit kernels" in note
     summary = {"model": {"params": 1, "macs": 1, "onnx_bytes": 1}, "backends": {}, "notes": [note]}
     assert "1-bit kernels" in format_summary(summary)
 
