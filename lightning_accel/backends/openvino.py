@@ -126,15 +126,20 @@ class OpenVINOModel:
         self._ov = require_openvino()
         self._core = self._ov.Core()
         self._model = self._read()
-        port = self._model.inputs[0]
-        shape = port.get_partial_shape()
-        if shape.rank.is_dynamic or any(d.is_dynamic for d in list(shape)[1:]):
-            raise RuntimeError(
-                f"OpenVINO needs static non-batch input dimensions; {self.onnx_path} has input "
-                f"shape {shape}. Export with a fixed image size."
-            )
-        self._dims = tuple(d.get_length() for d in list(shape)[1:])
-        self._dtype = np.dtype(port.get_element_type().to_dtype())
+        # Every graph input (several for e.g. an image and int64 token ids), in order: its
+        # name, static non-batch dimensions and dtype.
+        self._inputs: list[tuple[str, tuple[int, ...], np.dtype]] = []
+        for port in self._model.inputs:
+            shape = port.get_partial_shape()
+            if shape.rank.is_dynamic or any(d.is_dynamic for d in list(shape)[1:]):
+                raise RuntimeError(
+                    f"OpenVINO needs static non-batch input dimensions; {self.onnx_path} has "
+                    f"input {port.get_any_name()!r} of shape {shape}. Export with a fixed size."
+                )
+            dims = tuple(d.get_length() for d in list(shape)[1:])
+            dtype = np.dtype(port.get_element_type().to_dtype())
+            self._inputs.append((port.get_any_name(), dims, dtype))
+        _, self._dims, self._dtype = self._inputs[0]
         self._compiled: dict[int, tuple[Any, Any]] = {}
         compiled, _ = self._for_batch(1)
         runtime = compiled.get_runtime_model()
@@ -170,7 +175,12 @@ class OpenVINOModel:
                 "INFERENCE_PRECISION_HINT": "f32",
             }
             try:
-                model.reshape({model.inputs[0]: [batch_size, *self._dims]})
+                model.reshape(
+                    {
+                        port: [batch_size, *dims]
+                        for port, (_, dims, _) in zip(model.inputs, self._inputs, strict=True)
+                    }
+                )
                 compiled = self._core.compile_model(model, "CPU", config)
             except Exception as err:  # OpenVINO raises its own exception types
                 raise RuntimeError(
@@ -180,16 +190,30 @@ class OpenVINOModel:
             self._compiled[batch_size] = (compiled, compiled.create_infer_request())
         return self._compiled[batch_size]
 
-    def run(self, inputs: np.ndarray) -> np.ndarray:
-        _, request = self._for_batch(int(inputs.shape[0]))
-        request.infer({0: np.ascontiguousarray(inputs, dtype=self._dtype)})
+    def run(self, inputs: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        """Outputs for one batch: an array (one input) or a dict by graph input name."""
+        if isinstance(inputs, dict):  # several inputs, each cast to its port's dtype
+            missing = [name for name, _, _ in self._inputs if name not in inputs]
+            if missing:
+                raise ValueError(f"OpenVINO: no value for graph inputs {missing}")
+            feed = {
+                i: np.ascontiguousarray(inputs[name], dtype=dtype)
+                for i, (name, _, dtype) in enumerate(self._inputs)
+            }
+        else:
+            feed = {0: np.ascontiguousarray(inputs, dtype=self._dtype)}
+        _, request = self._for_batch(int(next(iter(feed.values())).shape[0]))
+        request.infer(feed)
         return np.array(request.get_output_tensor(0).data, copy=True)
 
     def latency(self, batch_size: int, runs: int = 50) -> Latency:
         if batch_size < 1 or runs < 1:
             raise ValueError(f"batch_size and runs must be >= 1; got {batch_size}, {runs}")
         compiled, request = self._for_batch(batch_size)
-        feed = {0: random_batch(self._dims, self._dtype, batch_size, self.input_bounds)}
+        feed = {  # every graph input its own random batch of its dtype
+            i: random_batch(dims, dtype, batch_size, self.input_bounds)
+            for i, (_, dims, dtype) in enumerate(self._inputs)
+        }
         times = time_calls(lambda: request.infer(feed, share_inputs=True), 10, runs, 1.0)
         return summarize_times(
             times, batch_size, int(compiled.get_property("INFERENCE_NUM_THREADS"))

@@ -31,6 +31,7 @@ from lightning_accel.callbacks.base import (
 )
 from lightning_accel.export.compare import (
     PRECISIONS,
+    SEVERAL_INPUT_BACKENDS,
     ComparisonSettings,
     ExportPrecision,
     export_and_compare,
@@ -42,7 +43,14 @@ from lightning_accel.export.folder import (
     publish_checkpoint,
     remove_stale,
 )
-from lightning_accel.export.inputs import model_input, random_input, value_range
+from lightning_accel.export.inputs import (
+    ModelInput,
+    as_tuple,
+    map_inputs,
+    model_input,
+    random_input,
+    value_range,
+)
 from lightning_accel.tracking.history import merge_epoch_rows, scalar_metrics, write_epoch_csv
 from lightning_accel.tracking.plots import plot_accuracy_vs_latency, plot_epochs, plots_available
 from lightning_accel.tracking.run_config import log_callback_settings
@@ -80,13 +88,18 @@ class ExportOnFitEnd(AccelCallback):
         threads: ONNX Runtime threads; default: all cores.
         latency_runs: Timed runs per latency figure.
         input_key: For dict batches, the key holding the model's input (e.g. ``"image"``);
-            tuple batches use their first element.
+            tuple batches use their first element. An input that is itself a tuple of tensors
+            (batches ``((image, token_ids), label)``) is several positional inputs: exported
+            as one ONNX graph with an input per tensor (named after ``forward``'s parameters,
+            each of its own dtype), verified and timed with them.
 
     Raises:
         ValueError: At construction, for any argument of the wrong type or out of range; in
             ``setup``, for a folder that cannot be written or that another run is exporting
             into, an ``input_shape`` the model rejects, or a ``QuantizationAware`` target whose
-            Q/DQ graph an export backend cannot run.
+            Q/DQ graph an export backend cannot run; when training starts, for batches whose
+            input is neither a tensor nor a tuple of tensors, or several inputs with
+            ``input_shape`` (one shape) or a backend that takes one input (TensorRT).
         RuntimeError: At fit end, if ``last.ckpt`` cannot be written (saying where the model
             can still be recovered) or a later step fails (saying the checkpoint is safe).
 
@@ -340,27 +353,43 @@ class ExportOnFitEnd(AccelCallback):
 
     def _validation_inputs(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
-    ) -> list[Tensor]:
-        """Real validation batches, or zeros of ``input_shape`` when there is no validation data."""
+    ) -> list[ModelInput]:
+        """Real validation batches (one tensor or a tuple each), else random inputs per dtype.
+
+        Without validation data, random inputs of ``input_shape`` (or of each tensor of
+        ``example_input_array``, which may be a tuple for several inputs) stand in.
+        """
         loaders = trainer.val_dataloaders
         if isinstance(loaders, (list, tuple)):
             loaders = loaders[0] if loaders else None
-        batches: list[Tensor] = []
+        batches: list[ModelInput] = []
         if loaders is not None and not self.input_shape:
             for batch in loaders:
-                batches.append(model_input(batch, self.input_key).detach().cpu())
+                found = model_input(batch, self.input_key)
+                batches.append(map_inputs(found, lambda t: t.detach().cpu()))
                 if len(batches) >= self.verify_batches:
                     break
         if not batches:
             example = pl_module.example_input_array
-            if self.input_shape is None and not isinstance(example, Tensor):
+            several = isinstance(example, (list, tuple)) and all(
+                isinstance(t, Tensor) for t in example
+            )
+            if self.input_shape is None and not (isinstance(example, Tensor) or several):
                 raise ValueError(
                     "No validation data and no input_shape: pass ExportOnFitEnd(input_shape=...) "
                     "or give the Trainer validation data."
                 )
-            like = example.cpu() if isinstance(example, Tensor) else torch.zeros(1)
-            shape = self.input_shape or tuple(like.shape)
-            batches = [random_input(like, shape, self._input_bounds)]
+            if self.input_shape is None and several:
+                batches = [
+                    tuple(
+                        random_input(t.cpu(), tuple(t.shape), self._input_bounds)
+                        for t in example  # type: ignore[union-attr]
+                    )
+                ]
+            else:
+                like = example.cpu() if isinstance(example, Tensor) else torch.zeros(1)
+                shape = self.input_shape or tuple(like.shape)
+                batches = [random_input(like, shape, self._input_bounds)]
         return batches
 
     @override
@@ -371,6 +400,29 @@ class ExportOnFitEnd(AccelCallback):
             return
         sample = model_input(next(iter(loader)), self.input_key)
         self._input_bounds = value_range([sample])
+        count = len(as_tuple(sample))
+        if count > 1:
+            self._check_several_inputs(count)
+
+    def _check_several_inputs(self, count: int) -> None:
+        """Refuse, before training, what cannot take a model with several inputs.
+
+        Raises:
+            ValueError: For ``input_shape`` (one shape) or a backend that takes one input.
+        """
+        if self.input_shape is not None:
+            raise ValueError(
+                f"ExportOnFitEnd(input_shape={self.input_shape}) gives one input, but the "
+                f"batches feed the model {count} inputs: drop input_shape to export with the "
+                "real validation batches (or set example_input_array to a tuple of tensors)."
+            )
+        unsupported = [b for b in self.settings.backends if b not in SEVERAL_INPUT_BACKENDS]
+        if unsupported:
+            raise ValueError(
+                f"ExportOnFitEnd(backends={self.settings.backends}): {', '.join(unsupported)} "
+                f"runs graphs with one input here, but the batches feed the model {count} "
+                f"inputs. Use backends among {SEVERAL_INPUT_BACKENDS}."
+            )
 
 
 def add_compressed_sizes(summary: dict[str, Any], model: Path, baseline: Path) -> None:
@@ -453,6 +505,13 @@ def _check_accepts(pl_module: pl.LightningModule, input_shape: tuple[int, ...]) 
         with eval_mode(pl_module), torch.no_grad():
             pl_module(torch.zeros(input_shape, device=pl_module.device))
     except Exception as err:
+        if isinstance(err, TypeError) and "required positional argument" in str(err):
+            raise ValueError(
+                f"ExportOnFitEnd(input_shape={input_shape}) gives one input, but the model takes "
+                f"several ({err}): drop input_shape to export with the real validation batches "
+                "(their first element a tuple of tensors), or set example_input_array to a "
+                "tuple of tensors."
+            ) from err
         raise ValueError(
             f"ExportOnFitEnd(input_shape={input_shape}): the model rejects this input ({err}). "
             "Pass the shape of one input batch, e.g. (1, 1, 28, 28)."

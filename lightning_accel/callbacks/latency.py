@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from torch import Tensor
 from typing_extensions import override
 
 from lightning_accel.backends import DEFAULT_BACKEND, BackendName, get_backend
-from lightning_accel.backends.timing import compare_latency, timing_batch
+from lightning_accel.backends.timing import compare_latency
 from lightning_accel.callbacks.base import (
     AccelCallback,
     check_batch_sizes,
@@ -21,7 +20,16 @@ from lightning_accel.callbacks.base import (
     check_int,
     example_input,
 )
-from lightning_accel.export.inputs import value_range
+from lightning_accel.export.compare import SEVERAL_INPUT_BACKENDS
+from lightning_accel.export.inputs import (
+    ModelInput,
+    as_tuple,
+    graph_input_names,
+    map_inputs,
+    repeat_rows,
+    runtime_feed,
+    value_range,
+)
 from lightning_accel.export.onnx import to_onnx
 from lightning_accel.tracking.run_config import log_callback_settings
 from lightning_accel.tracking.wandb_logging import define_epoch_axis, log_epoch_table, wandb_run
@@ -44,6 +52,11 @@ class LatencyMonitor(AccelCallback):
     removed (measured on the model). With a ``WandbLogger`` it also logs a per-epoch table and an
     accuracy-vs-latency chart at the end of fit.
 
+    The example input is ``example_input_array`` or the first training batch's input: one
+    tensor, or a tuple of tensors (batches ``((image, token_ids), label)``) for a model with
+    several positional inputs, each timed with its own dtype (integer ids within the range
+    seen) on backends that take several graph inputs (ONNX Runtime, OpenVINO).
+
     Args:
         backend: A registered backend, e.g. ``"onnxruntime"`` or ``"tensorrt"``.
         every_n_epochs: Measure every this many epochs.
@@ -56,6 +69,8 @@ class LatencyMonitor(AccelCallback):
     Raises:
         ValueError: At construction, for an unknown backend or a count below 1.
         RuntimeError: In ``setup``, if the backend cannot run on this machine.
+        ValueError: When training starts, if the input is neither a tensor nor a tuple of
+            tensors, or several inputs meet a backend that takes one (TensorRT).
     """
 
     technique = "LatencyMonitor"
@@ -85,7 +100,7 @@ class LatencyMonitor(AccelCallback):
         self._baseline_dir: tempfile.TemporaryDirectory | None = None  # the fit-start ONNX
         self.history: list[dict[str, Any]] = []
         self._start_weights: int | None = None  # conv/linear weight entries at train start
-        self._example: Tensor | None = None
+        self._example: ModelInput | None = None
 
     @property
     @override
@@ -124,7 +139,7 @@ class LatencyMonitor(AccelCallback):
         if self._start_weights is None:  # else restored from a checkpoint
             self._start_weights = _layer_weights(pl_module)[0]
         # Found once: example_input reads a training batch, too costly for every epoch.
-        self._example = example_input(trainer, pl_module).cpu()
+        self._example = self._find_example(trainer, pl_module)
         if self.baseline and trainer.is_global_zero and self._baseline_dir is None:
             self._baseline_dir = tempfile.TemporaryDirectory(prefix="lightning-accel-latency-")
             to_onnx(pl_module, self._example, Path(self._baseline_dir.name) / "baseline.onnx")
@@ -169,12 +184,13 @@ class LatencyMonitor(AccelCallback):
         started = time.perf_counter()
         example = self._example
         if example is None:  # measured outside fit
-            example = example_input(trainer, pl_module).cpu()
+            example = self._find_example(trainer, pl_module)
         metrics: dict[str, float] = {}
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = to_onnx(pl_module, example, Path(tmp) / "model.onnx")
             compiled = get_backend(self.backend).compile(onnx_path, Path(tmp), threads=self.threads)
             compiled.input_bounds = value_range([example])  # token ids: within the seen range
+            feed = runtime_feed(example, graph_input_names(onnx_path))
             base = None
             if self._baseline_dir is not None:
                 base_onnx = Path(self._baseline_dir.name) / "baseline.onnx"
@@ -186,7 +202,7 @@ class LatencyMonitor(AccelCallback):
                 if base is None:
                     metrics[f"{key}_ms"] = compiled.latency(batch_size, self.runs).median_ms
                     continue
-                inputs = timing_batch(example.detach().numpy(), batch_size)
+                inputs = repeat_rows(feed, batch_size)
                 rounds = max(1, min(5, self.runs))
                 result = compare_latency(compiled, base, inputs, batch_size, self.runs, rounds)
                 metrics[f"{key}_ms"] = result.model.median_ms
@@ -199,6 +215,22 @@ class LatencyMonitor(AccelCallback):
         metrics["latency/monitor_s"] = time.perf_counter() - started
         metrics["epoch"] = float(trainer.current_epoch)
         return metrics
+
+    def _find_example(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ModelInput:
+        """One example input on the CPU: a tensor, or a tuple for several inputs.
+
+        Raises:
+            ValueError: If the backend takes one graph input and the model several.
+        """
+        example = map_inputs(example_input(trainer, pl_module, several=True), lambda t: t.cpu())
+        count = len(as_tuple(example))
+        if count > 1 and self.backend not in SEVERAL_INPUT_BACKENDS:
+            raise ValueError(
+                f"LatencyMonitor(backend={self.backend!r}) times graphs with one input here, "
+                f"but the model takes {count} inputs. Use backend= one of "
+                f"{SEVERAL_INPUT_BACKENDS}."
+            )
+        return example
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -15,12 +15,20 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from lightning_accel.backends import DEFAULT_BACKEND, get_backend
 from lightning_accel.backends.onnxruntime import operator_counts
-from lightning_accel.backends.timing import compare_latency, timing_batch
-from lightning_accel.export.inputs import value_range
+from lightning_accel.backends.timing import compare_latency
+from lightning_accel.export.inputs import (
+    ModelInput,
+    call_model,
+    first_rows,
+    graph_input_names,
+    repeat_rows,
+    runtime_feed,
+    value_range,
+)
 from lightning_accel.export.onnx import to_onnx
 from lightning_accel.export.verify import compare_outputs
 from lightning_accel.quantization.prepare import qdq_target
@@ -28,6 +36,8 @@ from lightning_accel.utilities.model_stats import model_stats
 
 ExportPrecision = Literal["auto", "fp32", "fp16", "int8"]
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
+# Backends whose compiled models take several graph inputs (a dict by input name) (#12).
+SEVERAL_INPUT_BACKENDS = ("onnxruntime", "openvino")
 
 
 def no_progress(message: str) -> None:
@@ -88,7 +98,7 @@ class Comparison:
 def export_and_compare(
     model: nn.Module,
     baseline: nn.Module | None,
-    batches: Sequence[Tensor],
+    batches: Sequence[ModelInput],
     dirpath: Path,
     settings: ComparisonSettings,
     progress: Callable[[str], None] = no_progress,
@@ -101,12 +111,14 @@ def export_and_compare(
     Args:
         model: The final model, on the CPU, in eval mode.
         baseline: The uncompressed model to compare against, or ``None``.
-        batches: Inputs for verification; the first row of the first batch is the export example.
+        batches: Inputs for verification, each one tensor or a tuple of tensors (several
+            positional inputs, each of its own dtype, fed by graph input name); the first row
+            of the first batch is the export example.
         dirpath: Folder for ONNX files and compiled artifacts.
         settings: Backends, batch sizes, tolerance and timing.
         progress: Called with a short line before each long step.
     """
-    example = batches[0][:1]
+    example = first_rows(batches[0], 1)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     progress("exporting the model to ONNX")
@@ -117,7 +129,7 @@ def export_and_compare(
         baseline_onnx = to_onnx(baseline, example, dirpath / "baseline.onnx")
     timings["export_s"] = time.perf_counter() - started
     with torch.no_grad():
-        reference = np.concatenate([model(x).numpy() for x in batches])
+        reference = np.concatenate([call_model(model, x).numpy() for x in batches])
     quantized = operator_counts(model_onnx).get("QuantizeLinear", 0) > 0
     target = qdq_target(model)
 
@@ -185,7 +197,7 @@ def _run_backend(
     backend: str,
     model_onnx: Path,
     baseline_onnx: Path | None,
-    batches: list[Tensor],
+    batches: list[ModelInput],
     reference: np.ndarray,
     quantized: bool,
     target: str | None,
@@ -202,6 +214,12 @@ def _run_backend(
             f"{target!r} (QuantizationAware(backend={target!r})). Train with "
             f"QuantizationAware(backend={backend!r}) to deploy on {runtime.title}."
         )
+    names = graph_input_names(model_onnx)
+    if len(names) > 1 and backend not in SEVERAL_INPUT_BACKENDS:
+        raise RuntimeError(
+            f"{runtime.title} runs graphs with one input here; this model has {len(names)} "
+            f"({', '.join(names)}). Export it to backends=('onnxruntime',) or ('openvino',)."
+        )
     compiled = runtime.compile(model_onnx, dirpath / backend, threads=settings.threads)
     compiled.input_bounds = value_range(batches)  # token ids: time within the range seen
     entry: dict[str, Any] = {
@@ -212,7 +230,7 @@ def _run_backend(
     if settings.verify:
         progress(f"verifying {backend} against PyTorch on {len(batches)} batches")
         started = time.perf_counter()
-        output = np.concatenate([compiled.run(x.numpy()) for x in batches])
+        output = np.concatenate([compiled.run(runtime_feed(x, names)) for x in batches])
         precision = settings.verification_precision(backend, quantized)
         result = compare_outputs(reference, output, precision, runtime.tolerance(precision))
         timings[f"verify_{backend}_s"] = time.perf_counter() - started
@@ -228,7 +246,9 @@ def _run_backend(
         entry["latency"] = {}
         for batch_size in settings.batch_sizes:
             progress(f"timing {backend} at batch {batch_size}")
-            inputs = timing_batch(batches[0].numpy(), batch_size)  # alternating rounds (#18)
+            # Real rows, repeated to the batch size, each input with its own dtype; the model
+            # and the baseline alternate rounds (#18).
+            inputs = repeat_rows(runtime_feed(batches[0], names), batch_size)
             entry["latency"][str(batch_size)] = compare_latency(
                 compiled, baseline, inputs, batch_size, settings.latency_runs
             ).as_row()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import inspect
 import os
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_accel.binarization.convert import convert_binary_layers, has_binary_layers
+from lightning_accel.export.inputs import ModelInput, as_tuple, describe
 from lightning_accel.quantization.convert import convert_to_qdq, has_fake_quant
 from lightning_accel.utilities.copying import detached_copy
 
@@ -25,7 +27,7 @@ _PROTOBUF_LIMIT = 2 * 1024**3  # ONNX files above this must keep weights in exte
 
 def to_onnx(
     model: nn.Module,
-    example_input: Tensor,
+    example_input: ModelInput,
     path: str | os.PathLike,
     dynamic_batch: bool = True,
     opset: int = DEFAULT_OPSET,
@@ -41,7 +43,12 @@ def to_onnx(
 
     Args:
         model: The module to export.
-        example_input: One input batch (any batch size) of the shape the model expects.
+        example_input: One input batch (any batch size) of the shape the model expects, or a
+            tuple of them for a model with several positional inputs (e.g. a float image
+            ``[N, C, H, W]`` and int64 token ids ``[N, T]``), each with its own dtype. The graph
+            input is named ``input`` for one tensor; with several, the inputs are named after
+            the parameters of ``model.forward`` (``input_<i>`` where it has none), in order,
+            all sharing one dynamic batch dimension.
         path: Where to write the ``.onnx`` file; parent folders are created.
         dynamic_batch: Export the batch dimension as dynamic.
         opset: ONNX opset version.
@@ -66,19 +73,17 @@ def to_onnx(
         exportable = convert_to_qdq(exportable)  # Q/DQ nodes the runtime fuses into int8 kernels
     if has_binary_layers(exportable):
         exportable = convert_binary_layers(exportable, int8=binary_as_int8)
-    sample = example_input.detach().cpu()
-    if dynamic_batch and sample.shape[0] < 2:
-        # torch.export specializes batch size 1, so trace with 2 to keep the dimension dynamic.
-        sample = sample.expand(2, *sample.shape[1:]).contiguous()
+    samples = tuple(_traced_sample(t, dynamic_batch) for t in as_tuple(example_input))
     try:
         with torch.no_grad():
-            exportable(sample)
+            exportable(*samples)
     except Exception as err:
         raise ValueError(
-            f"The model rejects an input of shape {tuple(sample.shape)}: {err}. "
+            f"The model rejects an input of shape {describe(samples)}: {err}. "
             "Pass an example input shaped like one training batch."
         ) from err
-    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    dynamic_shapes = tuple({0: batch} for _ in samples) if dynamic_batch else None
     # Everything is written into a temporary folder beside the target and renamed into place:
     # an interrupted or failed export never replaces a complete file with an incomplete one.
     staging = Path(_make_staging_dir(path))
@@ -88,9 +93,9 @@ def to_onnx(
                 warnings.simplefilter("ignore")
                 program = torch.onnx.export(
                     exportable,
-                    (sample,),
+                    samples,
                     dynamo=True,
-                    input_names=["input"],
+                    input_names=input_names(model, len(samples)),
                     output_names=["output"],
                     dynamic_shapes=dynamic_shapes,
                     opset_version=opset,
@@ -119,6 +124,37 @@ def to_onnx(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _traced_sample(sample: Tensor, dynamic_batch: bool) -> Tensor:
+    sample = sample.detach().cpu()
+    if dynamic_batch and sample.shape[0] < 2:
+        # torch.export specializes batch size 1, so trace with 2 to keep the dimension dynamic.
+        sample = sample.expand(2, *sample.shape[1:]).contiguous()
+    return sample
+
+
+def input_names(model: nn.Module, count: int) -> list[str]:
+    """ONNX input names: ``input`` for one; the forward's parameter names for several.
+
+    Args:
+        model: The module exported (its ``forward`` signature names the inputs).
+        count: How many positional inputs it is called with.
+    """
+    if count == 1:
+        return ["input"]
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        parameters = []
+    positional = [
+        p.name
+        for p in parameters
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "output"
+    ]
+    if len(positional) >= count and len(set(positional[:count])) == count:
+        return positional[:count]
+    return [f"input_{i}" for i in range(count)]
 
 
 def _writable_target(path: Path) -> Path:

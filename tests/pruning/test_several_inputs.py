@@ -7,6 +7,7 @@ An image plus int64 token ids (the digits' first rows as ids 0..16), through str
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import lightning.pytorch as pl
@@ -160,21 +161,92 @@ def test_bench_times_an_onnx_model_with_one_int64_input(tmp_path) -> None:
 
 
 @pytest.mark.bad_input("data")
-@pytest.mark.parametrize("kind", ["qat", "export", "latency"])
-def test_callbacks_taking_one_input_refuse_several_before_training(loader, tmp_path, kind) -> None:
-    from lightning_accel import ExportOnFitEnd, LatencyMonitor, QuantizationAware
+def test_qat_refuses_several_inputs_before_training(loader, tmp_path) -> None:
+    """QAT's fx tracing still takes one input tensor: refused before training, model untouched."""
+    from lightning_accel import QuantizationAware
 
-    callback = {
-        "qat": lambda: QuantizationAware(),
-        "export": lambda: ExportOnFitEnd(dirpath=tmp_path / "export"),
-        "latency": lambda: LatencyMonitor(),
-    }[kind]()
     module = _Module()
     before = copy.deepcopy(module.state_dict())
-    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[callback])
-    with pytest.raises(
-        ValueError, match=r"must be a tensor .*got list|one tensor input; the batches give list"
-    ):
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[QuantizationAware()])
+    with pytest.raises(ValueError, match=r"must be a tensor .*got list"):
         trainer.fit(module, train_dataloaders=loader)
     assert trainer.global_step == 0
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+class _Validated(_Module):
+    def validation_step(self, batch, batch_idx: int) -> None:  # type: ignore[no-untyped-def]
+        (image, tokens), label = batch
+        self.log("val/acc", (self(image, tokens).argmax(1) == label).float().mean())
+
+
+def test_export_on_fit_end_exports_verifies_and_times_two_inputs(loader, tmp_path) -> None:
+    """Image + int64 ids: one ONNX graph with two named inputs, verified on real batches."""
+    import onnx
+
+    from lightning_accel import ExportOnFitEnd
+
+    export = ExportOnFitEnd(
+        tmp_path / "export",
+        backends=("onnxruntime", "openvino"),
+        batch_sizes=(1, 4),
+        verify_batches=2,
+        latency_runs=4,
+        threads=1,
+    )
+    module = _Validated()
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[export])
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
+
+    graph = onnx.load(str(tmp_path / "export" / "model.onnx")).graph
+    inputs = {i.name: i.type.tensor_type.elem_type for i in graph.input}
+    assert inputs == {"image": onnx.TensorProto.FLOAT, "tokens": onnx.TensorProto.INT64}
+    for backend in ("onnxruntime", "openvino"):
+        entry = export.summary["backends"][backend]
+        check = entry["verification"]
+        assert check["passed"] and check["samples"] == 128  # two real batches of 64
+        assert check["relative_max_error"] < 1e-4 and check["top1_agreement"] == 1.0
+        assert [entry["latency"][b]["model_ms"] > 0 for b in ("1", "4")] == [True, True]
+        assert entry["latency"]["4"]["baseline_ms"] > 0
+    assert export.summary["model"]["params"] == sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.bad_input("data")
+@pytest.mark.parametrize("option", ["tensorrt", "input_shape"])
+def test_export_refuses_what_cannot_take_several_inputs_before_training(
+    loader, tmp_path, option
+) -> None:
+    from lightning_accel import ExportOnFitEnd
+
+    kwargs: dict = {"backends": ("tensorrt",)} if option == "tensorrt" else {}
+    if option == "input_shape":
+        kwargs["input_shape"] = (1, 1, 8, 8)
+    module = _Validated()
+    before = copy.deepcopy(module.state_dict())
+    export = ExportOnFitEnd(tmp_path / "export", **kwargs)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[export])
+    match = (
+        r"tensorrt runs graphs with one input"
+        if option == "tensorrt"
+        else r"input_shape=\(1, 1, 8, 8\)\) gives one input, but the model takes several"
+    )
+    # Without a GPU here, setup also warns that TensorRT cannot run.
+    with pytest.warns(UserWarning) if option == "tensorrt" else contextlib.nullcontext():
+        with pytest.raises(ValueError, match=match):
+            trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
+    assert trainer.global_step == 0
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def test_latency_monitor_times_two_inputs_with_their_dtypes(loader, tmp_path) -> None:
+    from lightning_accel import LatencyMonitor
+
+    monitor = LatencyMonitor(batch_sizes=(1, 4), runs=4, threads=1)
+    module = _Validated()
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[monitor])
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
+    (row,) = monitor.history
+    assert row["latency/onnxruntime/b1_ms"] > 0 and row["latency/onnxruntime/b4_ms"] > 0
+    assert row["latency/onnxruntime/b4_speedup"] > 0
+    assert row["model/params"] == sum(p.numel() for p in module.parameters())
+    assert row["model/macs"] > 0
