@@ -230,7 +230,9 @@ def _run_backend(
     if settings.verify:
         progress(f"verifying {backend} against PyTorch on {len(batches)} batches")
         started = time.perf_counter()
-        output = np.concatenate([compiled.run(runtime_feed(x, names)) for x in batches])
+        # One array, or a dict by input name (ONNX Runtime and OpenVINO take both).
+        run: Callable[[Any], np.ndarray] = compiled.run
+        output = np.concatenate([run(runtime_feed(x, names)) for x in batches])
         precision = settings.verification_precision(backend, quantized)
         result = compare_outputs(reference, output, precision, runtime.tolerance(precision))
         timings[f"verify_{backend}_s"] = time.perf_counter() - started
