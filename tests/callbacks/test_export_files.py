@@ -53,26 +53,27 @@ def test_second_run_sets_the_first_runs_files_aside_and_lists_only_its_own(
         _fit(_linear_module(), digits, tmp_path, [second])
 
     # the first run's files, together and untouched, under earlier/<its run id>/
-    for name in ("last.ckpt", "model.onnx", "baseline.onnx", "summary.json"):
+    for name in ("last.ckpt", "model.onnx", "baseline.onnx", "summary.json", "manifest.json",
+                 "epochs.csv"):  # fmt: skip
         assert (earlier / name).is_file(), name
     assert (earlier / "onnxruntime" / "model.ort.onnx").is_file()
     assert (earlier / "model.onnx").read_bytes() == first_onnx
     assert _summary(earlier / "summary.json")["run"] == first_run
     # the second run's folder: its files only, no stale baseline beside its model
-    assert sorted(p.name for p in out.iterdir()) == [
-        LOCK,
-        "earlier",
-        "last.ckpt",
-        "model.onnx",
-        "onnxruntime",
-        "summary.json",
-    ]
+    charts = ["accuracy_vs_latency.png", "epochs.png"]  # matplotlib is in the dev set-up
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [LOCK, "earlier", "epochs.csv", "last.ckpt", "manifest.json", "model.onnx"]
+        + ["onnxruntime", "summary.json", *charts]
+    )
     summary = _summary(out / "summary.json")
     run = summary["run"]
     assert run["id"] != first_run["id"] and run["started"] <= run["finished"]
     assert run["files"] == [
         {"path": name, "bytes": (out / name).stat().st_size}
-        for name in ("last.ckpt", "model.onnx", "onnxruntime/model.ort.onnx")
+        for name in sorted(
+            [*charts, "epochs.csv", "last.ckpt", "manifest.json", "model.onnx"]
+            + ["onnxruntime/model.ort.onnx"]
+        )
     ]
     assert "baseline" not in summary and summary == second.summary
     json.dumps(summary, allow_nan=False)
