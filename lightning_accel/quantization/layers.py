@@ -160,11 +160,35 @@ def quantize_layer(
 
 
 def is_batch_norm_for(module: nn.Module, layer: nn.Module) -> bool:
-    """Whether ``module`` is a BatchNorm over ``layer``'s output channels that can be folded."""
+    """Whether ``module`` is a BatchNorm over ``layer``'s output channels that can be folded.
+
+    Plain ``nn.BatchNorm1d/2d/3d`` fold, and so does a norm-act subclass whose extra steps
+    :func:`batch_norm_tail` knows (timm's ``BatchNormAct2d``); any other subclass may compute
+    more than the normalization, so it stays a module of its own.
+    """
     return (
         isinstance(module, _BATCH_NORMS)
+        and batch_norm_tail(module) is not None
         and isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
         and module.num_features == layer.out_channels
         and module.track_running_stats
         and module.running_var is not None
     )
+
+
+def batch_norm_tail(module: nn.Module) -> tuple[str, ...] | None:
+    """Child modules a BatchNorm applies, in order, after normalizing; ``None`` if unknown.
+
+    ``()`` for a plain ``nn.BatchNorm1d/2d/3d``; ``("drop", "act")`` for timm's norm-act
+    layers (``timm.layers.norm_act.BatchNormAct2d``: batch norm, then ``self.drop``, then
+    ``self.act``). Folding such a layer into a conv keeps these children as calls after it.
+    """
+    if type(module) in _BATCH_NORMS:
+        return ()
+    is_timm_norm_act = type(module).__module__.startswith("timm.") and all(
+        isinstance(getattr(module, child, None), nn.Module) for child in _TIMM_NORM_ACT_TAIL
+    )
+    return _TIMM_NORM_ACT_TAIL if is_timm_norm_act else None
+
+
+_TIMM_NORM_ACT_TAIL = ("drop", "act")

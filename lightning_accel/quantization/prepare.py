@@ -21,6 +21,7 @@ from torch import fx, nn
 from lightning_accel.quantization.fake_quant import ActivationQuantizer
 from lightning_accel.quantization.layers import (
     QUANT_LAYERS,
+    batch_norm_tail,
     is_batch_norm_for,
     quantize_layer,
 )
@@ -108,15 +109,20 @@ def prepare_qat(
 
 
 class _Tracer(fx.Tracer):
-    """torch.fx's tracer, keeping layers other callbacks swapped in as leaves.
+    """torch.fx's tracer, keeping layers other callbacks swapped in and BatchNorms as leaves.
 
     A module class that sets ``keep_as_fx_leaf = True`` (the binary layers do) is traced as one
-    call, so QAT never rewrites inside a layer another technique owns.
+    call, so QAT never rewrites inside a layer another technique owns. Every BatchNorm, subclasses
+    from outside ``torch.nn`` included (timm's ``BatchNormAct2d``), is one call too: tracing into
+    its ``forward`` would freeze the train-mode branch (``training=True``) into the graph, so
+    the model would normalize with batch statistics in eval and export too.
     """
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return bool(getattr(type(m), "keep_as_fx_leaf", False)) or super().is_leaf_module(
-            m, module_qualified_name
+        return (
+            bool(getattr(type(m), "keep_as_fx_leaf", False))
+            or isinstance(m, nn.modules.batchnorm._BatchNorm)
+            or super().is_leaf_module(m, module_qualified_name)
         )
 
 
@@ -150,11 +156,35 @@ class _Rewriter:
             quantized.integer_bias = self.spec.integer_bias  # type: ignore[assignment]
             set_submodule(self.graph_module, target, quantized)
             if bn_node is not None:  # the BatchNorm now lives at <layer>.bn
-                bn_node.replace_all_uses_with(node)
-                self.graph.erase_node(bn_node)
                 self.graph_module.delete_submodule(str(bn_node.target))
+                bn_node.replace_all_uses_with(self._call_tail(node, str(bn_node.target), bn))
+                self.graph.erase_node(bn_node)
             swapped.add(target)
+        self.modules = dict(self.graph_module.named_modules())
         return layer_nodes
+
+    def _call_tail(self, node: fx.Node, bn_target: str, bn: nn.Module) -> fx.Node:
+        """Call the steps a folded norm-act BatchNorm ran after normalizing (its drop, act).
+
+        They move out of the BatchNorm (which becomes a plain one at ``<layer>.bn``) to its
+        old path, ``<bn_target>.act``, and are called after the conv: the conv's output is
+        then quantized after the act, as for a conv, BatchNorm and ReLU. Returns the node
+        whose value the BatchNorm's readers now read.
+        """
+        tail = nn.Module()
+        for child in batch_norm_tail(bn) or ():
+            module = bn.get_submodule(child)
+            bn.register_module(child, nn.Identity())
+            if not isinstance(module, nn.Identity):
+                tail.register_module(child, module)
+        last = node
+        if not tail._modules:
+            return last
+        self.graph_module.add_submodule(bn_target, tail)
+        for child in tail._modules:
+            with self.graph.inserting_after(last):
+                last = self.graph.call_module(f"{bn_target}.{child}", (last,))
+        return last
 
     def place_activation_quantizers(self, layer_nodes: list[fx.Node]) -> None:
         """Quantize layer inputs, conv outputs and residual adds."""
