@@ -245,15 +245,41 @@ def _run_backend(
             baseline_onnx, dirpath / backend / "baseline", threads=settings.threads
         )
         baseline.input_bounds = compiled.input_bounds
+        # Another CPU runtime is also timed against ONNX Runtime's fp32 baseline, in alternating
+        # rounds like everything else, so "vs ORT fp32" carries its own spread.
+        reference_baseline = None
+        if (
+            backend != REFERENCE_BACKEND
+            and REFERENCE_BACKEND in settings.backends
+            and runtime.device == get_backend(REFERENCE_BACKEND).device
+        ):
+            reference_baseline = get_backend(REFERENCE_BACKEND).compile(
+                baseline_onnx, dirpath / backend / "reference", threads=settings.threads
+            )
+            reference_baseline.input_bounds = compiled.input_bounds
         entry["latency"] = {}
         for batch_size in settings.batch_sizes:
             progress(f"timing {backend} at batch {batch_size}")
             # Real rows, repeated to the batch size, each input with its own dtype; the model
             # and the baseline alternate rounds (#18).
             inputs = repeat_rows(runtime_feed(batches[0], names), batch_size)
-            entry["latency"][str(batch_size)] = compare_latency(
+            row = compare_latency(
                 compiled, baseline, inputs, batch_size, settings.latency_runs
             ).as_row()
+            if reference_baseline is not None:
+                model_vs = compare_latency(
+                    compiled, reference_baseline, inputs, batch_size, settings.latency_runs
+                )
+                baseline_vs = compare_latency(
+                    baseline, reference_baseline, inputs, batch_size, settings.latency_runs
+                )
+                row.update(
+                    vs_onnxruntime_fp32=model_vs.speedup,
+                    vs_onnxruntime_fp32_p25=model_vs.speedup_p25,
+                    vs_onnxruntime_fp32_p75=model_vs.speedup_p75,
+                    baseline_vs_onnxruntime_fp32=baseline_vs.speedup,
+                )
+            entry["latency"][str(batch_size)] = row
         timings[f"benchmark_{backend}_s"] = time.perf_counter() - started
     return entry, problem
 
@@ -283,18 +309,26 @@ _ORT_FLOAT_COMPUTE = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "Fused
 def add_reference_speedups(backends: dict[str, Any]) -> None:
     """Add each runtime's speedup over ONNX Runtime's fp32 baseline to its latency rows.
 
-    ``vs_onnxruntime_fp32`` (ONNX Runtime's baseline ms / this model's ms) shows compression
+    ``vs_onnxruntime_fp32`` (ONNX Runtime's baseline time / this model's) shows compression
     and runtime together; ``baseline_vs_onnxruntime_fp32`` the runtime alone (same fp32 file).
-    Nothing is added without an ONNX Runtime baseline at that batch size.
+    ONNX Runtime's own rows take their alternating-round speedup; another CPU runtime was
+    already timed against ONNX Runtime's baseline in alternating rounds (its rows carry the
+    figure and its quartiles); a runtime on another device (TensorRT) cannot alternate with a
+    CPU session, so it gets the ratio of the two medians. Nothing is added without an ONNX
+    Runtime baseline at that batch size.
     """
     reference = backends.get(REFERENCE_BACKEND, {}).get("latency", {})
-    for entry in backends.values():
+    for name, entry in backends.items():
         for batch, row in entry.get("latency", {}).items():
             base = reference.get(batch, {}).get("baseline_ms")
-            if base is None:
+            if base is None or "vs_onnxruntime_fp32" in row:
                 continue
-            row["vs_onnxruntime_fp32"] = base / row["model_ms"]
-            row["baseline_vs_onnxruntime_fp32"] = base / row["baseline_ms"]
+            if name == REFERENCE_BACKEND:
+                row["vs_onnxruntime_fp32"] = row["speedup"]
+                row["baseline_vs_onnxruntime_fp32"] = 1.0
+            else:
+                row["vs_onnxruntime_fp32"] = base / row["model_ms"]
+                row["baseline_vs_onnxruntime_fp32"] = base / row["baseline_ms"]
 
 
 def integer_ops(info: dict[str, Any]) -> tuple[int, int] | None:

@@ -145,11 +145,14 @@ def test_summary_shows_both_runtimes_against_onnxruntimes_fp32_baseline(images, 
     assert not outcome.errors and not outcome.mismatches
     backends = outcome.summary["backends"]
     ort, ov = backends["onnxruntime"]["latency"]["1"], backends["openvino"]["latency"]["1"]
-    assert ort["vs_onnxruntime_fp32"] == pytest.approx(ort["baseline_ms"] / ort["model_ms"])
-    assert ov["vs_onnxruntime_fp32"] == pytest.approx(ort["baseline_ms"] / ov["model_ms"])
-    assert ov["baseline_vs_onnxruntime_fp32"] == pytest.approx(
-        ort["baseline_ms"] / ov["baseline_ms"]
+    # ONNX Runtime: its own alternating-round speedup; OpenVINO: timed against ONNX Runtime's
+    # fp32 baseline in alternating rounds too, so the figure carries its quartiles (#18)
+    assert ort["vs_onnxruntime_fp32"] == ort["speedup"] and ort["baseline_vs_onnxruntime_fp32"] == 1
+    assert (
+        ov["vs_onnxruntime_fp32_p25"] <= ov["vs_onnxruntime_fp32"] <= ov["vs_onnxruntime_fp32_p75"]
     )
+    assert ov["vs_onnxruntime_fp32"] > 0 and ov["baseline_vs_onnxruntime_fp32"] > 0
+    assert (tmp_path / "openvino" / "reference").is_dir()  # ONNX Runtime's baseline, compiled
     table = format_summary(outcome.summary)
     assert "| vs ORT fp32 | int8 ops |" in table
     assert "| openvino | 1 |" in table and "| 5/5 | passed |" in table
