@@ -155,7 +155,7 @@ class _Rewriter:
             quantized = quantize_layer(layer, bn, weight_bits[target], self.spec.learnable)
             quantized.integer_bias = self.spec.integer_bias  # type: ignore[assignment]
             set_submodule(self.graph_module, target, quantized)
-            if bn_node is not None:  # the BatchNorm now lives at <layer>.bn
+            if bn_node is not None and bn is not None:  # the BatchNorm now lives at <layer>.bn
                 self.graph_module.delete_submodule(str(bn_node.target))
                 bn_node.replace_all_uses_with(self._call_tail(node, str(bn_node.target), bn))
                 self.graph.erase_node(bn_node)
