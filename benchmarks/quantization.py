@@ -19,6 +19,7 @@ import copy
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,13 +38,16 @@ from lightning_accel import (  # noqa: E402
     GradualPruning,
     QuantizationAware,
 )
-from lightning_accel.backends.onnxruntime import (  # noqa: E402  # noqa: E402
+from lightning_accel.backends import get_backend  # noqa: E402
+from lightning_accel.backends.onnxruntime import (  # noqa: E402
     INTEGER_KERNELS,
     latency,
     operator_counts,
     ort_session,
 )
+from lightning_accel.backends.timing import compare_latency  # noqa: E402
 from lightning_accel.cli.fit_job import fine_tune_copy, make_trainer  # noqa: E402
+from lightning_accel.export.bench import random_onnx_input  # noqa: E402
 from lightning_accel.export.onnx import to_onnx  # noqa: E402
 from lightning_accel.quantization.post_training import quantize_static_onnx  # noqa: E402
 
@@ -165,6 +169,15 @@ def run_model(model_name: str, data, args) -> dict:  # noqa: ANN001
     }
 
 
+def _speedup(row: dict, base: dict, batch: int) -> str:
+    """The alternating-round speedup with its quartiles, else the ratio of medians."""
+    alternating = row.get("speedup", {})
+    figures = alternating.get(batch, alternating.get(str(batch)))
+    if figures:
+        return f"{figures[0]:.2f}x [{figures[1]:.2f}–{figures[2]:.2f}]"
+    return f"{base['latency_ms'][batch] / row['latency_ms'][batch]:.2f}x"
+
+
 def format_results(result: dict) -> str:
     rows, base = result["rows"], result["rows"][0]
     lines = [
@@ -179,8 +192,8 @@ def format_results(result: dict) -> str:
         lines.append(
             f"| {row['name']} | {row['accuracy']:.2f} | {row['accuracy'] - base['accuracy']:+.2f} "
             f"| {row['onnx_mb']:.1f} | {row['latency_ms'][1]:.2f} "
-            f"| {base['latency_ms'][1] / row['latency_ms'][1]:.2f}x | {row['latency_ms'][64]:.2f} "
-            f"| {base['latency_ms'][64] / row['latency_ms'][64]:.2f}x | {kernels} |"
+            f"| {_speedup(row, base, 1)} | {row['latency_ms'][64]:.2f} "
+            f"| {_speedup(row, base, 64)} | {kernels} |"
         )
     agreement = {r["name"]: r["torch_agreement"] for r in rows if "torch_agreement" in r}
     lines += [
@@ -229,18 +242,35 @@ def step_cost(model_name: str, data, steps: int = 12) -> tuple[float, float]:  #
     return fp32_ms, quantized_ms
 
 
+def time_against_fp32(
+    onnx_path: Path, fp32_path: Path, threads: int
+) -> tuple[dict[int, float], dict[int, list[float]]]:
+    """Median ms and speedup [median, p25, p75] at batch 1 and 64, alternating with fp32 (#18)."""
+    runtime = get_backend("onnxruntime")
+    with tempfile.TemporaryDirectory(prefix="bench-quantization-") as tmp:
+        model = runtime.compile(onnx_path, Path(tmp) / "model", threads=threads)
+        base = runtime.compile(fp32_path, Path(tmp) / "fp32", threads=threads)
+        ms, speedup = {}, {}
+        for b in (1, 64):
+            inputs = random_onnx_input(onnx_path, b)
+            c = compare_latency(model, base, inputs, b, runs=100, rounds=10, threads=threads)
+            if c.warning:
+                print(f"  {onnx_path.name} @b{b}: {c.warning}", flush=True)
+            ms[b] = c.model.median_ms
+            speedup[b] = [c.speedup, c.speedup_p25, c.speedup_p75]
+    return ms, speedup
+
+
 def remeasure(args) -> None:  # noqa: ANN001
     """Time the saved ONNX files again (e.g. on a quiet machine) and reprint the tables."""
     path = Path(args.output_dir) / "results.json"
     saved = json.loads(path.read_text())
     files = ("fp32.onnx", "ptq.onnx", "qat.onnx", "prune_qat.onnx")
     for result in saved["results"]:
-        for row, default in zip(result["rows"], files, strict=True):
-            onnx_path = Path(args.output_dir) / result["model"] / row.get("file", default)
-            row["latency_ms"] = {
-                b: latency(onnx_path, b, threads=args.threads, runs=100, min_seconds=2.0).median_ms
-                for b in (1, 64)
-            }
+        folder = Path(args.output_dir) / result["model"]
+        paths = [folder / row.get("file", f) for row, f in zip(result["rows"], files, strict=True)]
+        for row, onnx_path in zip(result["rows"], paths, strict=True):
+            row["latency_ms"], row["speedup"] = time_against_fp32(onnx_path, paths[0], args.threads)
         fp32_ms, qat_ms = step_cost(result["model"], data_for(args))
         result["fp32_step_ms"], result["qat_step_ms"] = fp32_ms, qat_ms
         print(format_results(result) + "\n")
