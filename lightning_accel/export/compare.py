@@ -420,6 +420,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         verdict = "passed" if check.get("passed") else ("FAILED" if check else "skipped")
         counts = integer_ops(entry.get("info", {}))
         ops = "n/a" if counts is None else f"{counts[0]}/{counts[1]}"
+        if counts is not None and counts[0] == 0 and check.get("precision") == "fp32":
+            ops = "- (float)"  # a float model: no Q/DQ, so nothing to run on integer kernels
         for batch, row in entry.get("latency", {"-": None}).items():
             if row is None:
                 lines.append(f"| {backend} | - | - | - | - | - | {ops} | {verdict} |")

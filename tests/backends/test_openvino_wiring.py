@@ -62,3 +62,20 @@ def test_cli_bench_runs_on_openvino(tmp_path: Path, capsys) -> None:
     )
     assert code == 0
     assert any(line.startswith("| openvino | 4 |") for line in capsys.readouterr().out.splitlines())
+
+
+def test_a_float_models_table_says_float_not_zero_integer_ops() -> None:
+    from lightning_accel.export.compare import format_summary
+
+    entry = {
+        "info": {"integer_kernels": {}, "operators": {"Conv": 2, "Gemm": 1}},
+        "verification": {"passed": True, "precision": "fp32"},
+        "latency": {"1": {"model_ms": 1.0, "baseline_ms": 2.0, "speedup": 2.0}},
+    }
+    quantized = {**entry, "verification": {"passed": True, "precision": "int8"}}
+    model = {"params": 1, "macs": 1, "onnx_bytes": 1}
+    table = format_summary({"model": model, "backends": {"onnxruntime": entry}})
+    assert "| - (float) |" in table and "0/3" not in table
+    # a quantized model left on float kernels is shown as such, not hidden
+    table = format_summary({"model": model, "backends": {"onnxruntime": quantized}})
+    assert "| 0/3 |" in table
