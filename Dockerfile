@@ -6,8 +6,9 @@
 #   docker run --rm -p 8000:8000 -v "$PWD/export:/models:ro" lightning-accel-serve
 #   curl -X POST localhost:8000/predict -H 'content-type: image/png' --data-binary @shirt.png
 #
-# benchmarks/serving_container.sh runs the same install and entry command in a fresh virtual
-# environment where no Docker daemon or base image is available (see docs/serving.md).
+# benchmarks/serving_docker.sh builds and runs it where no image registry is reachable (a local
+# stand-in for the python:3.11-slim base); benchmarks/serving_container.sh runs the same install
+# and entry command in a fresh virtual environment where there is no Docker (docs/serving.md).
 
 FROM python:3.11-slim AS wheel
 WORKDIR /src

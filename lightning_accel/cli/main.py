@@ -9,7 +9,6 @@ import time
 from collections.abc import Sequence
 
 from lightning_accel.backends import DEFAULT_BACKEND, backend_names
-from lightning_accel.cli import serve as serve_cli  # torch-free
 
 
 def _fit_parser(sub: argparse._SubParsersAction) -> None:
@@ -326,6 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="lightning-accel", description="Training-time model acceleration for Lightning."
     )
+    # Imported here, not at the top: `python -m lightning_accel.cli.serve` (the container's
+    # entry) imports this package first, and runpy warns when it finds the module already there.
+    from lightning_accel.cli import serve as serve_cli  # torch-free
+
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _fit_parser(sub)
