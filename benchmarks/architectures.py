@@ -221,15 +221,13 @@ def run_peer(name: str, size: int) -> dict[str, Any]:
     return {"status": "ok", "params_kept": round(kept, 4)}
 
 
-def run_prune(name: str, size: int, workdir: Path) -> dict[str, Any]:
-    from lightning_accel import ClassificationModule, GradualPruning
-
-    module = ClassificationModule(
-        build(name), num_classes=10, in_channels=3, input_size=size, lr=0.01
-    )
+def short_fit(
+    module_class: Any, name: str, size: int, workdir: Path, epochs: int, callback: Any
+) -> tuple[Any, dict[str, Any] | None]:
+    """Fit the model with one callback; the module and, if fit raised, its classified failure."""
+    module = module_class(build(name), num_classes=10, in_channels=3, input_size=size, lr=0.01)
     before = state_digest(module)
-    pruning = GradualPruning(0.3, mode="structured", end_epoch=1)
-    fit = trainer(2, [pruning], str(workdir))
+    fit = trainer(epochs, [callback], str(workdir))
     data, _ = data_module(size)
     try:
         fit.fit(module, datamodule=data)
@@ -237,7 +235,17 @@ def run_prune(name: str, size: int, workdir: Path) -> dict[str, Any]:
         result = classify(err, fit.global_step)
         if result["status"] == "refused before training":
             result["model_untouched"] = unchanged(module, before)
-        return result
+        return module, result
+    return module, None
+
+
+def run_prune(name: str, size: int, workdir: Path) -> dict[str, Any]:
+    from lightning_accel import ClassificationModule, GradualPruning
+
+    pruning = GradualPruning(0.3, mode="structured", end_epoch=1)
+    module, failure = short_fit(ClassificationModule, name, size, workdir, 2, pruning)
+    if failure is not None:
+        return failure
     result: dict[str, Any] = {
         "measured_sparsity": round(pruning.measured_sparsity(module), 4),
         "params_kept": round(float(pruning.metrics.get("compress/params_kept", 1.0)), 4),
@@ -263,19 +271,10 @@ def run_qat(name: str, size: int, workdir: Path) -> dict[str, Any]:
     from lightning_accel import ClassificationModule, QuantizationAware
     from lightning_accel.backends.onnxruntime import INTEGER_KERNELS, operator_counts
 
-    module = ClassificationModule(
-        build(name), num_classes=10, in_channels=3, input_size=size, lr=0.01
-    )
-    before = state_digest(module)
-    fit = trainer(1, [QuantizationAware("onnxruntime")], str(workdir))
-    data, _ = data_module(size)
-    try:
-        fit.fit(module, datamodule=data)
-    except Exception as err:  # noqa: BLE001 - classified
-        result = classify(err, fit.global_step)
-        if result["status"] == "refused before training":
-            result["model_untouched"] = unchanged(module, before)
-        return result
+    qat = QuantizationAware("onnxruntime")
+    module, failure = short_fit(ClassificationModule, name, size, workdir, 1, qat)
+    if failure is not None:
+        return failure
     try:
         check = parity(module.model, size, workdir, "qat")
     except Exception as err:  # noqa: BLE001
