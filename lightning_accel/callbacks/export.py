@@ -340,6 +340,8 @@ class ExportOnFitEnd(AccelCallback):
         row = summary["backends"].get(backend, {}).get("latency", {}).get("1")
         final = (row["model_ms"], summary["accuracy"]) if row and summary["accuracy"] else None
         baseline_ms = row["baseline_ms"] if row else None
+        if key is None and final is None:  # nothing was timed (benchmark=False, no monitor)
+            return written
         path = self.dirpath / "accuracy_vs_latency.png"
         written.append(plot_accuracy_vs_latency(rows, key, final, baseline_ms, path))
         return written
