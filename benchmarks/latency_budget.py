@@ -1,31 +1,43 @@
 """Latency-budget pruning vs uniform pruning at equal measured latency (issue #15).
 
-Fashion-MNIST, one architecture (ResNet-18 by default), every variant fine-tuned from the same
-dense checkpoint for the same epochs:
+Fashion-MNIST; every variant is fine-tuned from the same dense checkpoint (one dense epoch)
+for the same epochs, pruned at its first batch (``schedule="constant"``). Parts:
 
-1. uniform ``GradualPruning(0.5, round_to=8)``: its latency is measured against the dense model
-   (alternating rounds on ONNX Runtime) as a speedup S;
-2. ``LatencyBudgetPruning(target_speedup=S)`` on the same runtime, batch and threads: the same
-   latency as uniform (a speedup budget is the latency ``dense / S`` judged in the same timing
-   rounds as the dense model, so CPU contention cancels), and its accuracy;
-3. the widths the allocator picks for a 2x budget at batch 1 and at batch 64 (no training).
+``equal``  per model (ResNet-18, MobileNetV2): uniform ``GradualPruning(0.5, round_to=8)``, its
+           speedup S measured against the dense model (alternating rounds, ONNX Runtime batch
+           1), then ``LatencyBudgetPruning(target_speedup=S)``: accuracy at equal latency;
+           the dense model fine-tuned as long is the accuracy reference.
+``curve``  ResNet-18: budgets of 2x/3x/4x against uniform 30/50/70%, accuracy vs measured
+           speedup.
+``plans``  ResNet-18: the widths the allocator picks for one budget with the latency model
+           measured on ONNX Runtime at batch 1, at batch 64 and on OpenVINO at batch 1 (no
+           training).
+``qat``    ResNet-18: the 4x-budget model of ``curve`` then one epoch of ``QuantizationAware``;
+           its int8 ONNX against the dense fp32 model on ONNX Runtime at batch 1 and 64.
 
-Latency of the final models: dense, uniform and budget timed in alternating rounds in this
-process; speedups are medians of per-round ratios, with half their interquartile range.
+Latency: the final models of a part timed in alternating rounds with the dense model in this
+process; speedups are medians of per-round ratios with half their interquartile range.
+Results merge into ``benchmarks/results/latency_budget.json`` (one part can be rerun alone);
+the dense checkpoints are cached in ``--cache`` between runs.
 
-    .venv/bin/python benchmarks/latency_budget.py                   # scaled down: ~5 min
-    .venv/bin/python benchmarks/latency_budget.py --train-size 12000 --epochs 4
+    .venv/bin/python benchmarks/latency_budget.py                     # every part, scaled down
+    .venv/bin/python benchmarks/latency_budget.py --parts equal --models resnet18 --seeds 0 1
+    .venv/bin/python benchmarks/latency_budget.py --train-size 12000 --test-size 10000 --epochs 4
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 
 from lightning_accel import (
@@ -33,7 +45,11 @@ from lightning_accel import (
     FashionMNISTDataModule,
     GradualPruning,
     LatencyBudgetPruning,
+    QuantizationAware,
 )
+from lightning_accel.backends import compile_model
+from lightning_accel.backends.timing import compare_latency
+from lightning_accel.export.onnx import to_onnx
 from lightning_accel.pruning.allocation import allocate
 from lightning_accel.pruning.channels import out_channels
 from lightning_accel.pruning.latency_model import (
@@ -42,11 +58,14 @@ from lightning_accel.pruning.latency_model import (
     channel_groups,
     dependency_graph,
     group_scores,
+    random_inputs,
     round_ratio,
 )
 from lightning_accel.utilities.layer_selection import select_layers
 
 RESULTS = Path(__file__).parent / "results" / "latency_budget.json"
+DENSE_LR, TUNE_LR = 0.05, 0.02
+BUDGET_4X: dict[int, Any] = {}  # the curve's 4x-budget model per seed, for the qat part
 
 
 def trainer(epochs: int, callbacks: list) -> pl.Trainer:
@@ -75,7 +94,7 @@ def copy_of(dense: ClassificationModule, lr: float, epochs: int) -> Classificati
     return module
 
 
-def widths(module: ClassificationModule) -> dict[str, int]:
+def conv_widths(module: torch.nn.Module) -> dict[str, int]:
     return {
         name: out_channels(m)
         for name, m in module.named_modules()
@@ -83,12 +102,117 @@ def widths(module: ClassificationModule) -> dict[str, int]:
     }
 
 
-def widths_at_batch(dense: ClassificationModule, batch: int, speedup: float, threads: int) -> dict:
-    """The allocator's widths for ``speedup`` at one batch size (latency model, no training)."""
+def dense_model(name: str, seed: int, data: FashionMNISTDataModule, cache: Path) -> Any:
+    """One dense epoch (cached per model and seed): magnitudes mean something."""
+    path = cache / f"{name}-seed{seed}.pt"
+    pl.seed_everything(seed)
+    dense = ClassificationModule(name, lr=DENSE_LR, cosine_epochs=1)
+    if path.exists():
+        dense.load_state_dict(torch.load(path, weights_only=True))
+    else:
+        trainer(1, []).fit(dense, datamodule=data)
+        cache.mkdir(parents=True, exist_ok=True)
+        torch.save(dense.state_dict(), path)
+    return dense
+
+
+def fine_tune(dense: Any, callbacks: list, data: Any, epochs: int, seed: int) -> Any:
+    pl.seed_everything(seed + 100)
+    module = copy_of(dense, TUNE_LR, epochs)
+    trainer(epochs, callbacks).fit(module, datamodule=data)
+    return module
+
+
+def uniform(amount: float) -> GradualPruning:
+    return GradualPruning(amount, schedule="constant", start_epoch=0, end_epoch=1, round_to=8)
+
+
+def budget(speedup: float, threads: int, batch: int = 1) -> LatencyBudgetPruning:
+    return LatencyBudgetPruning(
+        target_speedup=speedup,
+        threads=threads,
+        batch_size=batch,
+        schedule="constant",
+        start_epoch=0,
+        end_epoch=1,
+        widths_per_group=2,
+    )
+
+
+def time_against_dense(dense: Any, models: dict[str, Any], threads: int) -> dict[str, list]:
+    """Speedup of each model over ``dense``, all timed in 7 alternating rounds (batch 1)."""
+    probe = Probe("onnxruntime", dense.example_input_array[:1], 1, threads, rounds=7)
+    try:
+        compiled = [probe.compile(dense, True)] + [probe.compile(m, True) for m in models.values()]
+        runs = probe.time_rounds(compiled)
+    finally:
+        probe.close()
+    return {name: list(round_ratio(runs[0], runs[i + 1])) for i, name in enumerate(models.keys())}
+
+
+def callback_figures(callback: LatencyBudgetPruning) -> dict[str, Any]:
+    stages = [row for row in callback.history if "speedup" in row]
+    return {
+        "target_speedup": callback.target_speedup,
+        "callback_speedup": callback.last.get("speedup"),
+        "callback_spread": callback.last.get("spread"),
+        "measured_steps": len(stages),
+    }
+
+
+# ----------------------------------------------------------------------------------- parts
+def part_equal(name: str, seed: int, data: Any, args: argparse.Namespace) -> dict[str, Any]:
+    dense = dense_model(name, seed, data, args.cache)
+    rows: dict[str, dict[str, Any]] = {"dense (1 epoch)": {"acc": accuracy(dense, data)}}
+    tuned = fine_tune(dense, [], data, args.epochs, seed)
+    rows["dense fine-tuned"] = {"acc": accuracy(tuned, data)}
+    half = fine_tune(dense, [uniform(0.5)], data, args.epochs, seed)
+    rows["uniform 50%"] = {"acc": accuracy(half, data)}
+    ((s, _),) = time_against_dense(dense, {"u": half}, args.threads).values()
+    callback = budget(s, args.threads)
+    fitted = fine_tune(dense, [callback], data, args.epochs, seed)
+    rows["latency budget"] = {"acc": accuracy(fitted, data), **callback_figures(callback)}
+    timed = time_against_dense(
+        dense,
+        {"dense fine-tuned": tuned, "uniform 50%": half, "latency budget": fitted},
+        args.threads,
+    )
+    for key, (speedup, spread) in timed.items():
+        rows[key].update(speedup=speedup, spread=spread)
+    widths = {"uniform 50%": conv_widths(half), "latency budget": conv_widths(fitted)}
+    return {"rows": rows, "widths": widths}
+
+
+def part_curve(seed: int, data: Any, args: argparse.Namespace) -> dict[str, Any]:
+    dense = dense_model("resnet18", seed, data, args.cache)
+    models: dict[str, Any] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    for amount in (0.3, 0.5, 0.7):
+        key = f"uniform {amount:.0%}"
+        models[key] = fine_tune(dense, [uniform(amount)], data, args.epochs, seed)
+        rows[key] = {"acc": accuracy(models[key], data)}
+    for speedup in (2.0, 3.0, 4.0):
+        key = f"budget {speedup:g}x"
+        callback = budget(speedup, args.threads)
+        try:
+            models[key] = fine_tune(dense, [callback], data, args.epochs, seed)
+        except ValueError as err:  # refused in setup: out of reach
+            rows[key] = {"error": str(err).splitlines()[0]}
+            continue
+        rows[key] = {"acc": accuracy(models[key], data), **callback_figures(callback)}
+    for key, (s, spread) in time_against_dense(dense, models, args.threads).items():
+        rows[key].update(speedup=s, spread=spread)
+    if "budget 4x" in models:
+        BUDGET_4X[seed] = models["budget 4x"]
+    return {"rows": rows, "widths": {k: conv_widths(m) for k, m in models.items()}}
+
+
+def plan(dense: Any, backend: str, batch: int, speedup: float, threads: int) -> dict[str, Any]:
+    """The allocator's widths for ``speedup`` on one runtime and batch size (no training)."""
     example = dense.example_input_array[:1]
     layers = select_layers(dense, example, (), True, "benchmark")
     groups = channel_groups(dense, example, layers, 8)
-    probe = Probe("onnxruntime", example, batch, threads, rounds=3)
+    probe = Probe(backend, example, batch, threads, rounds=3)
     try:
         model = build_latency_model(dense, example, groups, probe, 8, widths_per_group=2)
     finally:
@@ -96,98 +220,153 @@ def widths_at_batch(dense: ClassificationModule, batch: int, speedup: float, thr
     graph = dependency_graph(dense, example)
     scores = group_scores(dense, graph, layers, [g.name for g in groups], "l2")
     weights = {g.name: float(len(g.layers)) for g in groups}
-    plan = allocate(scores, model.saving, model.base_ms, model.base_ms / speedup, 8, 1.0, weights)
-    return {"base_ms": model.base_ms, "predicted_ms": plan.predicted_ms, "widths": plan.widths}
+    target = model.base_ms / speedup
+    chosen = allocate(scores, model.saving, model.base_ms, target, 8, 1.0, weights)
+    return {"base_ms": model.base_ms, "predicted_ms": chosen.predicted_ms, "widths": chosen.widths}
+
+
+def part_plans(seed: int, data: Any, args: argparse.Namespace) -> dict[str, Any]:
+    dense = dense_model("resnet18", seed, data, args.cache)
+    found = {}
+    for backend, batch in (("onnxruntime", 1), ("onnxruntime", 64), ("openvino", 1)):
+        try:
+            found[f"{backend} b{batch}"] = plan(dense, backend, batch, 2.0, args.threads)
+        except RuntimeError as err:  # a runtime missing here
+            found[f"{backend} b{batch}"] = {"error": str(err).splitlines()[0]}
+    return {"speedup": 2.0, "plans": found}
+
+
+def onnx_accuracy(path: Path, data: Any, threads: int) -> float:
+    model = compile_model("onnxruntime", path, path.parent / "ort", threads=threads)
+    right = total = 0
+    for x, y in data.test_dataloader():
+        right += int((np.asarray(model.run(x.numpy())).argmax(1) == y.numpy()).sum())
+        total += len(y)
+    return 100.0 * right / total
+
+
+def part_qat(seed: int, data: Any, args: argparse.Namespace) -> dict[str, Any]:
+    dense = dense_model("resnet18", seed, data, args.cache)
+    if seed not in BUDGET_4X:
+        raise SystemExit("--parts qat runs after curve (same run): it starts from its 4x model")
+    pruned = BUDGET_4X[seed]
+    tuned = fine_tune(dense, [], data, args.epochs + 1, seed)  # as many epochs as prune + QAT
+    pruned_acc = accuracy(pruned, data)
+    pruned.hparams.lr, pruned.hparams.cosine_epochs = TUNE_LR / 10, 1
+    pl.seed_everything(seed + 200)
+    trainer(1, [QuantizationAware("onnxruntime")]).fit(pruned, datamodule=data)
+    example = dense.example_input_array[:1]
+    out = Path(tempfile.mkdtemp(prefix="bench-latency-qat-"))
+    files = {
+        "dense fp32": to_onnx(tuned.model, example, out / "dense" / "model.onnx"),
+        "budget 4x + QAT int8": to_onnx(pruned.model, example, out / "qat" / "model.onnx"),
+    }
+    rows: dict[str, dict[str, Any]] = {
+        name: {"acc": onnx_accuracy(path, data, args.threads)} for name, path in files.items()
+    }
+    rows["budget 4x fp32 (before QAT)"] = {"acc": pruned_acc}
+    base = compile_model("onnxruntime", files["dense fp32"], out / "b", threads=args.threads)
+    model = compile_model(
+        "onnxruntime", files["budget 4x + QAT int8"], out / "m", threads=args.threads
+    )
+    for batch in (1, 64):
+        inputs = random_inputs(example, batch)
+        runs = 200 if batch == 1 else 30
+        c = compare_latency(model, base, inputs, batch, runs=runs, rounds=6, threads=args.threads)
+        rows["budget 4x + QAT int8"][f"speedup_b{batch}"] = [
+            c.speedup,
+            c.speedup_p25,
+            c.speedup_p75,
+        ]
+        rows["budget 4x + QAT int8"][f"ms_b{batch}"] = c.model.median_ms
+        rows["dense fp32"][f"ms_b{batch}"] = c.baseline.median_ms
+    return {"rows": rows, "qat_epochs": 1, "dense_epochs": 1 + args.epochs + 1}
+
+
+# ----------------------------------------------------------------------------------- report
+def stderr(acc: float, n: int) -> float:
+    """Binomial standard error of a test accuracy in points (test sampling only)."""
+    p = acc / 100.0
+    return 100.0 * math.sqrt(p * (1 - p) / n)
+
+
+def _speed(row: dict[str, Any]) -> str:
+    return f"{row['speedup']:.2f}x ±{row['spread']:.0%}" if "speedup" in row else "1.00x"
+
+
+def report(results: dict[str, Any]) -> None:
+    """Print the saved results as Markdown tables (accuracy ± its test-sampling error)."""
+    n = results.get("args", {}).get("test_size", 2000)
+    head = "| variant | test top-1 % | speedup vs dense (measured) | callback measured |"
+    for model, by_seed in results.get("equal", {}).items():
+        for seed, part in by_seed.items():
+            print(f"\nequal latency: {model}, seed {seed}\n{head}\n|---|---|---|---|")
+            for key, row in part["rows"].items():
+                cb = f"{row['callback_speedup']:.2f}x" if row.get("callback_speedup") else "-"
+                acc = f"{row['acc']:.1f} ±{stderr(row['acc'], n):.1f}"
+                print(f"| {key} | {acc} | {_speed(row)} | {cb} |")
+    for seed, part in results.get("curve", {}).items():
+        print(f"\ncurve: resnet18, seed {seed}\n{head}\n|---|---|---|---|")
+        for key, row in part["rows"].items():
+            if "error" in row:
+                print(f"| {key} | refused: {row['error']} | | |")
+                continue
+            cb = f"{row['callback_speedup']:.2f}x" if row.get("callback_speedup") else "-"
+            print(f"| {key} | {row['acc']:.1f} | {_speed(row)} | {cb} |")
+    for seed, part in results.get("plans", {}).items():
+        plans = part["plans"]
+        names = [k for k in plans if "widths" in plans[k]]
+        print(f"\nplans for {part['speedup']:g}x, seed {seed}\n| group | " + " | ".join(names))
+        for group in plans[names[0]]["widths"] if names else []:
+            widths = " | ".join(str(plans[k]["widths"][group]) for k in names)
+            print(f"| {group} | {widths} |")
+    for seed, part in results.get("qat", {}).items():
+        print(f"\nqat, seed {seed}: {json.dumps(part['rows'], indent=1)}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--parts", nargs="+", default=["equal", "curve", "plans", "qat"])
+    parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--train-size", type=int, default=2000)
     parser.add_argument("--test-size", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per variant")
-    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads")
-    parser.add_argument("--skip-batch-widths", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="runtime threads")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "bench-lb")
+    parser.add_argument("--report", action="store_true", help="print the saved results only")
     args = parser.parse_args()
+    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if "rows" in results:  # the single-part layout of the first version
+        results = {}
+    if args.report:
+        report(results)
+        return
     warnings.filterwarnings("ignore")
-    pl.seed_everything(0)
-    started = time.perf_counter()
+    torch.set_num_threads(2)
     data = FashionMNISTDataModule(
         batch_size=128, train_size=args.train_size, test_size=args.test_size, val_size=500
     )
-    dense = ClassificationModule(args.model, lr=0.05, cosine_epochs=1)
-    trainer(1, []).fit(dense, datamodule=data)  # one dense epoch: magnitudes mean something
-    rows: dict[str, dict] = {"dense": {"acc": accuracy(dense, data)}}
-
-    uniform = copy_of(dense, 0.02, args.epochs)
-    prune = GradualPruning(0.5, schedule="constant", start_epoch=0, end_epoch=1, round_to=8)
-    trainer(args.epochs, [prune]).fit(uniform, datamodule=data)
-    rows["uniform 50%"] = {"acc": accuracy(uniform, data)}
-
-    probe = Probe("onnxruntime", dense.example_input_array[:1], 1, args.threads, rounds=7)
-    try:
-        dense_c, uniform_c = probe.compile(dense, True), probe.compile(uniform, True)
-        d_runs, u_runs = probe.time_rounds([dense_c, uniform_c])
-        speedup, _ = round_ratio(d_runs, u_runs)
-        budget = copy_of(dense, 0.02, args.epochs)
-        callback = LatencyBudgetPruning(
-            target_speedup=speedup,
-            threads=args.threads,
-            schedule="constant",
-            start_epoch=0,
-            end_epoch=1,
-            widths_per_group=2,
-        )
-        trainer(args.epochs, [callback]).fit(budget, datamodule=data)
-        rows["latency budget"] = {"acc": accuracy(budget, data), "target_speedup": speedup}
-        budget_c = probe.compile(budget, True)
-        runs = probe.time_rounds([dense_c, uniform_c, budget_c])
-    finally:
-        probe.close()
-    for name, index in (("uniform 50%", 1), ("latency budget", 2)):
-        ratio, spread = round_ratio(runs[0], runs[index])
-        rows[name].update(speedup=ratio, spread=spread)
-    rows["dense"].update(speedup=1.0, spread=0.0)
-    layer_widths = {"uniform 50%": widths(uniform), "latency budget": widths(budget)}
-
-    batch_widths = {}
-    if not args.skip_batch_widths:
-        for batch in (1, 64):
-            batch_widths[batch] = widths_at_batch(dense, batch, 2.0, args.threads)
-
-    print(
-        f"\n{args.model}, Fashion-MNIST train {args.train_size} / test {args.test_size}, "
-        f"{args.epochs} fine-tuning epochs, ONNX Runtime batch 1, {args.threads} thread(s)\n"
-    )
-    print("| variant | test acc (%) | speedup vs dense (measured, +- half IQR) |")
-    print("|---|---|---|")
-    for name, row in rows.items():
-        print(f"| {name} | {row['acc']:.1f} | {row['speedup']:.2f}x +- {row['spread']:.0%} |")
-    print("\n| layer | uniform 50% | latency budget |")
-    print("|---|---|---|")
-    for layer, width in layer_widths["uniform 50%"].items():
-        print(f"| {layer} | {width} | {layer_widths['latency budget'][layer]} |")
-    if batch_widths:
-        print("\nAllocator's widths for a 2x budget (same dense model, l2 importance):")
-        print("| group | batch 1 | batch 64 |")
-        print("|---|---|---|")
-        for group, width in batch_widths[1]["widths"].items():
-            print(f"| {group} | {width} | {batch_widths[64]['widths'][group]} |")
-    elapsed = time.perf_counter() - started
-    print(f"\n{elapsed:.0f} s")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "args": vars(args),
-                "rows": rows,
-                "layer_widths": layer_widths,
-                "batch_widths": {str(k): v for k, v in batch_widths.items()},
-                "seconds": elapsed,
-            },
-            indent=2,
-        )
-    )
+    results["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    for seed in args.seeds:
+        for part in args.parts:
+            started = time.perf_counter()
+            if part == "equal":
+                for name in args.models:
+                    out = part_equal(name, seed, data, args)
+                    results.setdefault("equal", {}).setdefault(name, {})[str(seed)] = out
+            elif part == "curve":
+                results.setdefault("curve", {})[str(seed)] = part_curve(seed, data, args)
+            elif part == "plans":
+                results.setdefault("plans", {})[str(seed)] = part_plans(seed, data, args)
+            elif part == "qat":
+                results.setdefault("qat", {})[str(seed)] = part_qat(seed, data, args)
+            else:
+                raise SystemExit(f"unknown part {part!r}: equal, curve, plans or qat")
+            results.setdefault("seconds", {})[f"{part} seed {seed}"] = time.perf_counter() - started
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            RESULTS.write_text(json.dumps(results, indent=2))
+    report(results)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,13 @@ from lightning_accel.callbacks.base import (
     rebuild_optimizers,
 )
 from lightning_accel.checkpointing import record_structural_change
-from lightning_accel.pruning.allocation import allocate, correction, schedule_target
+from lightning_accel.pruning.allocation import (
+    MAX_STAGES,
+    allocate,
+    correction,
+    schedule_target,
+    stage_goal,
+)
 from lightning_accel.pruning.channels import out_channels
 from lightning_accel.pruning.criteria import (
     Criterion,
@@ -206,6 +212,8 @@ class LatencyBudgetPruning(AccelCallback):
         self._step_schedule: StepSchedule | None = None
         self._pending = False
         self._checked = False
+        self._warned = False  # the "cannot be reached" warning was given
+        self.closest: float | None = None  # lowest latency measured with every group at minimum
 
     @property
     @override
@@ -393,11 +401,10 @@ class LatencyBudgetPruning(AccelCallback):
     ) -> None:
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         assert self._step_schedule is not None
-        step = trainer.current_epoch * self._step_schedule.steps_per_epoch + batch_idx
-        if not (self._pending or self._step_schedule.is_update_step(step)):
-            return
-        progress = self._step_schedule.sparsity_at(step)
-        if progress <= self.progress + 1e-9:
+        progress = self._step_schedule.due(
+            trainer.current_epoch, batch_idx, self.progress, self._pending
+        )
+        if progress is None:
             return
         if needs_gradients(self.criterion) and not has_gradients(
             [pl_module.get_submodule(n).weight for n in self._layers]  # type: ignore[misc]
@@ -407,16 +414,17 @@ class LatencyBudgetPruning(AccelCallback):
         self._pending = False
         assert self.dense_ms is not None and self.target_ms is not None
         goal = schedule_target(self.dense_ms, self.target_ms, progress)
+        final = progress >= 1.0 - 1e-9
         stages = 0
-        while stages < 3 and self._budget_frame(self.last) - goal > 0.3 * goal:
-            # A large cut: go 40% of the way, measure, and let the measured error correct the
-            # rest. The additive model errs most on large cuts (at batch 1 a model whose weights
-            # come to fit in cache speeds up more than its groups' savings add up to), and
-            # removed channels cannot return.
-            self._step(trainer, pl_module, progress, refresh=stages == 0, fraction=0.4)
+        # Removed channels cannot return, so the goal is approached from above: a large cut
+        # in stages, each measured and correcting the next (see stage_goal).
+        while stages < MAX_STAGES:
+            aim = stage_goal(self._budget_frame(self.last), goal, final)
+            if aim <= goal:
+                break
+            self._step(trainer, pl_module, progress, refresh=stages == 0, aim_ms=aim)
             stages += 1
         self._step(trainer, pl_module, progress, refresh=stages == 0)
-        final = progress >= 1.0 - 1e-9
         for _ in range(self.max_corrections if final else 0):
             if self._within_budget():
                 break
@@ -433,7 +441,7 @@ class LatencyBudgetPruning(AccelCallback):
         pl_module: pl.LightningModule,
         progress: float,
         refresh: bool = True,
-        fraction: float = 1.0,
+        aim_ms: float | None = None,
     ) -> None:
         """Plan on rank zero, apply on every rank, measure on rank zero (closed loop).
 
@@ -442,7 +450,7 @@ class LatencyBudgetPruning(AccelCallback):
             pl_module: The module, changed in place.
             progress: Schedule progress in [0, 1]: sets the step's latency goal.
             refresh: Measure a new latency model (else reuse the last one).
-            fraction: Go this fraction of the way from the measured latency to the goal.
+            aim_ms: Latency to cut to in this stage (above the step's goal); default: the goal.
         """
         assert (
             self._example is not None and self.dense_ms is not None and self.target_ms is not None
@@ -450,7 +458,7 @@ class LatencyBudgetPruning(AccelCallback):
         check_finite_weights(pl_module, self.technique)
         before = self._budget_frame(self.last)
         goal = schedule_target(self.dense_ms, self.target_ms, progress)
-        goal = before - fraction * (before - goal)
+        goal = goal if aim_ms is None else max(goal, aim_ms)
         graph = dependency_graph(pl_module, self._example)
         plan: Any = None
         if trainer.is_global_zero:
@@ -483,11 +491,26 @@ class LatencyBudgetPruning(AccelCallback):
             }
         )
         if not reached:
-            rank_zero_warn(
-                f"LatencyBudgetPruning: the latency model predicts that {goal:.4g} ms cannot be "
-                f"reached without cutting groups below round_to={self.round_to} channels; closest "
-                f"reachable: {predicted:.4g} ms predicted, {after:.4g} ms measured."
-            )
+            self._note_unreachable(goal, predicted, after)
+
+    def _note_unreachable(self, goal: float, predicted: float, measured: float) -> None:
+        """Warn once that ``goal`` is out of reach; keep the closest latency for the final message.
+
+        Args:
+            goal: The latency the step aimed at, in ms.
+            predicted: The allocator's closest prediction (every group at its minimum), in ms.
+            measured: The latency measured after the step, in ms (budget frame).
+        """
+        self.closest = measured if self.closest is None else min(self.closest, measured)
+        if self._warned:  # once: the final message repeats the closest latency
+            return
+        self._warned = True
+        rank_zero_warn(
+            f"LatencyBudgetPruning: the latency model predicts that {goal:.4g} ms cannot be "
+            f"reached without cutting groups below round_to={self.round_to} channels; closest "
+            f"reachable: {predicted:.4g} ms predicted, {measured:.4g} ms measured. The final "
+            "message gives the closest latency reached."
+        )
 
     def _plan(
         self,
@@ -574,15 +597,21 @@ class LatencyBudgetPruning(AccelCallback):
         if self._within_budget():
             rank_zero_info(
                 f"LatencyBudgetPruning: budget met on {self.backend}: {frame:.4g} ms measured vs "
-                f"{self.target_ms:.4g} ms budget (tolerance {tolerance:.1%}, the measured spread); "
-                f"{speedup:.2f}x the dense model in the same timing rounds."
+                f"{self.target_ms:.4g} ms budget (tolerance {tolerance:.1%}, the measured spread; "
+                f"measured {frame / self.target_ms - 1.0:+.1%} from it); {speedup:.2f}x the dense "
+                "model in the same timing rounds."
             )
         else:
+            why = (
+                f"every channel group reached round_to={self.round_to} channels, and the closest "
+                f"latency reachable was {self.closest:.4g} ms measured"
+                if self._warned and self.closest is not None
+                else f"after {self.max_corrections} corrections"
+            )
             rank_zero_warn(
-                f"LatencyBudgetPruning: budget NOT met on {self.backend}: the closest reached is "
-                f"{frame:.4g} ms measured vs {self.target_ms:.4g} ms budget (tolerance "
-                f"{tolerance:.1%}) after {self.max_corrections} corrections; {speedup:.2f}x the "
-                "dense model. Raise the budget or lower round_to."
+                f"LatencyBudgetPruning: budget NOT met on {self.backend}: {frame:.4g} ms measured "
+                f"vs {self.target_ms:.4g} ms budget (tolerance {tolerance:.1%}); {why}; "
+                f"{speedup:.2f}x the dense model. Raise the budget or lower round_to."
             )
 
     # ----------------------------------------------------------------- logging, state
@@ -657,6 +686,7 @@ class LatencyBudgetPruning(AccelCallback):
             "last": dict(self.last),
             "history": list(self.history),
             "end_epoch": self.end_epoch,
+            "closest": self.closest,
         }
 
     @override
@@ -671,6 +701,7 @@ class LatencyBudgetPruning(AccelCallback):
             self.target_ms = state_dict.get("target_ms")
         self.history = list(state_dict.get("history", []))
         self.end_epoch = state_dict.get("end_epoch", self.end_epoch)
+        self.closest = state_dict.get("closest", self.closest)
 
 
 def _median(runs: list[list[float]]) -> float:

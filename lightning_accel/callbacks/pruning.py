@@ -283,11 +283,10 @@ class GradualPruning(AccelCallback):
     ) -> None:
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         assert self._step_schedule is not None
-        step = trainer.current_epoch * self._step_schedule.steps_per_epoch + batch_idx
-        if not (self._pending_update or self._step_schedule.is_update_step(step)):
-            return
-        sparsity = self._step_schedule.sparsity_at(step)
-        if sparsity <= self.applied_sparsity + 1e-9:
+        sparsity = self._step_schedule.due(
+            trainer.current_epoch, batch_idx, self.applied_sparsity, self._pending_update
+        )
+        if sparsity is None:
             return
         if needs_gradients(self.criterion) and not self._layers_have_gradients(pl_module):
             # No backward pass yet (first batch of fit or of a resumed run): prune one batch

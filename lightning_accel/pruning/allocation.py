@@ -149,6 +149,50 @@ def schedule_target(dense_ms: float, target_ms: float, progress: float) -> float
     return dense_ms - p * (dense_ms - target_ms)
 
 
+# Staging of one pruning step (see stage_goal): at most this many measured stages before the
+# last cut to the goal.
+MAX_STAGES = 6
+LARGE_GAP = 0.3  # a gap above 30% of the goal is cut 40% of the way per stage
+FINE_GAP = 0.05  # at the final step, a gap above 5% of the goal is cut 70% of the way
+
+
+def stage_goal(current_ms: float, goal_ms: float, final: bool = False) -> float:
+    """Latency to cut to in the next measured stage of a pruning step; ``goal_ms`` when none.
+
+    Removed channels cannot return, so a step approaches its goal **from above**, each stage
+    measured on the runtime and its error correcting the next (NetAdapt likewise takes many
+    small, measured steps). The additive latency model errs most on large cuts (at batch 1 a
+    model whose weights come to fit in cache speeds up more than its groups' savings add up
+    to), so:
+
+    - a gap above ``LARGE_GAP`` of the goal is cut 40% of the way;
+    - at the final step (the budget itself), a gap above ``FINE_GAP`` of the goal is cut 70%
+      of the way, so the last cut is small and so is its error against the budget. Without
+      this stage, the last cut went from about 50% above the budget in one shot and ended 5%
+      below it (ResNet-18, 3.50x measured for a 3.34x budget): channels cut for nothing;
+    - otherwise the goal itself.
+
+    Args:
+        current_ms: The latency measured now, in ms (in the budget's frame).
+        goal_ms: The step's goal, in ms.
+        final: Whether the goal is the budget (the last step of the schedule).
+
+    Returns:
+        The latency to cut to next, in ms: above ``goal_ms`` while a stage is due, else
+        ``goal_ms``.
+
+    Example:
+        >>> stage_goal(10.0, 5.0), stage_goal(6.0, 5.0), stage_goal(6.0, 5.0, final=True)
+        (8.0, 5.0, 5.3)
+    """
+    gap = current_ms - goal_ms
+    if gap > LARGE_GAP * goal_ms:
+        return current_ms - 0.4 * gap
+    if final and gap > FINE_GAP * goal_ms:
+        return current_ms - 0.7 * gap
+    return goal_ms
+
+
 def correction(
     before_ms: float, predicted_ms: float, measured_ms: float, bounds: Sequence[float] = (0.5, 2.0)
 ) -> float:

@@ -134,3 +134,33 @@ class StepSchedule:
             return False
         every = self.every_n_steps or self.steps_per_epoch
         return step == self.end_step or (step - self.start_step) % every == 0
+
+    def due(
+        self, epoch: int, batch_idx: int, applied: float, pending: bool = False
+    ) -> float | None:
+        """The value to apply at this training batch, or ``None`` when nothing is due.
+
+        The dispatch every scheduled callback runs in ``on_train_batch_start``: act on update
+        batches (or on any batch while an update is ``pending``, e.g. waiting one batch for
+        gradients) when the schedule has moved past what was ``applied``.
+
+        Args:
+            epoch: ``trainer.current_epoch``.
+            batch_idx: Index of the batch within the epoch.
+            applied: The schedule value applied so far (sparsity, or progress in [0, 1]).
+            pending: An update was deferred from an earlier batch.
+
+        Returns:
+            The schedule's value at this batch when it is an update (or pending) batch and the
+            value exceeds ``applied``; else ``None``.
+
+        Example:
+            >>> s = StepSchedule(0, 2, 10, None, 0.0, 0.5, "linear")
+            >>> s.due(0, 0, 0.0), s.due(0, 3, 0.0), s.due(1, 0, 0.0), s.due(1, 0, 0.25)
+            (None, None, 0.25, None)
+        """
+        step = epoch * self.steps_per_epoch + batch_idx
+        if not (pending or self.is_update_step(step)):
+            return None
+        value = self.sparsity_at(step)
+        return value if value > applied + 1e-9 else None

@@ -127,6 +127,20 @@ def test_cli_flags_translate_to_the_callback() -> None:
         callback_from_flags(latency_budget_ms=1.0, target_speedup=2.0)
 
 
+def test_an_unreachable_goal_is_warned_once_and_the_closest_latency_said_at_the_end() -> None:
+    callback = LatencyBudgetPruning(target_latency_ms=1.0, threads=1, end_epoch=2)
+    callback.dense_ms, callback.target_ms = 4.0, 1.0
+    callback.last = {"measured_ms": 1.6, "dense_ms": 4.0, "spread": 0.01}
+    with pytest.warns(UserWarning, match="cannot be reached") as caught:
+        for measured in (1.8, 1.6, 1.7):  # three steps at the minimum widths
+            callback._note_unreachable(1.0, 1.5, measured)
+    assert len([w for w in caught if "cannot be reached" in str(w.message)]) == 1
+    assert callback.closest == 1.6
+    with pytest.warns(UserWarning, match=r"NOT met.*closest latency reachable was 1.6 ms"):
+        callback._report_final()
+    assert callback.state_dict()["closest"] == 1.6
+
+
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     ("kwargs", "message"),

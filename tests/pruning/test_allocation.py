@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from lightning_accel.pruning.allocation import (
+    MAX_STAGES,
     allocate,
     correction,
     next_width,
     schedule_target,
+    stage_goal,
 )
 
 
@@ -90,3 +92,24 @@ def test_schedule_target_and_correction() -> None:
 def test_round_to_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="round_to must be >= 1"):
         allocate({"a": torch.ones(8)}, lambda n, w: 0.0, 1.0, 0.5, 0)
+
+
+def test_the_final_step_approaches_the_budget_from_above_in_measured_stages() -> None:
+    # A runtime whose measured saving exceeds the planned one by a share growing with the cut
+    # (at batch 1, a model whose weights come to fit in cache speeds up disproportionately)
+    def measured_after(current: float, aim: float) -> float:
+        cut = current - aim
+        return current - cut * (1.0 + cut / current)
+
+    goal = 3.0
+    assert measured_after(10.0, goal) < 0.5 * goal  # one shot: far below the budget
+    current, stages = 10.0, 0
+    while stages < MAX_STAGES and (aim := stage_goal(current, goal, final=True)) > goal:
+        assert goal < aim < current
+        current = measured_after(current, aim)
+        stages += 1
+    assert current > goal  # every stage stopped above the budget
+    assert goal * 0.98 <= measured_after(current, goal) <= goal  # the last cut lands within 2%
+    # an intermediate step of the schedule goes straight to its goal below a 30% gap
+    assert stage_goal(3.5, 3.0) == 3.0 and stage_goal(3.5, 3.0, final=True) < 3.5
+    assert stage_goal(3.1, 3.0, final=True) == 3.0  # within 5%: the goal itself

@@ -40,6 +40,20 @@ def test_step_schedule_defaults_to_once_per_epoch() -> None:
     assert [s for s in range(30) if schedule.is_update_step(s)] == [0, 7, 14]
 
 
+def test_due_dispatches_update_batches_past_what_was_applied() -> None:
+    # the dispatch GradualPruning and LatencyBudgetPruning share in on_train_batch_start
+    schedule = StepSchedule(1, 3, steps_per_epoch=10, every_n_steps=5, initial=0.0, final=0.5)
+    assert schedule.due(0, 0, applied=0.0) is None  # before start_epoch
+    assert schedule.due(1, 0, applied=0.0) is None  # schedule value 0: nothing to apply
+    assert schedule.due(1, 3, applied=0.0) is None  # not an update batch
+    value = schedule.due(1, 5, applied=0.0)
+    assert value == schedule.sparsity_at(15) and value > 0.0
+    assert schedule.due(1, 5, applied=value) is None  # already applied
+    assert schedule.due(1, 6, applied=0.0, pending=True) == schedule.sparsity_at(16)  # deferred
+    assert schedule.due(3, 0, applied=0.0) == 0.5  # reaches the final value at end_epoch
+    assert schedule.due(3, 5, applied=0.0) is None  # after the schedule
+
+
 @pytest.mark.bad_input("constructor")
 def test_unknown_schedule_lists_valid_names() -> None:
     with pytest.raises(
