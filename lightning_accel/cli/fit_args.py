@@ -14,6 +14,8 @@ from typing import Any
 
 # GradualPruning's modes (lightning_accel.callbacks.pruning.PruningMode; a test keeps them equal)
 PRUNING_MODES = ("structured", "unstructured", "2:4")
+# The CPU runtimes the main job times (registry names); ONNX Runtime is the reference.
+JOB_RUNTIMES = ("onnxruntime", "openvino")
 
 
 @dataclass
@@ -26,6 +28,12 @@ class PruningJobConfig:
         target_sparsity: Target of :class:`GradualPruning`.
         dense_epochs: Epochs to train the dense baseline.
         prune_epochs: Epochs of pruning and fine-tuning that follow, starting from the baseline.
+        qat_epochs: Epochs of quantization-aware training (``QuantizationAware``, int8) of the
+            pruned model that follow, giving a third row; 0: none. Structured mode only
+            (unstructured and 2:4 zeros would grow back without the pruning masks).
+        backends: CPU runtimes to export to, verify and time, besides ONNX Runtime (always
+            measured: the reference). ``None``: ONNX Runtime and OpenVINO when ``openvino`` is
+            installed, else ONNX Runtime alone.
         train_size: Training images used (a fixed subset of the 55,000); ``None``: all.
         test_size: Test images used for accuracy; ``None``: all 10,000.
         val_size: Training images held out for per-epoch validation.
@@ -43,6 +51,8 @@ class PruningJobConfig:
     target_sparsity: float = 0.5
     dense_epochs: int = 3
     prune_epochs: int = 4
+    qat_epochs: int = 1
+    backends: tuple[str, ...] | None = None
     train_size: int | None = 12_000
     test_size: int | None = None
     val_size: int = 5000
@@ -68,7 +78,8 @@ class PruningJobConfig:
         _require("lr", _is_number(self.lr) and self.lr > 0, "> 0", self.lr)
         at_least = {
             "dense_epochs": (1, ""), "prune_epochs": (2, " (pruning, then fine-tuning)"),
-            "val_size": (0, ""), "batch_size": (1, ""), "latency_runs": (1, ""),
+            "qat_epochs": (0, " (0: no int8 row)"), "val_size": (0, ""), "batch_size": (1, ""),
+            "latency_runs": (1, ""),
         }  # fmt: skip
         for name, (low, why) in at_least.items():
             value = getattr(self, name)
@@ -78,6 +89,28 @@ class PruningJobConfig:
             value = getattr(self, name)
             ok = value is None or (_is_int(value) and value >= 1)
             _require(name, ok, f"an integer >= 1, or None for {none}", value)
+        if self.backends is not None:
+            self.backends = _check_job_backends(self.backends)
+
+    def runtimes(self) -> tuple[tuple[str, ...], str | None]:
+        """The runtimes to measure, ONNX Runtime first, and a one-line note on what was left out.
+
+        Returns:
+            ``(runtimes, note)``: with ``backends=None``, ONNX Runtime and OpenVINO when
+            ``openvino`` is installed; otherwise ONNX Runtime alone and a note naming the extra.
+        """
+        from lightning_accel.backends import get_backend
+
+        if self.backends is not None:
+            return ("onnxruntime", *(b for b in self.backends if b != "onnxruntime")), None
+        problem = get_backend("openvino").problem()
+        if problem is None:
+            return JOB_RUNTIMES, None
+        return ("onnxruntime",), f"OpenVINO not measured: {problem}; ONNX Runtime only."
+
+    def quantizes(self) -> bool:
+        """Whether the job adds the pruned + int8 QAT row (``qat_epochs`` > 0, structured)."""
+        return self.qat_epochs > 0 and self.mode == "structured"
 
     @classmethod
     def quick(cls, **overrides: Any) -> PruningJobConfig:
@@ -93,12 +126,35 @@ class PruningJobConfig:
         return cls(**{**settings, **overrides})
 
 
+def _check_job_backends(backends: Any) -> tuple[str, ...]:
+    """``backends`` as a tuple of the CPU runtimes the job can time, each installed.
+
+    Raises:
+        ValueError: Naming an unknown or duplicated runtime, or the extra to install.
+    """
+    names = (backends,) if isinstance(backends, str) else tuple(backends)
+    for name in names:
+        _require("backends", name in JOB_RUNTIMES, f"among {list(JOB_RUNTIMES)}", name)
+    _require("backends", len(set(names)) == len(names), "without repeats", list(names))
+    from lightning_accel.backends import get_backend
+
+    for name in names:
+        problem = get_backend(name).problem()
+        if problem:
+            raise ValueError(
+                f"--backend {name}: {problem}. Install it, or leave out --backend {name}."
+            )
+    return names
+
+
 def _require(name: str, ok: bool, allowed: str, value: Any) -> None:
     """Raise unless ``ok``, naming the setting, the command-line flag if it has one, the value."""
     if ok:
         return
-    default = {"threads": 2, "test_size": 1000}.get(name, getattr(PruningJobConfig, name))
-    flag = name.replace("_", "-")
+    default = {"threads": 2, "test_size": 1000, "backends": "openvino"}.get(
+        name, getattr(PruningJobConfig, name)
+    )
+    flag = {"backends": "backend"}.get(name, name.replace("_", "-"))
     on_command_line = f"--{flag}" in MAIN_JOB_FLAGS or name == "threads"
     example = f"--{flag} {default}" if on_command_line else f"PruningJobConfig({name}={default!r})"
     raise ValueError(f"{name} must be {allowed}; got {value!r}. Example: {example}")
@@ -120,6 +176,12 @@ MAIN_JOB_FLAGS = {
     "--target-sparsity": ("target_sparsity", "--set callbacks.pruning.target_sparsity=VALUE"),
     "--dense-epochs": ("dense_epochs", "--set callbacks.pruning.start_epoch=N"),
     "--prune-epochs": ("prune_epochs", "--set trainer.max_epochs=N callbacks.pruning.end_epoch=M"),
+    "--qat-epochs": (
+        "qat_epochs",
+        "a recipe with QuantizationAware (resnet18_qat) and --set "
+        "callbacks.quantization.start_epoch=N",
+    ),
+    "--backend": ("backends", "--set 'callbacks.export.backends=[onnxruntime,openvino]'"),
     "--train-size": ("train_size", "--set data.train_size=N"),
 }
 
@@ -134,6 +196,20 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-sparsity", type=float, help=f"default: {job.target_sparsity}")
     p.add_argument("--dense-epochs", type=int, help=f"default: {job.dense_epochs}")
     p.add_argument("--prune-epochs", type=int, help=f"default: {job.prune_epochs} (>= 2)")
+    p.add_argument(
+        "--qat-epochs",
+        type=int,
+        help=f"int8 QAT epochs of the pruned model, a third row (default: {job.qat_epochs}; "
+        "0: none; structured mode only)",
+    )
+    p.add_argument(
+        "--backend",
+        dest="backends",
+        action="append",
+        choices=list(JOB_RUNTIMES),
+        help="CPU runtime to time besides ONNX Runtime, the reference; repeatable "
+        "(default: OpenVINO too when installed)",
+    )
     p.add_argument(
         "--train-size",
         type=int,
@@ -254,7 +330,8 @@ def main_job_flags_as_overrides(args: argparse.Namespace) -> list[str]:
 
     Raises:
         ValueError: For a flag no recipe key stands for (``--dense-epochs``,
-            ``--prune-epochs``), naming the keys to set instead.
+            ``--prune-epochs``, ``--qat-epochs``, ``--backend``), naming the keys to set
+            instead.
     """
     overrides = [
         f"{key}={getattr(args, name)}"
@@ -264,8 +341,9 @@ def main_job_flags_as_overrides(args: argparse.Namespace) -> list[str]:
     for flag, (name, fix) in given_main_job_flags(args).items():
         value = getattr(args, name)
         if flag not in RECIPE_KEYS:
+            shown = " ".join(map(str, value)) if isinstance(value, list) else value
             raise ValueError(
-                f"{flag} {value} applies to the main job's two phases and has no one recipe "
+                f"{flag} {shown} applies to the main job's phases and has no one recipe "
                 f"key; with --recipe set the keys instead: {fix}"
             )
         shown = "null" if flag == "--train-size" and value == 0 else value

@@ -1,4 +1,10 @@
-"""The main job: train a dense baseline, prune it during fine-tuning, export and compare."""
+"""The main job: train a dense baseline, prune it, quantize it, export and compare on two runtimes.
+
+Rows: the dense fp32 baseline; a copy pruned during fine-tuning (``GradualPruning``); that pruned
+model after int8 quantization-aware training (``QuantizationAware``). Each is exported to ONNX,
+verified against PyTorch on real test images and timed on ONNX Runtime and, when installed,
+OpenVINO: against the same runtime's fp32 baseline and against ONNX Runtime's.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_accel.callbacks.pruning import GradualPruning
+from lightning_accel.callbacks.quantization import QuantizationAware
 from lightning_accel.cli.fit_args import (  # noqa: F401 - re-exported
     MAIN_JOB_FLAGS,
     PruningJobConfig,
@@ -112,10 +119,51 @@ def pruning_callback(cfg: PruningJobConfig) -> GradualPruning:
     )
 
 
+def verification_images(data: pl.LightningDataModule, count: int = 256) -> torch.Tensor:
+    """The first ``count`` test images (fewer if the test split is smaller), ``[N, 1, 28, 28]``."""
+    data.setup("test")
+    images: list[torch.Tensor] = []
+    for x, _ in data.test_dataloader():
+        images.append(x)
+        if sum(len(i) for i in images) >= count:
+            break
+    return torch.cat(images)[:count]
+
+
+def quantize_in_place(
+    module: ClassificationModule,
+    cfg: PruningJobConfig,
+    data: pl.LightningDataModule,
+    out: Path,
+    progress: bool,
+) -> pl.Trainer:
+    """Quantization-aware training of ``module`` (already pruned) for ``cfg.qat_epochs``.
+
+    ``QuantizationAware`` swaps conv/linear layers for int8 fake-quant in ONNX Runtime's Q/DQ
+    flavour (the one OpenVINO also runs fastest, docs/backends.md) at the first epoch; the
+    learning rate is a tenth of the dense run's, cosine-annealed over the QAT epochs.
+
+    Returns:
+        The Trainer that ran it (for the test loop).
+    """
+    module.hparams["lr"] = cfg.lr / 10
+    module.hparams["cosine_epochs"] = cfg.qat_epochs
+    qat = QuantizationAware("onnxruntime", start_epoch=0)
+    trainer = make_trainer(cfg.qat_epochs, [qat], out, "pruned_qat", progress)
+    trainer.fit(module, datamodule=data)
+    return trainer
+
+
 def run_pruning_job(cfg: PruningJobConfig, progress: bool = True) -> list[ModelReport]:
-    """Train, prune, export and measure; prints and returns the table rows."""
+    """Train, prune, quantize, export and measure on each runtime; returns the table rows.
+
+    Prints one line first when OpenVINO is left out (not installed).
+    """
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     pruning = pruning_callback(cfg)  # refuse bad settings before any training
+    runtimes, note = cfg.runtimes()
+    if note:
+        print(note)
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
     out = Path(cfg.output_dir)
@@ -132,38 +180,44 @@ def run_pruning_job(cfg: PruningJobConfig, progress: bool = True) -> list[ModelR
     trainer.fit(dense, datamodule=data)
     dense_acc = test_accuracy(trainer, dense, data)
 
+    example = dense.example_input_array
+    assert isinstance(example, torch.Tensor)
+    images = verification_images(data)
+
+    def measure(name: str, module: ClassificationModule, accuracy: float, file: str) -> ModelReport:
+        return measure_model(
+            name,
+            module.model,
+            accuracy,
+            example,
+            out / file,
+            threads=cfg.threads,
+            runs=cfg.latency_runs,
+            runtimes=runtimes,
+            verify_inputs=images,
+        )
+
+    rows = [measure(f"dense fp32 ({cfg.dense_epochs} ep)", dense, dense_acc, "dense.onnx")]
     pruned = fine_tune_copy(dense, cfg.prune_epochs, cfg.lr / 5)
     trainer = make_trainer(cfg.prune_epochs, [pruning], out, "pruned", progress)
     trainer.fit(pruned, datamodule=data)
+    name = f"{cfg.mode} {cfg.target_sparsity:.0%}"
     pruned_acc = test_accuracy(trainer, pruned, data)
-
-    example = dense.example_input_array
-    assert isinstance(example, torch.Tensor)
-    rows = [
-        measure_model(
-            f"dense ({cfg.dense_epochs} ep)",
-            dense.model,
-            dense_acc,
-            example,
-            out / "dense.onnx",
-            threads=cfg.threads,
-            runs=cfg.latency_runs,
-        ),
-        measure_model(
-            f"{cfg.mode} {cfg.target_sparsity:.0%} (+{cfg.prune_epochs} ep)",
-            pruned.model,
-            pruned_acc,
-            example,
-            out / "pruned.onnx",
-            threads=cfg.threads,
-            runs=cfg.latency_runs,
-        ),
-    ]
-    time_against_baseline(rows, rows[0], threads=cfg.threads, runs=cfg.latency_runs)
-    write_summary(out / "summary.json", rows, {"config": asdict(cfg)})
+    rows.append(measure(f"{name} (+{cfg.prune_epochs} ep)", pruned, pruned_acc, "pruned.onnx"))
+    if cfg.quantizes():  # the pruned file is written: QAT continues on the same model
+        trainer = quantize_in_place(pruned, cfg, data, out, progress)
+        qat_acc = test_accuracy(trainer, pruned, data)
+        label = f"{name} + int8 QAT (+{cfg.qat_epochs} ep)"
+        rows.append(measure(label, pruned, qat_acc, "pruned_int8.onnx"))
+    time_against_baseline(
+        rows, rows[0], threads=cfg.threads, runs=cfg.latency_runs, runtimes=runtimes
+    )
+    extra = {"config": asdict(cfg), "runtimes": list(runtimes), "notes": [note] if note else []}
+    write_summary(out / "summary.json", rows, extra)
     return rows
 
 
 def print_report(rows: list[ModelReport]) -> None:
-    """Print the table with the first row as the baseline."""
-    print(format_table(rows, rows[0]))
+    """Print the table with the first row as the baseline, one line per runtime measured."""
+    runtimes = list(rows[0].runtimes) or None
+    print(format_table(rows, rows[0], runtimes))

@@ -14,10 +14,12 @@ from lightning_accel.backends import DEFAULT_BACKEND, backend_names
 def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "fit",
-        help="train a dense baseline and a pruned model on Fashion-MNIST, export both, compare",
+        help="train a dense, a pruned and a pruned int8 model on Fashion-MNIST, export, compare",
         description=(
             "Train ResNet-18 on Fashion-MNIST, prune it during fine-tuning with GradualPruning, "
-            "export both to ONNX and print accuracy, size, MACs and ONNX Runtime latency. "
+            "then train it for int8 with QuantizationAware; export each to ONNX, verify it "
+            "against PyTorch and print accuracy, size, MACs and latency on ONNX Runtime and, "
+            "when installed, OpenVINO (each against its own fp32 baseline and ONNX Runtime's). "
             "With --recipe: fit a recipe instead; its keys are set with --set KEY=VALUE. "
             "Exit code 2: bad input (nothing has run)."
         ),
@@ -114,6 +116,8 @@ def _run_fit(args: argparse.Namespace) -> int:
     settings = dict(data_dir=args.data_dir, output_dir=args.output_dir, threads=args.threads)
     for name, _ in given_main_job_flags(args).values():
         settings[name] = getattr(args, name)
+    if settings.get("backends") is not None:
+        settings["backends"] = tuple(settings["backends"])
     if settings.get("train_size") == 0:
         settings["train_size"] = None  # all 55,000 images
     # Flags given apply on top of the quick settings; the config refuses bad values.

@@ -135,7 +135,7 @@ def _sweep_file(tmp_path: Path, command_tail: str) -> Path:
 def test_a_sweep_command_with_a_main_job_flag_no_key_stands_for_is_refused(tmp_path, capsys):
     assert main(["sweep", str(_sweep_file(tmp_path, ", --dense-epochs, '2'")), "--local"]) == 2
     line = _error_line(capsys)
-    assert "--dense-epochs 2 applies to the main job's two phases" in line
+    assert "--dense-epochs 2 applies to the main job's phases" in line
     assert "--set callbacks.pruning.start_epoch=N" in line
 
 
@@ -274,7 +274,7 @@ def test_a_flag_applied_to_a_recipe_reaches_the_callback(monkeypatch) -> None:
 def test_main_job_flags_no_recipe_key_stands_for_are_refused(capsys, flag) -> None:
     assert main(["fit", "--recipe", str(CLEAN), flag, "2"]) == 2
     line = _error_line(capsys)
-    assert f"{flag} 2 applies to the main job's two phases and has no one recipe key" in line
+    assert f"{flag} 2 applies to the main job's phases and has no one recipe key" in line
     assert f"set the keys instead: {MAIN_JOB_FLAGS[flag][1]}" in line
 
 
