@@ -197,8 +197,12 @@ def test_sweep_set_reaches_every_trial_command(tmp_path) -> None:
         ),
         (["--model", "resnet9000"], "model must be one of ['efficientnet_b0', "),
         (["--threads", "0"], "--threads must be >= 1; got 0"),
+        (
+            ["--qat-epochs", "-1"],
+            "qat_epochs must be an integer >= 0 (0: no int8 row); got -1. Example: --qat-epochs 1",
+        ),
     ],
-    ids=["prune-1", "prune-0", "dense-0", "sparsity", "train-size", "model", "threads"],
+    ids=["prune-1", "prune-0", "dense-0", "sparsity", "train-size", "model", "threads", "qat"],
 )
 @pytest.mark.parametrize("quick", [True, False], ids=["quick", "full"])
 @pytest.mark.bad_input("cli")
@@ -269,13 +273,32 @@ def test_a_flag_applied_to_a_recipe_reaches_the_callback(monkeypatch) -> None:
     assert recipe.callbacks()[0].target_sparsity == 0.3
 
 
-@pytest.mark.parametrize("flag", ["--dense-epochs", "--prune-epochs"])
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--dense-epochs", "2"), ("--prune-epochs", "2"), ("--qat-epochs", "2"),
+     ("--backend", "openvino")],
+)  # fmt: skip
 @pytest.mark.bad_input("cli")
-def test_main_job_flags_no_recipe_key_stands_for_are_refused(capsys, flag) -> None:
-    assert main(["fit", "--recipe", str(CLEAN), flag, "2"]) == 2
+def test_main_job_flags_no_recipe_key_stands_for_are_refused(capsys, flag, value) -> None:
+    assert main(["fit", "--recipe", str(CLEAN), flag, value]) == 2
     line = _error_line(capsys)
-    assert f"{flag} 2 applies to the main job's phases and has no one recipe key" in line
+    assert f"{flag} {value} applies to the main job's phases and has no one recipe key" in line
     assert f"set the keys instead: {MAIN_JOB_FLAGS[flag][1]}" in line
+
+
+@pytest.mark.bad_input("cli")
+def test_backend_openvino_without_the_package_exits_2_naming_the_extra(monkeypatch, capsys):
+    from lightning_accel.backends import openvino as openvino_backend
+
+    def no_training(cfg):
+        raise AssertionError(f"training started with {cfg}")
+
+    monkeypatch.setattr("lightning_accel.cli.fit_job.run_pruning_job", no_training)
+    monkeypatch.setattr(openvino_backend, "_OPENVINO_AVAILABLE", False)
+    assert main(["fit", "--quick", "--backend", "openvino"]) == 2
+    line = _error_line(capsys)
+    assert "--backend openvino: the `openvino` package is not installed" in line
+    assert 'pip install "lightning-accel[openvino]"' in line
 
 
 @pytest.mark.bad_input("cli")

@@ -19,13 +19,17 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_quick_fit_trains_prunes_exports_and_reports_a_speedup(tmp_path) -> None:
+    # OpenVINO beside ONNX Runtime: tests/cli/test_fit_runtimes.py (a smaller model)
     result = _cli(
-        "fit", "--quick", "--output-dir", str(tmp_path / "run"), "--threads", "2", cwd=tmp_path
-    )
+        "fit", "--quick", "--output-dir", str(tmp_path / "run"), "--threads", "2",
+        "--backend", "onnxruntime", cwd=tmp_path,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "| model | top-1 % |" in result.stdout and "speedup @b64" in result.stdout
+    assert "| model | top-1 % |" in result.stdout and "vs own fp32 @b64" in result.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    dense, pruned = summary["models"]
+    dense, pruned, int8 = summary["models"]
+    assert int8["runtimes"]["onnxruntime"]["verification"]["passed"]
+    assert int8["runtimes"]["onnxruntime"]["integer_ops"][0] > 0
     assert pruned["params"] < 0.35 * dense["params"]
     assert pruned["macs"] < 0.5 * dense["macs"]
     assert pruned["onnx_bytes"] < 0.35 * dense["onnx_bytes"]
