@@ -1,25 +1,29 @@
 """Distillation benchmark: compression with and without the dense model as teacher.
 
-Fashion-MNIST. For each case a dense fp32 model is trained first; then two copies of it are
-compressed with the same callbacks, data and epochs, one plain and one with
-``Distillation(teacher="initial")`` (the trained dense model, frozen). Reported: test accuracy
-of fp32, plain and distilled (PyTorch, on the test split), the distillation delta, and the
-training-step cost with the teacher against a plain step (median wall time per training batch
-of the two compression runs, measured in the same process).
+Fashion-MNIST. Per architecture a dense fp32 model is trained once (on ``--dense-train-size``
+images: a teacher trained on more data than the compression sees, as a user's production
+model would be); per case and seed, two copies of it are compressed with the same callbacks,
+data (``--train-size`` images, a subset of the dense model's), epochs and batch order, one
+plain and one with ``Distillation(teacher="initial")`` (the dense model, frozen). A seed sets
+the order of the compression's training batches. Reported: test accuracy of fp32, plain and
+distilled, the paired delta per seed with its mean and standard error, and the training-step
+cost with the teacher against a plain step, timed in alternating rounds on the compressed
+student (``compare_latency``) and, as a cross-check, the median step time of the two runs.
 
-Cases: ``mobilenet_v2_prune_qat`` and ``resnet18_prune_qat`` (50% channels pruned, then int8
-QAT for ONNX Runtime), ``resnet18_binary`` (all inner layers binarized).
+Cases: ``mobilenet_v2_prune_qat`` and ``resnet18_prune_qat`` (50% of channels pruned over
+the first epochs, then int8 QAT for ONNX Runtime), ``resnet18_binary`` (weights and
+activations of every inner layer binarized, XNOR-Net scaling, Bi-Real's approx-sign STE).
 
     .venv/bin/python benchmarks/distillation.py   # all three, full data: hours on 2 CPU cores
-    # the scaled-down run in docs/distillation.md (about 5 minutes):
-    .venv/bin/python benchmarks/distillation.py --cases mobilenet_v2_prune_qat \
-        --train-size 3000 --val-size 500 --test-size 2000 --batch-size 64 --dense-epochs 3 \
-        --epochs 3
+    # the scaled-down run in docs/distillation.md (about 17 minutes on 2 cores):
+    .venv/bin/python benchmarks/distillation.py --dense-train-size 10000 --train-size 3000 \
+        --dense-epochs 3 --epochs 4 --seeds 0 1 --test-size 5000 --val-size 500 --batch-size 64
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -28,6 +32,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from lightning_accel import (
     Binarize,
@@ -37,13 +43,34 @@ from lightning_accel import (
     GradualPruning,
     QuantizationAware,
 )
+from lightning_accel.backends.timing import compare_latency
 from lightning_accel.cli.fit_job import fine_tune_copy, make_trainer, test_accuracy
+from lightning_accel.data.sampling import EpochShuffleSampler
+from lightning_accel.distillation import Distiller
 
 CASES = {
     "mobilenet_v2_prune_qat": ("mobilenet_v2", "prune_qat"),
     "resnet18_prune_qat": ("resnet18", "prune_qat"),
     "resnet18_binary": ("resnet18", "binary"),
 }
+TITLES = {
+    "mobilenet_v2_prune_qat": "MobileNetV2 prune 50% + QAT",
+    "resnet18_prune_qat": "ResNet-18 prune 50% + QAT",
+    "resnet18_binary": "ResNet-18 fully binarized",
+}
+
+
+class ReorderedData(FashionMNISTDataModule):
+    """The same split and training subset as ``seed=0``; batches drawn in ``order_seed``'s order."""
+
+    def __init__(self, order_seed: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.order_seed = order_seed
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup() first"
+        sampler = EpochShuffleSampler(len(self.train_set), self.order_seed)
+        return DataLoader(self.train_set, self.batch_size, sampler=sampler, drop_last=True)
 
 
 class StepTimer(pl.Callback):
@@ -60,83 +87,236 @@ class StepTimer(pl.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def compression(kind: str, epochs: int) -> list[pl.Callback]:
-    """The compression callbacks of a case, scaled to ``epochs`` (>= 3 for prune + QAT)."""
+def prune_qat_epochs(epochs: int) -> tuple[int, int]:
+    """(pruning end epoch, QAT start epoch) for ``epochs`` compression epochs (>= 3).
+
+    Pruning ramps up within the first epochs (cubic, several updates per epoch) so the teacher
+    acts while channels go; then at least one epoch recovers in float, the rest train in QAT.
+    """
+    prune_end = max(1, (epochs - 1) // 2)
+    return prune_end, prune_end + 1
+
+
+def compression(kind: str, epochs: int, steps_per_epoch: int) -> list[pl.Callback]:
+    """The compression callbacks of a case, scaled to ``epochs``."""
     if kind == "prune_qat":
+        prune_end, qat_start = prune_qat_epochs(epochs)
+        every = max(steps_per_epoch // 5, 1)
         return [
-            GradualPruning(0.5, start_epoch=0, end_epoch=max(epochs - 2, 1), round_to=8),
-            QuantizationAware(start_epoch=max(epochs - 1, 2)),
+            GradualPruning(
+                0.5, start_epoch=0, end_epoch=prune_end, update_every_n_steps=every, round_to=8
+            ),
+            QuantizationAware(start_epoch=qat_start),
         ]
-    return [Binarize(start_epoch=0)]
+    return [Binarize(scaling="channel", ste="approx_sign", start_epoch=0)]
 
 
-def run_case(name: str, data: FashionMNISTDataModule, args: argparse.Namespace) -> dict[str, Any]:
-    """Dense training, then the plain and the distilled compression of the same model."""
-    model, kind = CASES[name]
-    out = Path(args.output_dir) / name
-    pl.seed_everything(0)
+def train_dense(
+    model: str, args: argparse.Namespace, dense_data: FashionMNISTDataModule, data: Any
+) -> tuple[ClassificationModule, float]:
+    """The fp32 model and its test accuracy (cached in ``--output-dir`` across runs)."""
+    out = Path(args.output_dir)
+    cache = out / f"dense_{model}_{args.dense_train_size}x{args.dense_epochs}.pt"
     dense = ClassificationModule(model, lr=args.lr, cosine_epochs=args.dense_epochs)
-    trainer = make_trainer(args.dense_epochs, [], out, "dense", progress=False)
-    trainer.fit(dense, datamodule=data)
-    result: dict[str, Any] = {"fp32": test_accuracy(trainer, dense, data)}
-    steps: dict[str, list[float]] = {}
+    if cache.is_file() and args.reuse_dense:
+        saved = torch.load(cache, weights_only=True)
+        dense.load_state_dict(saved["state_dict"])
+        trainer = make_trainer(1, [], out / model, "dense_test", progress=False)
+        return dense, test_accuracy(trainer, dense, data)
+    pl.seed_everything(0)
+    trainer = make_trainer(args.dense_epochs, [], out / model, "dense", progress=False)
+    trainer.fit(dense, datamodule=dense_data)
+    accuracy = test_accuracy(trainer, dense, data)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": dense.state_dict(), "fp32": accuracy}, cache)
+    return dense, accuracy
+
+
+def step_cost(
+    student: ClassificationModule, teacher: torch.nn.Module, batch: Any, args: argparse.Namespace
+) -> dict[str, float]:
+    """A distilled training step's time over a plain one, in alternating rounds.
+
+    Both steps run the compressed student (train mode) forward, cross-entropy, backward and an
+    SGD step; the distilled step adds the teacher's forward and the soft-target loss, exactly as
+    ``distill`` does in ``fit``.
+    """
+    x, y = batch
+    model = copy.deepcopy(student).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
+    distiller = Distiller(teacher, args.temperature, args.alpha)
+
+    def step(with_teacher: bool) -> None:
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        if with_teacher:
+            loss = distiller.combine(x, logits, loss)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    # compare_latency's "speedup" is baseline / candidate: with the distilled step as the
+    # baseline it is the distilled step's cost in plain steps.
+    result = compare_latency(
+        lambda: step(False),
+        lambda: step(True),
+        runs=4 * args.timing_rounds,
+        rounds=args.timing_rounds,
+        warmup=2,
+        threads=args.threads,
+    )
+    return {
+        "ratio": result.speedup,
+        "ratio_p25": result.speedup_p25,
+        "ratio_p75": result.speedup_p75,
+        "plain_ms": result.model.median_ms,
+        "distilled_ms": result.baseline.median_ms,
+        "warning": result.warning or "",
+    }
+
+
+def run_seed(
+    name: str,
+    dense: ClassificationModule,
+    args: argparse.Namespace,
+    seed: int,
+    result: dict[str, Any],
+) -> None:
+    """The plain and the distilled compression of ``dense`` with batch order ``seed``."""
+    _, kind = CASES[name]
+    out = Path(args.output_dir) / name
+    data = make_data(args, args.train_size, order_seed=seed)
+    data.setup("fit")
+    steps_per_epoch = len(data.train_dataloader())
+    row: dict[str, Any] = {}
+    students: dict[str, ClassificationModule] = {}
     for variant in ("plain", "distilled"):
-        pl.seed_everything(0)
+        pl.seed_everything(seed)
         student = fine_tune_copy(dense, args.epochs, args.fine_tune_lr)
         timer = StepTimer()
-        callbacks: list[pl.Callback] = [*compression(kind, args.epochs), timer]
+        callbacks: list[pl.Callback] = [*compression(kind, args.epochs, steps_per_epoch), timer]
         if variant == "distilled":
             callbacks.append(Distillation(temperature=args.temperature, alpha=args.alpha))
-        trainer = make_trainer(args.epochs, callbacks, out, variant, progress=False)
+        trainer = make_trainer(args.epochs, callbacks, out, f"{variant}_s{seed}", False)
         trainer.fit(student, datamodule=data)
-        result[variant] = test_accuracy(trainer, student, data)
-        steps[variant] = timer.seconds[5:] or timer.seconds  # past warm-up
-    result["delta_points"] = result["distilled"] - result["plain"]
+        row[variant] = test_accuracy(trainer, student, data)
+        row[f"{variant}_step_ms"] = 1e3 * statistics.median(timer.seconds[5:] or timer.seconds)
+        students[variant] = student
+    row["delta_points"] = row["distilled"] - row["plain"]
+    result["seeds"][str(seed)] = row
+    if "step_cost" not in result:
+        batch = next(iter(data.train_dataloader()))
+        teacher = copy.deepcopy(dense).eval()
+        result["step_cost"] = step_cost(students["plain"], teacher, batch, args)
+    summarize(result)
+
+
+def summarize(result: dict[str, Any]) -> None:
+    """Means over the seeds run so far, the paired delta and its standard error."""
+    rows = list(result["seeds"].values())
+    deltas = [r["delta_points"] for r in rows]
+    for key in ("plain", "distilled"):
+        result[key] = statistics.mean(r[key] for r in rows)
+    result["delta_points"] = statistics.mean(deltas)
+    result["delta_stderr"] = (
+        statistics.stdev(deltas) / len(deltas) ** 0.5 if len(deltas) > 1 else None
+    )
     result["plain_vs_fp32_points"] = result["plain"] - result["fp32"]
     result["distilled_vs_fp32_points"] = result["distilled"] - result["fp32"]
-    plain, taught = statistics.median(steps["plain"]), statistics.median(steps["distilled"])
-    result["step_ms"] = {"plain": 1e3 * plain, "distilled": 1e3 * taught}
-    result["step_cost_ratio"] = taught / plain
-    return result
+    result["in_run_step_ratio"] = statistics.median(
+        r["distilled_step_ms"] / r["plain_step_ms"] for r in rows
+    )
+
+
+def make_data(args: argparse.Namespace, train_size: int | None, order_seed: int) -> ReorderedData:
+    """Fashion-MNIST with the benchmark's split (seed 0) and test subset."""
+    return ReorderedData(
+        order_seed,
+        batch_size=args.batch_size,
+        train_size=train_size,
+        val_size=args.val_size,
+        test_size=args.test_size,
+    )
+
+
+_RESULTS: dict[str, Any] = {}
+
+
+def save_partial(args: argparse.Namespace, name: str, result: dict[str, Any]) -> None:
+    """Write what is measured so far (a run cut short keeps its finished seeds)."""
+    _RESULTS.setdefault("settings", vars(args))
+    _RESULTS.setdefault("cases", {})[name] = result
+    path = Path(args.results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_RESULTS, indent=2))
+
+
+def table(results: dict[str, Any]) -> str:
+    """The README's table (markdown)."""
+    lines = [
+        "| case | fp32 % | plain % | distilled % | Δ points (± s.e.) | per seed Δ | "
+        "train step plain / distilled | step cost |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results["cases"].items():
+        if "delta_points" not in r:
+            continue
+        stderr = f" ± {r['delta_stderr']:.2f}" if r.get("delta_stderr") is not None else ""
+        seeds = ", ".join(f"{s['delta_points']:+.2f}" for s in r["seeds"].values())
+        cost = r["step_cost"]
+        lines.append(
+            f"| {TITLES[name]} | {r['fp32']:.2f} | {r['plain']:.2f} | {r['distilled']:.2f} | "
+            f"{r['delta_points']:+.2f}{stderr} | {seeds} | {cost['plain_ms']:.0f} / "
+            f"{cost['distilled_ms']:.0f} ms | {cost['ratio']:.2f}x "
+            f"[{cost['ratio_p25']:.2f}-{cost['ratio_p75']:.2f}] |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--train-size", type=int, default=None, help="default: all 55,000")
+    parser.add_argument(
+        "--dense-train-size", type=int, default=None, help="fp32 teacher's images; default: all"
+    )
     parser.add_argument("--test-size", type=int, default=None, help="default: all 10,000")
     parser.add_argument("--val-size", type=int, default=5000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--dense-epochs", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=6, help="compression epochs (>= 3)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--fine-tune-lr", type=float, default=0.01)
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--timing-rounds", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output-dir", default="runs/bench_distillation")
+    parser.add_argument("--results", default="benchmarks/results/distillation.json")
+    parser.add_argument(
+        "--reuse-dense", action="store_true", help="load the fp32 models a previous run saved"
+    )
     args = parser.parse_args()
     if args.epochs < 3:
-        parser.error("--epochs must be >= 3: prune, then QAT, then one QAT epoch")
+        parser.error("--epochs must be >= 3: prune, recover, then QAT")
+    if (args.train_size or 55000) > (args.dense_train_size or 55000):
+        parser.error("--train-size must not exceed --dense-train-size (it is a subset of it)")
     torch.set_num_threads(args.threads)
-    data = FashionMNISTDataModule(
-        batch_size=args.batch_size,
-        train_size=args.train_size,
-        val_size=args.val_size,
-        test_size=args.test_size,
-    )
-    results = {"settings": vars(args), "cases": {}}
-    for name in args.cases:
-        results["cases"][name] = run_case(name, data, args)
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(args.output_dir) / "results.json").write_text(json.dumps(results, indent=2))
-    print("| case | fp32 | plain | distilled | delta | step cost |")
-    print("|---|---|---|---|---|---|")
-    for name, r in results["cases"].items():
-        print(
-            f"| {name} | {r['fp32']:.2f} | {r['plain']:.2f} | {r['distilled']:.2f} | "
-            f"{r['delta_points']:+.2f} | {r['step_cost_ratio']:.2f}x |"
-        )
+    test_data = make_data(args, args.train_size, order_seed=0)
+    dense_data = make_data(args, args.dense_train_size, order_seed=0)
+    models: dict[str, tuple[ClassificationModule, float]] = {}
+    results: dict[str, dict[str, Any]] = {}
+    for seed in args.seeds:  # every case once before the next seed: a cut-short run has all
+        for name in args.cases:
+            model, _ = CASES[name]
+            if model not in models:  # one fp32 model per architecture, shared by its cases
+                models[model] = train_dense(model, args, dense_data, test_data)
+            dense, fp32 = models[model]
+            result = results.setdefault(name, {"fp32": fp32, "seeds": {}})
+            run_seed(name, dense, args, seed, result)
+            save_partial(args, name, result)
+    print(table(_RESULTS))
 
 
 if __name__ == "__main__":
