@@ -27,6 +27,7 @@ LoggerName = Literal["wandb", "csv", "none"]
 # Schedule arguments in epochs that --quick scales with the epochs; step counts are dropped.
 EPOCH_ARGUMENTS = ("start_epoch", "end_epoch", "freeze_observers_epoch", "freeze_bn_epoch")
 STEP_ARGUMENTS = ("update_every_n_steps",)
+QUICK_SPEEDUP = 1.2  # --quick caps a latency-budget recipe's target_speedup at this
 
 
 def quick_overrides(recipe: Recipe, output_dir: Path | None = None) -> list[str]:
@@ -36,7 +37,9 @@ def quick_overrides(recipe: Recipe, output_dir: Path | None = None) -> list[str]
     callback schedule in epochs is scaled with the epochs: an epoch ``e`` of a ``max_epochs=E``
     recipe becomes ``round(e * quick / E)``, kept below the last epoch, with a start still
     before its end (a freeze epoch that lands on its start is dropped). ``every_n_epochs`` is
-    scaled the same way (at least 1). Pass the recipe with the user's overrides applied: the
+    scaled the same way (at least 1). A latency budget is profiled with one probe width and
+    3 timing rounds, and a ``target_speedup`` above ``QUICK_SPEEDUP`` is lowered to it (fewer
+    measured stages, each an export). Pass the recipe with the user's overrides applied: the
     schedules scaled are the ones the run would use.
 
     Args:
@@ -70,12 +73,17 @@ def quick_overrides(recipe: Recipe, output_dir: Path | None = None) -> list[str]
             overrides.append(f"callbacks.{name}.{key}={'null' if value is None else value}")
     if recipe.callback_config("latency") is not None:
         overrides.append("callbacks.latency.runs=3")
-    if recipe.callback_config("latency_budget") is not None:  # fewer probes and rounds
+    budget = recipe.callback_config("latency_budget")
+    if budget is not None:  # fewer probes and rounds
         overrides += [
             "callbacks.latency_budget.widths_per_group=1",
             "callbacks.latency_budget.timing_rounds=3",
             "callbacks.latency_budget.max_corrections=1",
         ]
+        if float(budget.get("target_speedup") or 0.0) > QUICK_SPEEDUP:
+            # a mild budget: one measured stage and the last cut, each an exact export,
+            # instead of the three or four stages a large one takes (about 5 s each)
+            overrides.append(f"callbacks.latency_budget.target_speedup={QUICK_SPEEDUP}")
     if recipe.callback_config("export") is not None:
         overrides += [
             "callbacks.export.latency_runs=5",

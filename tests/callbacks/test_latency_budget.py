@@ -141,6 +141,20 @@ def test_an_unreachable_goal_is_warned_once_and_the_closest_latency_said_at_the_
     assert callback.state_dict()["closest"] == 1.6
 
 
+def test_quick_runs_cap_a_recipe_speedup_budget() -> None:
+    from lightning_accel.recipes.recipe import Recipe
+    from lightning_accel.recipes.run import QUICK_SPEEDUP, quick_overrides
+
+    path = Path(__file__).parents[2] / "recipes" / "resnet18_latency.yaml"
+    recipe = Recipe.from_yaml(path)
+    assert recipe.callback_config("latency_budget")["target_speedup"] == 2.5
+    budget = Recipe.from_yaml(path, quick_overrides(recipe)).callback_config("latency_budget")
+    assert budget["target_speedup"] == QUICK_SPEEDUP == 1.2  # fewer measured stages
+    assert budget["widths_per_group"] == 1 and budget["timing_rounds"] == 3
+    mild = Recipe.from_yaml(path, ["callbacks.latency_budget.target_speedup=1.1"])
+    assert not any("target_speedup" in o for o in quick_overrides(mild))  # kept as asked
+
+
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     ("kwargs", "message"),
