@@ -15,7 +15,7 @@ the first epochs, then int8 QAT for ONNX Runtime), ``resnet18_binary`` (weights 
 activations of every inner layer binarized, XNOR-Net scaling, Bi-Real's approx-sign STE).
 
     .venv/bin/python benchmarks/distillation.py   # all three, full data: hours on 2 CPU cores
-    # the scaled-down run in docs/distillation.md (about 17 minutes on 2 cores):
+    # the scaled-down run in docs/distillation.md (23 minutes on 2 CPU cores):
     .venv/bin/python benchmarks/distillation.py --dense-train-size 10000 --train-size 3000 \
         --dense-epochs 3 --epochs 4 --seeds 0 1 --test-size 5000 --val-size 500 --batch-size 64
 """
