@@ -53,7 +53,16 @@ TIMM_MODELS = (
 SIZES = (32, 64, 96, 128, 160, 224, 299)
 # Constructor arguments a model needs for a plain logits output in training.
 BUILD_ARGUMENTS = {"googlenet": {"aux_logits": False}, "inception_v3": {"aux_logits": False}}
-FLOAT_KERNELS = ("Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul")
+# ConvTranspose: ONNX Runtime's CPU kernels have none on integers (a Q/DQ one runs in float).
+FLOAT_KERNELS = (
+    "Conv",
+    "Gemm",
+    "MatMul",
+    "FusedConv",
+    "FusedGemm",
+    "FusedMatMul",
+    "ConvTranspose",
+)
 PARITY_RTOL = 1e-3  # max |onnx - torch| / max |torch|, fp32
 
 
@@ -388,11 +397,21 @@ def table(rows: list[dict[str, Any]]) -> str:
     crashes = sum(
         1 for r in done for p in ("prune", "qat") if r.get(p, {}).get("status") == "crash mid-fit"
     )
+    refused = sum(
+        1
+        for r in done
+        for p in ("prune", "qat")
+        if r.get(p, {}).get("status") == "refused before training"
+    )
+    qat_run = sum(1 for r in done if "integer_kernels" in r.get("qat", {}))
+    timeouts = sum(1 for r in latest.values() if r.get("status") == "timeout")
     lines.append("")
     lines.append(
         f"{len(latest)} models: torch-pruning alone prunes {peer_ok}, GradualPruning prunes and "
         f"matches ONNX Runtime on {pruned}, QAT puts every conv/linear on integer kernels on "
-        f"{qat_int}; crashes mid-fit: {crashes}."
+        f"{qat_int} of {qat_run} exported ({100 * qat_int / max(qat_run, 1):.0f}%); refusals "
+        f"before training: {refused}; crashes mid-fit: {crashes}; over the time limit: "
+        f"{timeouts}."
     )
     return "\n".join(lines)
 

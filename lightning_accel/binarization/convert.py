@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_accel.binarization.functions import hard_sign, weight_scale
-from lightning_accel.binarization.layers import BINARY_LAYERS, BinaryLinear
+from lightning_accel.binarization.layers import BINARY_LAYERS, BINARY_TRANSPOSED, BinaryLinear
 from lightning_accel.quantization.convert import QDQActivation, quantized_decomposed_ops
+from lightning_accel.quantization.layers import CONV_TRANSPOSE
 from lightning_accel.utilities.modules import (
     batchnorm_to_affine,
     per_channel,
@@ -41,7 +42,13 @@ class _ExportedBinaryLayer(nn.Module):
     def __init__(self, layer: Any) -> None:
         super().__init__()
         self.is_linear = isinstance(layer, BinaryLinear)
-        self.conv = None if self.is_linear else weightless_conv(layer)
+        self.transposed = isinstance(layer, BINARY_TRANSPOSED)
+        self.conv = None if self.is_linear or self.transposed else weightless_conv(layer)
+        self.geometry = (
+            (layer.stride, layer.padding, layer.output_padding, layer.groups, layer.dilation)
+            if self.transposed
+            else None
+        )
         self.progress = float(layer.progress)
         self.binary_activations = bool(layer.binary_activations)
         self.register_buffer("shift", layer.activation_shift.detach().clone())
@@ -53,6 +60,8 @@ class _ExportedBinaryLayer(nn.Module):
     def _layer(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if self.is_linear:
             return F.linear(x, weight, bias)
+        if self.geometry is not None:
+            return CONV_TRANSPOSE[weight.dim() - 2](x, weight, bias, *self.geometry)
         return self.conv._conv_forward(x, weight, bias)  # type: ignore[union-attr,operator]
 
 
@@ -65,9 +74,11 @@ class FloatBinaryLayer(_ExportedBinaryLayer):
     def __init__(self, layer: Any) -> None:
         super().__init__(layer)
         weight = layer.weight.detach()
-        if layer.binary_weights:
-            binary = weight_scale(weight, layer.scaling) * hard_sign(weight)
-            weight = weight + self.progress * (binary - weight)
+        if layer.binary_weights:  # α per output channel: axis 1 of a transposed conv's weight
+            axis = 1 if self.transposed else 0
+            channels_first = weight.transpose(0, axis)
+            binary = weight_scale(channels_first, layer.scaling) * hard_sign(channels_first)
+            weight = weight + self.progress * (binary.transpose(0, axis) - weight)
         self.register_buffer("weight", weight.clone())
         self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().clone())
 
@@ -126,13 +137,15 @@ def convert_binary_layers(model: nn.Module, int8: bool) -> nn.Module:
 
     With ``int8``, layers with binary weights *and* inputs, fully binarized, become Q/DQ
     (``QLinearConv`` in ONNX Runtime), and then every BatchNorm a per-channel multiply-add; the
-    other binary layers stay float.
+    other binary layers stay float. Binarized transposed convs stay float (exact) too: ONNX
+    Runtime's CPU kernels have no integer ``ConvTranspose``, it would run Q/DQ ones in float.
     """
     replacements: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
         if isinstance(module, BINARY_LAYERS):
             exact_int8 = (
                 int8
+                and not isinstance(module, BINARY_TRANSPOSED)
                 and module.binary_weights
                 and module.binary_activations
                 and float(module.progress) >= 1

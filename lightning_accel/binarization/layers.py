@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_accel.binarization.functions import binarize_activation, binarize_weight
+from lightning_accel.quantization.layers import CONV_TRANSPOSE
 from lightning_accel.utilities.distributed import mean_across_ranks
 from lightning_accel.utilities.modules import per_channel, set_submodule
 
@@ -100,12 +101,59 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
         return F.linear(self.effective_input(x), self.effective_weight(), self.bias)
 
 
-BINARY_LAYERS = (BinaryConv1d, BinaryConv2d, BinaryConv3d, BinaryLinear)
+class _BinaryTransposeMixin(_BinaryMixin):
+    """A transposed conv: weight ``[in, out / groups, *kernel]``, α per output channel (axis 1)."""
+
+    stride: Any
+    padding: Any
+    output_padding: Any
+    groups: int
+    dilation: Any
+
+    def effective_weight(self) -> Tensor:
+        if not self.binary_weights:
+            return self.weight
+        weight = self.weight.transpose(0, 1)
+        binary = _blend(weight, binarize_weight(weight, self.scaling), self.progress)
+        return binary.transpose(0, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return CONV_TRANSPOSE[self.weight.dim() - 2](
+            self.effective_input(x),
+            self.effective_weight(),
+            self.bias,
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.groups,
+            self.dilation,
+        )
+
+
+class BinaryConvTranspose1d(_BinaryTransposeMixin, nn.ConvTranspose1d):
+    """ConvTranspose1d with binarized weights and/or inputs."""
+
+
+class BinaryConvTranspose2d(_BinaryTransposeMixin, nn.ConvTranspose2d):
+    """ConvTranspose2d with binarized weights and/or inputs."""
+
+
+class BinaryConvTranspose3d(_BinaryTransposeMixin, nn.ConvTranspose3d):
+    """ConvTranspose3d with binarized weights and/or inputs."""
+
+
+BINARY_TRANSPOSED = (BinaryConvTranspose1d, BinaryConvTranspose2d, BinaryConvTranspose3d)
+BINARY_LAYERS = (BinaryConv1d, BinaryConv2d, BinaryConv3d, BinaryLinear, *BINARY_TRANSPOSED)
 _BINARY_FOR: dict[type[nn.Module], type[nn.Module]] = {
     nn.Conv1d: BinaryConv1d,
     nn.Conv2d: BinaryConv2d,
     nn.Conv3d: BinaryConv3d,
     nn.Linear: BinaryLinear,
+}
+_BINARY_TRANSPOSED_FOR: dict[type[nn.Module], type[nn.Module]] = {
+    nn.ConvTranspose1d: BinaryConvTranspose1d,
+    nn.ConvTranspose2d: BinaryConvTranspose2d,
+    nn.ConvTranspose3d: BinaryConvTranspose3d,
 }
 
 
@@ -115,8 +163,10 @@ def binarize_layer(
     """A binary layer sharing ``layer``'s parameters.
 
     Args:
-        layer: A plain ``nn.Conv1d``/``2d``/``3d`` or ``nn.Linear`` (not a subclass).
-        weights: Binarize the weights to ``α·sign(W)``.
+        layer: A plain ``nn.Conv1d``/``2d``/``3d``, ``nn.ConvTranspose1d``/``2d``/``3d`` or
+            ``nn.Linear`` (not a subclass).
+        weights: Binarize the weights to ``α·sign(W)`` (α per output channel: axis 1 of a
+            transposed conv's weight).
         activations: Binarize the inputs to ``sign(x - β)`` with a learned per-channel ``β``.
         scaling: Weight scale ``α``: ``"channel"`` (mean ``|W|`` per output channel),
             ``"tensor"`` or ``None`` (α = 1).
@@ -128,13 +178,13 @@ def binarize_layer(
         ``progress`` 0 (it computes like ``layer`` until the progress is raised).
 
     Raises:
-        TypeError: If ``layer`` is not a plain Conv1d/2d/3d or Linear.
+        TypeError: If ``layer`` is not a plain Conv1d/2d/3d, ConvTranspose1d/2d/3d or Linear.
     """
-    if type(layer) not in _BINARY_FOR:
+    if type(layer) not in _BINARY_FOR and type(layer) not in _BINARY_TRANSPOSED_FOR:
         raise TypeError(
-            f"{type(layer).__name__} cannot be binarized: only plain nn.Conv1d/2d/3d and "
-            "nn.Linear can (a layer QuantizationAware already swapped cannot). Leave it out "
-            "with ignore=[...]."
+            f"{type(layer).__name__} cannot be binarized: only plain nn.Conv1d/2d/3d, "
+            "nn.ConvTranspose1d/2d/3d and nn.Linear can (a layer QuantizationAware already "
+            "swapped cannot). Leave it out with ignore=[...]."
         )
     old: Any = layer
     weight = cast(Tensor, old.weight)
@@ -142,6 +192,20 @@ def binarize_layer(
     new: Any
     if type(layer) is nn.Linear:
         new = BinaryLinear(old.in_features, old.out_features, old.bias is not None, **factory)
+    elif type(layer) in _BINARY_TRANSPOSED_FOR:
+        new = _BINARY_TRANSPOSED_FOR[type(layer)](
+            old.in_channels,
+            old.out_channels,
+            old.kernel_size,
+            old.stride,
+            old.padding,
+            old.output_padding,
+            old.groups,
+            old.bias is not None,
+            old.dilation,
+            old.padding_mode,
+            **factory,
+        )
     else:
         new = _BINARY_FOR[type(layer)](
             old.in_channels,

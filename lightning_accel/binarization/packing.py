@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lightning_accel.binarization.functions import hard_sign, weight_scale
-from lightning_accel.binarization.layers import BINARY_LAYERS
+from lightning_accel.binarization.layers import BINARY_LAYERS, BINARY_TRANSPOSED
 from lightning_accel.utilities.files import atomic_write
 
 FORMAT = "lightning-accel-packed-binary/1"
@@ -64,10 +64,12 @@ def save_packed(model: nn.Module, path: str | os.PathLike) -> PackedSize:
         if isinstance(layer, BINARY_LAYERS) and layer.binary_weights and float(layer.progress) >= 1:
             weight = layer.weight.detach().cpu()
             bits = np.packbits((hard_sign(weight) > 0).numpy().reshape(-1))
+            axis = 1 if isinstance(layer, BINARY_TRANSPOSED) else 0  # the output channels
             packed[f"{name}.weight"] = {
                 "bits": torch.from_numpy(bits),
-                "scale": weight_scale(weight, layer.scaling).reshape(-1).clone(),
+                "scale": weight_scale(weight.transpose(0, axis), layer.scaling).reshape(-1).clone(),
                 "shape": list(weight.shape),
+                "axis": axis,
             }
             del state[f"{name}.weight"]
     if not packed:
@@ -174,10 +176,13 @@ def _check_content(
             or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape)
         ):
             raise _not_packed(path, f"{key}.shape is {shape!r}, not a list of positive integers")
-        if entry["scale"].numel() not in (1, shape[0]):
+        axis = entry.get("axis", 0)
+        if axis not in (0, 1) or axis >= len(shape):
+            raise _not_packed(path, f"{key}.axis is {axis!r}, not 0 or 1 (the output channels)")
+        if entry["scale"].numel() not in (1, shape[axis]):
             raise _not_packed(
                 path,
-                f"{key}.scale holds {entry['scale'].numel()} values, not 1 or {shape[0]} "
+                f"{key}.scale holds {entry['scale'].numel()} values, not 1 or {shape[axis]} "
                 "(one per tensor or per output channel)",
             )
     return state, packed
@@ -193,7 +198,9 @@ def _unpack(key: str, entry: dict[str, Any], path: Path) -> torch.Tensor:
             f"{(count + 7) // 8}. Write it again with save_packed()."
         )
     signs = np.unpackbits(bits.reshape(-1))[:count].astype(np.float32) * 2 - 1
-    scale = entry["scale"].float().reshape([-1] + [1] * (len(shape) - 1))
+    scale_shape = [1] * len(shape)
+    scale_shape[int(entry.get("axis", 0))] = -1  # the output channels: 1 for transposed convs
+    scale = entry["scale"].float().reshape(scale_shape)
     return torch.from_numpy(signs).reshape(shape) * scale
 
 

@@ -28,7 +28,8 @@ from lightning_accel.callbacks.base import (
 )
 from lightning_accel.checkpointing import record_structural_change
 from lightning_accel.utilities.copying import detached_copy
-from lightning_accel.utilities.layer_selection import WEIGHTED_LAYERS, select_layers
+from lightning_accel.utilities.layer_selection import PRUNABLE_LAYERS, select_layers
+from lightning_accel.utilities.modules import ModelInput
 
 _EXAMPLE = "Binarize(start_epoch=1, end_epoch=4)"
 
@@ -141,7 +142,7 @@ class Binarize(AccelCallback):
         if binary:  # resumed from a checkpoint of the binarized model
             self._layers = binary
             return
-        sample = example_input(trainer, pl_module)
+        sample = example_input(trainer, pl_module, several=True)  # a tuple: several inputs
         self._layers = self._select(pl_module, sample)
         self._check_no_overlap_with_quantization(trainer, pl_module, sample)
         # On a copy first, so a model that cannot be binarized fails before training.
@@ -167,7 +168,7 @@ class Binarize(AccelCallback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        weighted = [m for m in pl_module.modules() if isinstance(m, WEIGHTED_LAYERS)]
+        weighted = [m for m in pl_module.modules() if isinstance(m, PRUNABLE_LAYERS)]
         binary = [m for m in weighted if isinstance(m, BINARY_LAYERS)]
         metrics = {
             "compress/binary_layers": len(binary) / max(len(weighted), 1),
@@ -201,8 +202,11 @@ class Binarize(AccelCallback):
         )
         return min(max((step - start) / max(end - start, 1), 0.0), 1.0)
 
-    def _select(self, pl_module: pl.LightningModule, sample: torch.Tensor) -> list[str]:
-        layers = select_layers(pl_module, sample, self.ignore, self.keep_first_and_last, "Binarize")
+    def _select(self, pl_module: pl.LightningModule, sample: ModelInput) -> list[str]:
+        # Conv1d/2d/3d, ConvTranspose1d/2d/3d and Linear.
+        layers = select_layers(
+            pl_module, sample, self.ignore, self.keep_first_and_last, "Binarize", PRUNABLE_LAYERS
+        )
         not_plain = [n for n in layers if type(pl_module.get_submodule(n)) not in _PLAIN]
         if not_plain:
             raise ValueError(
@@ -213,7 +217,7 @@ class Binarize(AccelCallback):
         return layers
 
     def _check_no_overlap_with_quantization(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, sample: torch.Tensor
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, sample: ModelInput
     ) -> None:
         from lightning_accel.callbacks.quantization import QuantizationAware
 
@@ -229,4 +233,12 @@ class Binarize(AccelCallback):
                 )
 
 
-_PLAIN = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)
+_PLAIN = (
+    torch.nn.Conv1d,
+    torch.nn.Conv2d,
+    torch.nn.Conv3d,
+    torch.nn.Linear,
+    torch.nn.ConvTranspose1d,
+    torch.nn.ConvTranspose2d,
+    torch.nn.ConvTranspose3d,
+)

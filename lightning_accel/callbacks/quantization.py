@@ -37,11 +37,12 @@ from lightning_accel.quantization.prepare import (
 from lightning_accel.quantization.spec import QuantizationSpec, check_bits
 from lightning_accel.utilities.copying import detached_copy
 from lightning_accel.utilities.layer_selection import (
-    WEIGHTED_LAYERS,
+    PRUNABLE_LAYERS,
     check_plain_weights,
     layers_in_call_order,
     match_patterns,
 )
+from lightning_accel.utilities.modules import ModelInput
 
 _FLOAT_BITS = 32
 
@@ -49,11 +50,15 @@ _FLOAT_BITS = 32
 class QuantizationAware(AccelCallback):
     """Quantization-aware training for ONNX Runtime or TensorRT int8 kernels.
 
-    At the start of ``start_epoch`` the network is traced (torch.fx) and its conv and linear
-    layers swapped for fake-quant versions: weights int8 per-channel symmetric, activations
-    per tensor, uint8 asymmetric for ONNX Runtime and int8 symmetric for TensorRT. Activation
-    quantizers sit where the runtime fuses Q/DQ into integer kernels (layer inputs, conv
-    outputs after BatchNorm and ReLU, residual adds). A BatchNorm after a conv trains folded
+    At the start of ``start_epoch`` the network is traced (torch.fx; several positional inputs
+    trace as one placeholder each) and its conv, transposed conv and linear layers swapped for
+    fake-quant versions: weights int8 per output channel, symmetric (axis 1 of a transposed
+    conv's weight), activations per tensor, uint8 asymmetric for ONNX Runtime and int8
+    symmetric for TensorRT. Activation quantizers sit where the runtime fuses Q/DQ into
+    integer kernels (layer inputs, conv outputs after BatchNorm and ReLU, residual adds).
+    ONNX Runtime's CPU kernels have no integer ``ConvTranspose``: it runs transposed convs in
+    float between their Q/DQ (the export summary's int8-ops count says so); OpenVINO runs them
+    as integer ``Deconvolution``. A BatchNorm after a conv trains folded
     into it. :func:`lightning_accel.export.to_onnx` then writes Q/DQ ONNX that ONNX Runtime
     runs as ``QLinearConv``/``QLinearAdd``/``QGemm``.
 
@@ -171,7 +176,9 @@ class QuantizationAware(AccelCallback):
             self.check_reached_within_max_steps(trainer, f"{argument}={epoch}", epoch)
         if quantized_layers(pl_module):
             return  # resumed from a checkpoint of the quantized model
-        self.spec = self._plan(pl_module, example_input(trainer, pl_module))
+        # Several positional inputs (batches ((image, token_ids), label)) trace as one
+        # placeholder each (#12).
+        self.spec = self._plan(pl_module, example_input(trainer, pl_module, several=True))
         # Prepare a copy now, so a model that cannot be quantized fails before training.
         quantize_submodules(detached_copy(pl_module), self.spec)
 
@@ -202,18 +209,19 @@ class QuantizationAware(AccelCallback):
         self.log_metrics(pl_module, quantization_metrics(pl_module))
 
     # ----------------------------------------------------------------- planning
-    def planned_layers(self, pl_module: pl.LightningModule, sample: torch.Tensor) -> list[str]:
-        """The layers this callback will quantize on ``pl_module``."""
+    def planned_layers(self, pl_module: pl.LightningModule, sample: ModelInput) -> list[str]:
+        """The layers this callback will quantize on ``pl_module`` (one input or a tuple)."""
         return list(self._plan(pl_module, sample).weight_bits)
 
-    def _plan(self, pl_module: pl.LightningModule, sample: torch.Tensor) -> QuantizationSpec:
+    def _plan(self, pl_module: pl.LightningModule, sample: ModelInput) -> QuantizationSpec:
         """Which layers get how many bits; every pattern must match a layer."""
-        order = layers_in_call_order(pl_module, sample)
+        # Conv1d/2d/3d, ConvTranspose1d/2d/3d and Linear (PRUNABLE_LAYERS lists exactly these).
+        order = layers_in_call_order(pl_module, sample, PRUNABLE_LAYERS)
         if not order:
             raise ValueError(
-                f"{type(pl_module).__name__} calls no Conv1d/2d/3d or Linear layer, so "
-                "QuantizationAware has nothing to quantize. Remove the callback or use a model "
-                "with conv or linear layers."
+                f"{type(pl_module).__name__} calls no Conv1d/2d/3d, ConvTranspose1d/2d/3d or "
+                "Linear layer, so QuantizationAware has nothing to quantize. Remove the "
+                "callback or use a model with conv or linear layers."
             )
         ignored = match_patterns(order, self.ignore, "QuantizationAware(ignore=...)")
         selected = [name for name in order if name not in ignored]
@@ -266,7 +274,7 @@ def set_training_phase(model: torch.nn.Module, observers_enabled: bool, bn_froze
 
 def quantization_metrics(model: torch.nn.Module) -> dict[str, float]:
     """Mean weight bits (float layers count 32), quantized fraction and activation ranges."""
-    weights = {n: m for n, m in model.named_modules() if isinstance(m, WEIGHTED_LAYERS)}
+    weights = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE_LAYERS)}
     quantized = quantized_layers(model)
     sizes = {name: layer.weight.numel() for name, layer in weights.items()}
     bits: dict[str, int] = {name: _FLOAT_BITS for name in weights}

@@ -303,7 +303,17 @@ def _qdq_notes(target: str | None, backends: Sequence[str]) -> list[str]:
 
 REFERENCE_BACKEND = "onnxruntime"
 # Operators of ONNX Runtime's optimized graph that carry multiply-accumulates in float.
-_ORT_FLOAT_COMPUTE = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul")
+# ConvTranspose included: ONNX Runtime's CPU kernels have no integer transposed conv, so it
+# runs its Q/DQ ConvTranspose as DQ -> float ConvTranspose -> Q (measured, onnxruntime 1.32).
+_ORT_FLOAT_COMPUTE = (
+    "Conv",
+    "FusedConv",
+    "Gemm",
+    "FusedGemm",
+    "MatMul",
+    "FusedMatMul",
+    "ConvTranspose",
+)
 
 
 def add_reference_speedups(backends: dict[str, Any]) -> None:
@@ -367,6 +377,7 @@ def runtime_notes(model: nn.Module) -> list[str]:
     """What the runtimes cannot do with this model's compression, stated plainly."""
     from lightning_accel.binarization import BINARY_LAYERS
     from lightning_accel.quantization import quantized_layers
+    from lightning_accel.quantization.layers import QUANT_TRANSPOSED
 
     notes = []
     if any(isinstance(m, BINARY_LAYERS) for m in model.modules()):
@@ -381,6 +392,14 @@ def runtime_notes(model: nn.Module) -> list[str]:
         for name, layer in quantized_layers(model).items()
         if getattr(layer.weight_quantizer, "bits", 8) < 8
     ]
+    transposed = [n for n, m in quantized_layers(model).items() if isinstance(m, QUANT_TRANSPOSED)]
+    if transposed:
+        notes.append(
+            f"{len(transposed)} transposed convs (e.g. {transposed[0]}) trained on the int8 grid: "
+            "ONNX Runtime's CPU kernels have no integer ConvTranspose and run them in float "
+            "between their Q/DQ (same values, no int8 speedup); OpenVINO runs them as integer "
+            "Deconvolution where its CPU plugin supports it (see its int8-ops count)."
+        )
     if low_bits:
         notes.append(
             f"{len(low_bits)} layers were trained with weights below 8 bits: the runtimes run "

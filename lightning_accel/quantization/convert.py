@@ -24,7 +24,9 @@ from lightning_accel.quantization.fake_quant import (
     activation_range,
 )
 from lightning_accel.quantization.layers import (
+    CONV_TRANSPOSE,
     QUANT_LAYERS,
+    QUANT_TRANSPOSED,
     QuantLinear,
 )
 from lightning_accel.quantization.spec import RUNTIME_BITS
@@ -78,18 +80,25 @@ class QDQActivation(nn.Module):
 
 
 class QDQLayer(nn.Module):
-    """A conv or linear layer reading int8 weights (and an int32 or float bias) through DQ."""
+    """A conv or linear layer reading int8 weights (and an int32 or float bias) through DQ.
+
+    Weights are dequantized per output channel: on axis 0 for convs and linears, on axis 1
+    for transposed convs (whose weight is ``[in, out / groups, *kernel]``).
+    """
 
     def __init__(self, layer: nn.Module, input_scale: float | None) -> None:
         super().__init__()
         weight, bias = layer.folded_weight_and_bias()  # type: ignore[operator]
         quantizer = cast(WeightQuantizer, layer.weight_quantizer)
+        self.transposed = isinstance(layer, QUANT_TRANSPOSED)
+        self.axis = 1 if self.transposed else 0
         scale = (
             quantizer.scale.detach().clone()
             if quantizer.learnable
-            else quantizer.max_abs_scale(weight)
+            else quantizer.max_abs_scale(weight.transpose(0, self.axis))
         )
-        shape = [-1] + [1] * (weight.dim() - 1)
+        shape = [1] * weight.dim()
+        shape[self.axis] = -1
         integers = torch.round(weight / scale.reshape(shape))
         self.register_buffer(
             "weight_int8", integers.clamp(quantizer.quant_min, quantizer.quant_max).to(torch.int8)
@@ -100,26 +109,43 @@ class QDQLayer(nn.Module):
         self.register_buffer("bias", None)
         self.register_buffer("bias_int32", None)
         self.register_buffer("bias_scale", None)
+        self.register_buffer("bias_zero_point", None)
         if bias is not None and input_scale is not None and getattr(layer, "integer_bias", False):
-            self.bias_scale = scale.float() * input_scale
+            # One bias scale per output channel: a grouped transposed conv repeats its
+            # per-group weight scales.
+            groups = int(getattr(layer, "groups", 1)) if self.transposed else 1
+            self.bias_scale = scale.float().repeat(groups) * input_scale
+            self.bias_zero_point = torch.zeros_like(self.bias_scale, dtype=torch.int64)
             self.bias_int32 = torch.round(bias / self.bias_scale).clamp(*_INT32).to(torch.int32)
         elif bias is not None:
             self.bias = bias.float().clone()
         self.is_linear = isinstance(layer, QuantLinear)
-        self.conv = None if self.is_linear else weightless_conv(layer)
+        self.conv = None if self.is_linear or self.transposed else weightless_conv(layer)
+        self.geometry = (
+            (layer.stride, layer.padding, layer.output_padding, layer.groups, layer.dilation)
+            if self.transposed
+            else None
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         ops = quantized_decomposed_ops()
         weight = ops.dequantize_per_channel(
-            self.weight_int8, self.weight_scale, self.zero_point, 0, *self.weight_range, torch.int8
+            self.weight_int8,
+            self.weight_scale,
+            self.zero_point,
+            self.axis,
+            *self.weight_range,
+            torch.int8,
         )
         bias = self.bias
         if self.bias_scale is not None:
             bias = ops.dequantize_per_channel(
-                self.bias_int32, self.bias_scale, self.zero_point, 0, *_INT32, torch.int32
+                self.bias_int32, self.bias_scale, self.bias_zero_point, 0, *_INT32, torch.int32
             )
         if self.is_linear:
             return F.linear(x, weight, bias)
+        if self.geometry is not None:
+            return CONV_TRANSPOSE[weight.dim() - 2](x, weight, bias, *self.geometry)
         return self.conv._conv_forward(x, weight, bias)  # type: ignore[union-attr,operator]
 
 

@@ -99,12 +99,77 @@ class QuantLinear(nn.Linear):
         return self.weight.detach().clone(), None if self.bias is None else self.bias.detach()
 
 
-QuantLayer = QuantConv1d | QuantConv2d | QuantConv3d | QuantLinear
-QUANT_LAYERS = (QuantConv1d, QuantConv2d, QuantConv3d, QuantLinear)
+class _QuantConvTransposeMixin:
+    """Forward pass shared by the quantized transposed convs.
+
+    A transposed conv's weight is ``[in, out / groups, *kernel]``: its output channels lie on
+    axis 1, so the weight is quantized per axis-1 slice (one scale per output channel of a
+    group, ONNX ``DequantizeLinear(axis=1)``). No BatchNorm is folded in.
+    """
+
+    weight: Tensor
+    bias: Tensor | None
+    weight_quantizer: WeightQuantizer
+    stride: Any
+    padding: Any
+    output_padding: Any
+    groups: int
+    dilation: Any
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.weight_quantizer(self.weight.transpose(0, 1)).transpose(0, 1)
+        return CONV_TRANSPOSE[self.weight.dim() - 2](
+            x,
+            weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.groups,
+            self.dilation,
+        )
+
+    @torch.no_grad()
+    def folded_weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
+        """Weight (``[in, out / groups, *kernel]``) and bias as they are."""
+        return self.weight.detach().clone(), None if self.bias is None else self.bias.detach()
+
+
+CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+class QuantConvTranspose1d(_QuantConvTransposeMixin, nn.ConvTranspose1d):
+    """ConvTranspose1d on fake-quantized weights (per output channel, axis 1)."""
+
+
+class QuantConvTranspose2d(_QuantConvTransposeMixin, nn.ConvTranspose2d):
+    """ConvTranspose2d on fake-quantized weights (per output channel, axis 1)."""
+
+
+class QuantConvTranspose3d(_QuantConvTransposeMixin, nn.ConvTranspose3d):
+    """ConvTranspose3d on fake-quantized weights (per output channel, axis 1)."""
+
+
+QUANT_TRANSPOSED = (QuantConvTranspose1d, QuantConvTranspose2d, QuantConvTranspose3d)
+QuantLayer = (
+    QuantConv1d
+    | QuantConv2d
+    | QuantConv3d
+    | QuantLinear
+    | QuantConvTranspose1d
+    | QuantConvTranspose2d
+    | QuantConvTranspose3d
+)
+QUANT_LAYERS = (QuantConv1d, QuantConv2d, QuantConv3d, QuantLinear, *QUANT_TRANSPOSED)
 _QUANT_CONV_FOR: dict[type[nn.Module], type[nn.Module]] = {
     nn.Conv1d: QuantConv1d,
     nn.Conv2d: QuantConv2d,
     nn.Conv3d: QuantConv3d,
+}
+_QUANT_TRANSPOSED_FOR: dict[type[nn.Module], type[nn.Module]] = {
+    nn.ConvTranspose1d: QuantConvTranspose1d,
+    nn.ConvTranspose2d: QuantConvTranspose2d,
+    nn.ConvTranspose3d: QuantConvTranspose3d,
 }
 
 
@@ -114,7 +179,8 @@ def quantize_layer(
     """A quantized layer sharing ``layer``'s parameters (and owning ``bn``, for convs).
 
     Args:
-        layer: A plain ``nn.Conv1d``/``2d``/``3d`` or ``nn.Linear`` (not a subclass).
+        layer: A plain ``nn.Conv1d``/``2d``/``3d``, ``nn.ConvTranspose1d``/``2d``/``3d`` or
+            ``nn.Linear`` (not a subclass).
         bn: The BatchNorm that follows a conv, to fold into it (see :func:`is_batch_norm_for`),
             or ``None``; ignored for a Linear.
         bits: Weight bit width, in [2, 8] (per-output-channel, symmetric).
@@ -124,7 +190,7 @@ def quantize_layer(
         The quantized layer, on ``layer``'s device and dtype and in its training mode.
 
     Raises:
-        TypeError: If ``layer`` is not a plain Conv1d/2d/3d or Linear.
+        TypeError: If ``layer`` is not a plain Conv1d/2d/3d, ConvTranspose1d/2d/3d or Linear.
     """
     weight = cast(Tensor, layer.weight)
     factory = {"device": weight.device, "dtype": weight.dtype}
@@ -147,14 +213,33 @@ def quantize_layer(
         )
         new.register_module("bn", bn)
         new.register_buffer("bn_frozen", torch.zeros((), dtype=torch.bool, device=weight.device))
+    elif type(layer) in _QUANT_TRANSPOSED_FOR:
+        if conv.padding_mode != "zeros":
+            raise TypeError(
+                f"{type(layer).__name__}(padding_mode={conv.padding_mode!r}) cannot be quantized: "
+                "transposed convs take only zero padding. Leave it out with ignore=[...]."
+            )
+        new = _QUANT_TRANSPOSED_FOR[type(layer)](  # type: ignore[index]
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.output_padding,
+            conv.groups,
+            conv.bias is not None,
+            conv.dilation,
+            **factory,
+        )
     else:
         raise TypeError(
-            f"{type(layer).__name__} cannot be quantized: only plain nn.Conv1d/2d/3d and "
-            "nn.Linear are. Leave it out with ignore=[...]."
+            f"{type(layer).__name__} cannot be quantized: only plain nn.Conv1d/2d/3d, "
+            "nn.ConvTranspose1d/2d/3d and nn.Linear are. Leave it out with ignore=[...]."
         )
     new.weight = weight
     new.bias = conv.bias
-    new.weight_quantizer = WeightQuantizer(weight.shape[0], bits, learnable).to(weight.device)
+    channels = weight.shape[1] if isinstance(new, QUANT_TRANSPOSED) else weight.shape[0]
+    new.weight_quantizer = WeightQuantizer(channels, bits, learnable).to(weight.device)
     new.train(layer.training)
     return new
 

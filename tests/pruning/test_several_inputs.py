@@ -160,24 +160,65 @@ def test_bench_times_an_onnx_model_with_one_int64_input(tmp_path) -> None:
     assert rows[0]["model_ms"] > 0 and rows[0]["baseline_ms"] > 0
 
 
-@pytest.mark.bad_input("data")
-def test_qat_refuses_several_inputs_before_training(loader, tmp_path) -> None:
-    """QAT's fx tracing still takes one input tensor: refused before training, model untouched."""
-    from lightning_accel import QuantizationAware
-
-    module = _Module()
-    before = copy.deepcopy(module.state_dict())
-    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[QuantizationAware()])
-    with pytest.raises(ValueError, match=r"must be a tensor .*got list"):
-        trainer.fit(module, train_dataloaders=loader)
-    assert trainer.global_step == 0
-    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
-
-
 class _Validated(_Module):
     def validation_step(self, batch, batch_idx: int) -> None:  # type: ignore[no-untyped-def]
         (image, tokens), label = batch
         self.log("val/acc", (self(image, tokens).argmax(1) == label).float().mean())
+
+
+def test_qat_trains_exports_and_verifies_two_inputs_on_integer_kernels(loader, tmp_path) -> None:
+    """Image + int64 ids through QAT: fx traces both placeholders; one ONNX input per tensor,
+    every conv/linear on ONNX Runtime integer kernels, verified on real batches."""
+    import onnx
+
+    from lightning_accel import ExportOnFitEnd, QuantizationAware
+    from lightning_accel.quantization import activation_quantizers, quantized_layers
+
+    export = ExportOnFitEnd(
+        tmp_path / "export",
+        backends=("onnxruntime",),
+        batch_sizes=(4,),
+        verify_batches=2,
+        latency_runs=3,
+        threads=1,
+    )
+    module = _Validated()
+    trainer = quiet_trainer(
+        tmp_path, max_epochs=1, limit_train_batches=2, callbacks=[QuantizationAware(), export]
+    )
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
+    assert len(quantized_layers(module)) == 5  # 2 convs + 3 linears (the embedding stays)
+    assert activation_quantizers(module)
+    graph = onnx.load(str(tmp_path / "export" / "model.onnx")).graph
+    inputs = {i.name: i.type.tensor_type.elem_type for i in graph.input}
+    assert inputs == {"image": onnx.TensorProto.FLOAT, "tokens": onnx.TensorProto.INT64}
+    entry = export.summary["backends"]["onnxruntime"]
+    assert entry["verification"]["passed"] and entry["verification"]["samples"] == 128
+    assert entry["verification"]["top1_agreement"] >= 0.95
+    kernels = entry["info"]["integer_kernels"]
+    assert kernels.get("QLinearConv", 0) == 2 and kernels.get("QGemm", 0) == 3, kernels
+    assert entry["latency"]["4"]["model_ms"] > 0
+
+
+@pytest.mark.bad_input("data")
+def test_qat_refuses_a_model_fx_cannot_trace_before_training(loader, tmp_path) -> None:
+    """Data-dependent control flow on an input: refused before training, model untouched."""
+    from lightning_accel import QuantizationAware
+
+    class _Branchy(_ImageAndTokens):
+        def forward(self, image: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+            if tokens.max() > 8:  # data-dependent: torch.fx cannot trace it
+                tokens = tokens.clamp(max=8)
+            return super().forward(image, tokens)
+
+    module = _Module()
+    module.model = _Branchy()
+    before = copy.deepcopy(module.state_dict())
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[QuantizationAware()])
+    with pytest.raises(ValueError, match=r"_Branchy cannot be quantized: torch.fx cannot trace"):
+        trainer.fit(module, train_dataloaders=loader)
+    assert trainer.global_step == 0
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
 
 
 def test_export_on_fit_end_exports_verifies_and_times_two_inputs(loader, tmp_path) -> None:
