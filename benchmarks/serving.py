@@ -1,9 +1,11 @@
 """Serving load test: `lightning-accel serve` against the bare runtime session, on 127.0.0.1.
 
-A pruned model and its int8 (QAT) version are exported (small CNN on a Fashion-MNIST subset,
-unless --pruned-dir/--int8-dir name existing export folders, e.g. the main job's), then each is
-served with dynamic batching on and off. At concurrency 1, 4, 16 and 64 a fixed number of
-requests is sent; throughput, p50/p95/p99 latency and errors are recorded. The bare ONNX Runtime
+A pruned model and its int8 (QAT) version are exported (ResNet-18 on 28x28 Fashion-MNIST, a
+short fit on a subset: a load test needs the model's size, not its accuracy; --pruned-dir and
+--int8-dir take existing export folders instead, e.g. the main job's), then each is served with
+dynamic batching on and off. The runtime alone at batch 1 and at the batch size bounds what
+batching can gain on this CPU; it is measured first. At concurrency 1, 4, 16 and 64 a
+fixed number of requests is sent; throughput, p50/p95/p99 latency and errors are recorded. The bare ONNX Runtime
 session's latency on the same input (same thread count) is measured in the same run, before and
 after each server, so the server's own overhead is a measured difference. Then resident memory
 of the server's processes over many requests, and a fuzz of bad requests.
@@ -13,7 +15,7 @@ Load driver: an asyncio ``httpx`` client in this process. Why: it is a well-kept
 processes), gives per-request latencies directly, and holds 64 concurrent keep-alive connections
 on one core. The client shares the machine's CPUs with the server: figures include its cost.
 
-    flock /tmp/heavy.lock .venv/bin/python benchmarks/serving.py   # ~3-5 min on 2 CPU cores
+    flock /tmp/heavy.lock .venv/bin/python benchmarks/serving.py   # ~6-8 min on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -38,8 +40,13 @@ ROOT = Path(__file__).parents[1]
 
 
 # ------------------------------------------------------------------------------ exports
-def export_models(out: Path, train_size: int) -> tuple[Path, Path]:
-    """Fit the small CNN on Fashion-MNIST: structured pruning, then the same plus QAT."""
+def export_models(out: Path, arch: str, train_size: int) -> tuple[Path, Path]:
+    """A short fit of ``arch`` on Fashion-MNIST: 50% structured pruning, then the same plus QAT.
+
+    A load test needs the model's size and graph, not its accuracy: a few hundred images and
+    three or four epochs (about a minute each on 2 cores for ResNet-18). The main job's export
+    folders can be passed instead (``--pruned-dir``/``--int8-dir``).
+    """
     import lightning.pytorch as pl
 
     from lightning_accel import (
@@ -50,11 +57,13 @@ def export_models(out: Path, train_size: int) -> tuple[Path, Path]:
         QuantizationAware,
     )
 
-    folders = {"pruned": out / "pruned", "int8": out / "int8"}
+    folders = {"pruned": out / arch / "pruned", "int8": out / arch / "int8"}
     for name, folder in folders.items():
         if (folder / "manifest.json").is_file():
             continue
-        callbacks: list[pl.Callback] = [GradualPruning(0.5, mode="structured", end_epoch=1)]
+        callbacks: list[pl.Callback] = [
+            GradualPruning(0.5, mode="structured", end_epoch=1, round_to=8)
+        ]
         if name == "int8":
             callbacks.append(
                 QuantizationAware("onnxruntime", start_epoch=2, freeze_observers_epoch=3)
@@ -69,8 +78,10 @@ def export_models(out: Path, train_size: int) -> tuple[Path, Path]:
             enable_model_summary=False,
             callbacks=callbacks,
         )
-        data = FashionMNISTDataModule(batch_size=128, train_size=train_size, test_size=1000)
-        trainer.fit(ClassificationModule("small_cnn", input_size=28, lr=0.05), datamodule=data)
+        data = FashionMNISTDataModule(
+            batch_size=128, train_size=train_size, val_size=256, test_size=256
+        )
+        trainer.fit(ClassificationModule(arch, input_size=28, lr=0.05), datamodule=data)
         print(f"exported {name} to {folder} (val/acc {trainer.callback_metrics.get('val/acc')})")
     return folders["pruned"], folders["int8"]
 
@@ -78,11 +89,16 @@ def export_models(out: Path, train_size: int) -> tuple[Path, Path]:
 # ------------------------------------------------------------------------------ bare runtime
 def bare_latency_ms(export_dir: Path, sample: np.ndarray, threads: int, runs: int) -> float:
     """Median latency of the bare ONNX Runtime session on one sample (batch 1)."""
+    return bare_batch_ms(export_dir, sample[np.newaxis], threads, runs)
+
+
+def bare_batch_ms(export_dir: Path, batch: np.ndarray, threads: int, runs: int) -> float:
+    """Median latency of the bare ONNX Runtime session on ``batch`` ``[n, *sample_shape]``."""
     from lightning_accel.backends.onnxruntime import ort_session
 
     session = ort_session(export_dir / "model.onnx", threads)
-    feed = {session.get_inputs()[0].name: sample[np.newaxis]}
-    for _ in range(50):
+    feed = {session.get_inputs()[0].name: batch}
+    for _ in range(max(5, runs // 20)):
         session.run(None, feed)
     times = []
     for _ in range(runs):
@@ -90,6 +106,24 @@ def bare_latency_ms(export_dir: Path, sample: np.ndarray, threads: int, runs: in
         session.run(None, feed)
         times.append(time.perf_counter() - started)
     return 1000 * statistics.median(times)
+
+
+def batching_bound(export_dir: Path, samples: np.ndarray, threads: int, batch: int) -> dict:
+    """What batching can gain at most on this CPU: per-sample cost at batch 1 vs ``batch``.
+
+    The runtime alone, no server: ``bound = batch-1 latency / (batch-``batch`` latency / batch)``.
+    A server batching ``batch`` requests per call cannot raise throughput by more than this
+    (less, since its per-request HTTP and queue work is not batched).
+    """
+    one = bare_batch_ms(export_dir, samples[:1], threads, 300)
+    many = bare_batch_ms(export_dir, samples[:batch], threads, 40)
+    return {
+        "batch": batch,
+        "batch1_ms": one,
+        f"batch{batch}_ms": many,
+        "per_sample_ms": many / batch,
+        "bound": one / (many / batch),
+    }
 
 
 # ------------------------------------------------------------------------------ server
@@ -158,7 +192,36 @@ def stack_latency_ms(url: str, body: bytes, runs: int = 300) -> dict:
                 if i >= 30:
                     times.append(time.perf_counter() - started)
             out[name] = 1000 * statistics.median(times)
+    out["predict_http_client"] = http_client_latency_ms(url, body, runs)
     return out
+
+
+def http_client_latency_ms(url: str, body: bytes, runs: int) -> float:
+    """p50 of ``POST /predict`` from the standard library's ``http.client`` (keep-alive).
+
+    The lightest Python client: its difference to the ``httpx`` figure is client cost, not
+    the server's.
+    """
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    headers = {"content-type": "application/json"}
+    times = []
+    try:
+        for i in range(runs + 30):
+            started = time.perf_counter()
+            connection.request("POST", "/predict", body=body, headers=headers)
+            answer = connection.getresponse()
+            answer.read()
+            if answer.status != 200:
+                raise RuntimeError(f"POST /predict answered {answer.status}")
+            if i >= 30:
+                times.append(time.perf_counter() - started)
+    finally:
+        connection.close()
+    return 1000 * statistics.median(times)
 
 
 async def load(url: str, bodies: list[bytes], concurrency: int) -> dict:
@@ -243,13 +306,14 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/lightning-accel-serving"))
     parser.add_argument("--pruned-dir", type=Path, default=None)
     parser.add_argument("--int8-dir", type=Path, default=None)
-    parser.add_argument("--train-size", type=int, default=6000)
+    parser.add_argument("--arch", default="resnet18", help="zoo model exported when no dirs")
+    parser.add_argument("--train-size", type=int, default=512)
     parser.add_argument("--requests", type=int, default=400, help="per concurrency level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--threads", type=int, default=1, help="runtime threads, server and bare")
     parser.add_argument("--batch", type=int, default=16, help="max batch size when batching")
-    parser.add_argument("--batch-timeout-ms", type=float, default=2.0)
-    parser.add_argument("--rss-requests", type=int, default=3000)
+    parser.add_argument("--batch-timeout-ms", type=float, default=0.0)
+    parser.add_argument("--rss-requests", type=int, default=10_000)
     parser.add_argument("--fuzz", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/serving.json")
     args = parser.parse_args()
@@ -257,7 +321,7 @@ def main() -> None:
     if args.pruned_dir and args.int8_dir:
         models = {"pruned": args.pruned_dir, "int8": args.int8_dir}
     else:
-        pruned, int8 = export_models(args.work_dir, args.train_size)
+        pruned, int8 = export_models(args.work_dir, args.arch, args.train_size)
         models = {"pruned": pruned, "int8": int8}
     from lightning_accel.data.fashion_mnist import load_split
 
@@ -267,6 +331,8 @@ def main() -> None:
     results: dict = {"settings": vars(args) | {"cpus": os.cpu_count()}, "models": {}}
     for name, folder in models.items():
         entry: dict = {"export_dir": str(folder), "bare_ms": [], "servers": {}}
+        entry["batching_bound"] = batching_bound(folder, samples, args.threads, args.batch)
+        print(name, "batching bound", entry["batching_bound"], flush=True)
         for batching, (batch, timeout) in {
             "on": (args.batch, args.batch_timeout_ms),
             "off": (1, 0.0),
@@ -325,6 +391,19 @@ def format_table(results: dict) -> str:
             f"{name}: bare session p50 {min(bare):.3f}-{max(bare):.3f} ms; server p50 at "
             f"concurrency 1: {c1}; server overhead (p50 - bare): {overhead} ms"
         )
+        stack = {b: s["stack_ms"] for b, s in entry["servers"].items()}
+        lines.append(f"{name}: stack p50 ms {stack}")
+        rps = {
+            b: {r["concurrency"]: r["throughput_rps"] for r in s["rows"]}
+            for b, s in entry["servers"].items()
+        }
+        if "on" in rps and "off" in rps:
+            ratios = {
+                c: round(rps["on"][c] / rps["off"][c], 2) for c in rps["on"] if c in rps["off"]
+            }
+            lines.append(f"{name}: throughput batching on / off by concurrency: {ratios}")
+        if "batching_bound" in entry:
+            lines.append(f"{name}: runtime alone, batching bound: {entry['batching_bound']}")
     return "\n".join(lines)
 
 

@@ -62,7 +62,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--batch-timeout-ms",
         type=float,
         default=DEFAULT_BATCH_TIMEOUT_MS,
-        help="how long a batch waits to fill (default: %(default)s)",
+        help=(
+            "ms a batch waits to fill after its first request; 0: a batch is what queued "
+            "meanwhile, a lone request never waits (default: %(default)s)"
+        ),
     )
     p.add_argument("--workers", type=int, default=1, help="runtime worker processes (default: 1)")
     p.add_argument(

@@ -26,7 +26,7 @@ from lightning_accel.serving.inputs import InputSpec, describe
 from lightning_accel.serving.metrics import MetricsMiddleware, exposition, use_metrics_dir
 
 DEFAULT_MAX_BATCH_SIZE = 16
-DEFAULT_BATCH_TIMEOUT_MS = 2.0
+DEFAULT_BATCH_TIMEOUT_MS = 0.0
 DEFAULT_MAX_BODY_BYTES = 4 * 2**20
 DEFAULT_MAX_SAMPLES = 256
 DEFAULT_TOP_K = 5
@@ -113,7 +113,9 @@ def serve(
         host: ``"127.0.0.1"`` (default), ``"0.0.0.0"`` or ``"::"``.
         port: TCP port in [1024, 65535].
         max_batch_size: Most requests one runtime call serves; 1 turns batching off.
-        batch_timeout_ms: Milliseconds a batch waits to fill (LitServe's ``batch_timeout``).
+        batch_timeout_ms: Milliseconds a batch waits to fill after its first request
+            (LitServe's ``batch_timeout``); 0 (default): a batch is what queued while the
+            runtime was busy, and a lone request is never delayed.
         workers: Runtime worker processes (LitServe's ``workers_per_device`` on the CPU).
         threads: Runtime intra-op threads per worker; default: the cores shared among workers.
         max_body_bytes: Largest request body; larger ones get 413 before they are read whole.
@@ -154,9 +156,8 @@ def serve(
 
     metrics_dir = tempfile.mkdtemp(prefix="lightning-accel-metrics-")
     use_metrics_dir(metrics_dir)  # before any metric exists here or in a worker
-    import litserve as ls
-
     from lightning_accel.serving.api import STATE_KEY, ClassifierAPI, RequestLimits
+    from lightning_accel.serving.queues import PipeQueueLitServer
 
     api = ClassifierAPI(
         manifest,
@@ -178,7 +179,7 @@ def serve(
         "input": describe(spec),
         "class_names": list(manifest.class_names or []) or None,
     }
-    litserver = ls.LitServer(
+    litserver = PipeQueueLitServer(
         api,
         accelerator="cpu",
         workers_per_device=workers,
