@@ -157,6 +157,11 @@ def callback_figures(callback: LatencyBudgetPruning) -> dict[str, Any]:
         "callback_speedup": callback.last.get("speedup"),
         "callback_spread": callback.last.get("spread"),
         "measured_steps": len(stages),
+        "target_ms": callback.target_ms,
+        "stages": [
+            {k: row.get(k) for k in ("goal_ms", "predicted_ms", "measured_ms", "speedup")}
+            for row in callback.history
+        ],
     }
 
 

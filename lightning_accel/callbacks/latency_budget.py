@@ -36,8 +36,8 @@ from lightning_accel.callbacks.base import (
 from lightning_accel.checkpointing import record_structural_change
 from lightning_accel.pruning.allocation import (
     MAX_STAGES,
+    DropCorrection,
     allocate,
-    correction,
     schedule_target,
     stage_goal,
 )
@@ -200,7 +200,8 @@ class LatencyBudgetPruning(AccelCallback):
         self.floor_ms: float | None = None  # measured: every group at round_to channels
         self.tolerance: float = 0.0  # relative, from the measured spread
         self.progress = 0.0  # schedule progress applied so far
-        self.scale = 1.0  # measured / predicted drop of the last step
+        self.scale = 1.0  # measured / predicted drop since the latency model was measured
+        self._drop: DropCorrection | None = None
         self.last: dict[str, float] = {}  # last measurement: measured_ms, dense_ms, predicted_ms
         self.widths: dict[str, int] = {}
         self.history: list[dict[str, Any]] = []
@@ -463,7 +464,9 @@ class LatencyBudgetPruning(AccelCallback):
         plan: Any = None
         if trainer.is_global_zero:
             plan = self._plan(pl_module, graph, before, goal, refresh)
-        removals, predicted, reached = trainer.strategy.broadcast(plan, src=0)
+        removals, predicted, reached, refreshed = trainer.strategy.broadcast(plan, src=0)
+        if refreshed or self._drop is None:  # a new latency model: its own error from here on
+            self._drop = DropCorrection(before, scale=self.scale)
         history = prune_groups(pl_module, graph, removals)
         if history:
             record_structural_change(
@@ -477,8 +480,7 @@ class LatencyBudgetPruning(AccelCallback):
         measured["predicted_ms"] = predicted
         after = self._budget_frame(measured)
         if history:
-            self.scale = correction(before, predicted, after) * self.scale if self.scale else 1.0
-            self.scale = min(max(self.scale, 0.25), 4.0)
+            self.scale = self._drop.update(before, predicted, after)
         self.last = measured
         self.progress = max(self.progress, progress)
         self.widths = self._layer_widths(pl_module)
@@ -519,12 +521,13 @@ class LatencyBudgetPruning(AccelCallback):
         before: float,
         goal: float,
         refresh: bool = True,
-    ) -> tuple[dict[str, list[int]], float, bool]:
+    ) -> tuple[dict[str, list[int]], float, bool, bool]:
         assert self._example is not None and self._probe is not None
         groups = channel_groups(pl_module, self._example, self._layers, self.round_to, graph)
         if not groups:
-            return {}, before, False
-        if refresh or self._model is None or set(self._model.curves) != {g.name for g in groups}:
+            return {}, before, False, False
+        stale = self._model is None or set(self._model.curves) != {g.name for g in groups}
+        if refresh or stale:
             self._model = self._latency_model(pl_module, groups)
         model = self._model
         names = [g.name for g in groups]
@@ -535,7 +538,7 @@ class LatencyBudgetPruning(AccelCallback):
 
         weights = {g.name: float(len(g.layers)) for g in groups}
         allocation = allocate(scores, saving, before, goal, self.round_to, self.scale, weights)
-        return allocation.removals, allocation.predicted_ms, allocation.reached
+        return allocation.removals, allocation.predicted_ms, allocation.reached, refresh or stale
 
     def _latency_model(
         self, pl_module: pl.LightningModule, groups: list[ChannelGroup]

@@ -7,6 +7,7 @@ import torch
 
 from lightning_accel.pruning.allocation import (
     MAX_STAGES,
+    DropCorrection,
     allocate,
     correction,
     next_width,
@@ -113,3 +114,16 @@ def test_the_final_step_approaches_the_budget_from_above_in_measured_stages() ->
     # an intermediate step of the schedule goes straight to its goal below a 30% gap
     assert stage_goal(3.5, 3.0) == 3.0 and stage_goal(3.5, 3.0, final=True) < 3.5
     assert stage_goal(3.1, 3.0, final=True) == 3.0  # within 5%: the goal itself
+
+
+def test_the_correction_accumulates_over_stages_so_a_noisy_small_stage_does_not_swing_it() -> None:
+    # the runtime saves 1.3x what the model predicts; stage 2 is small and its reading is off by
+    # 0.1 ms (the timing spread), which alone would say 0.5x
+    drop = DropCorrection(10.0)
+    assert drop.update(10.0, 7.0, 6.1) == pytest.approx(1.3)  # 3 ms predicted, 3.9 measured
+    before, predicted = 6.1, 6.1 - 0.2 * 1.3  # 0.2 ms of the model, scaled by 1.3
+    noisy = before - 0.5 * (before - predicted)  # measured: half the planned drop
+    assert correction(before, predicted, noisy) * 1.3 == pytest.approx(0.65)  # per stage
+    assert drop.update(before, predicted, noisy) == pytest.approx((10.0 - noisy) / 3.2)
+    assert 1.2 < drop.scale < 1.3  # accumulated: still about the runtime's 1.3x
+    assert DropCorrection(1.0).update(1.0, 0.9, 0.0) == 4.0  # clamped
