@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,13 @@ from lightning_accel.callbacks.base import (
 )
 from lightning_accel.checkpointing import record_structural_change
 from lightning_accel.pruning.allocation import (
+    CUT_CHECKS,
+    CUT_SLACK,
     MAX_STAGES,
+    Allocation,
     DropCorrection,
     allocate,
+    pulled_back_aim,
     schedule_target,
     stage_goal,
 )
@@ -537,8 +541,45 @@ class LatencyBudgetPruning(AccelCallback):
             return model.saving(name, width) * before / model.base_ms
 
         weights = {g.name: float(len(g.layers)) for g in groups}
-        allocation = allocate(scores, saving, before, goal, self.round_to, self.scale, weights)
-        return allocation.removals, allocation.predicted_ms, allocation.reached, refresh or stale
+
+        def plan_for(aim: float) -> Allocation:
+            return allocate(scores, saving, before, aim, self.round_to, self.scale, weights)
+
+        allocation = plan_for(goal)
+        reached = allocation.reached
+        if any(allocation.removals.values()):
+            allocation = self._checked_cut(pl_module, allocation, plan_for, before, goal)
+        return allocation.removals, allocation.predicted_ms, reached, refresh or stale
+
+    def _checked_cut(
+        self,
+        pl_module: pl.LightningModule,
+        plan: Allocation,
+        plan_for: Callable[[float], Allocation],
+        before: float,
+        goal: float,
+    ) -> Allocation:
+        """Time a planned cut on a thinned copy first; pull an overshoot back (NetAdapt-style).
+
+        Up to ``CUT_CHECKS`` plans are timed against the model as it is (probes' exporter, in
+        alternating rounds); the first one landing no lower than ``CUT_SLACK`` below ``goal``
+        is returned, else the last (the least cut). See :func:`pulled_back_aim`.
+        """
+        assert self._example is not None and self._probe is not None
+        current = self._probe.compile(pl_module)
+        aim = goal
+        for check in range(CUT_CHECKS):
+            candidate = self._probe.compile(thinned_copy(pl_module, self._example, plan.widths))
+            now_runs, cut_runs = self._probe.time_rounds([current, candidate])
+            landed = before / round_ratio(now_runs, cut_runs)[0]
+            if landed >= goal * (1.0 - CUT_SLACK) or check == CUT_CHECKS - 1:
+                return plan
+            aim = pulled_back_aim(aim, goal, landed, before)
+            pulled = plan_for(aim)
+            if pulled.widths == plan.widths or not any(pulled.removals.values()):
+                return plan  # no smaller cut to take: the least cut found
+            plan = pulled
+        return plan
 
     def _latency_model(
         self, pl_module: pl.LightningModule, groups: list[ChannelGroup]

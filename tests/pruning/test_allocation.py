@@ -11,6 +11,7 @@ from lightning_accel.pruning.allocation import (
     allocate,
     correction,
     next_width,
+    pulled_back_aim,
     schedule_target,
     stage_goal,
 )
@@ -127,3 +128,11 @@ def test_the_correction_accumulates_over_stages_so_a_noisy_small_stage_does_not_
     assert drop.update(before, predicted, noisy) == pytest.approx((10.0 - noisy) / 3.2)
     assert 1.2 < drop.scale < 1.3  # accumulated: still about the runtime's 1.3x
     assert DropCorrection(1.0).update(1.0, 0.9, 0.0) == 4.0  # clamped
+
+
+def test_an_overshooting_planned_cut_moves_the_aim_up_but_stays_below_the_current_latency() -> None:
+    # planned for 1.0 ms, the copy ran at 0.8 ms: aim 0.2 ms higher
+    assert pulled_back_aim(1.0, 1.0, 0.8, 2.0) == pytest.approx(1.2)
+    # a jump (0.2 ms measured): at most halfway back to the current 2.0 ms, so a cut remains
+    assert pulled_back_aim(1.0, 1.0, 0.2, 2.0) == pytest.approx(1.5)
+    assert pulled_back_aim(1.5, 1.0, 0.9, 2.0) == pytest.approx(1.6)  # a second pull, from 1.5
