@@ -534,6 +534,7 @@ class LatencyBudgetPruning(AccelCallback):
         if refresh or stale:
             self._model = self._latency_model(pl_module, groups)
         model = self._model
+        assert model is not None
         names = [g.name for g in groups]
         scores = group_scores(pl_module, graph, self._layers, names, self.criterion)
 
