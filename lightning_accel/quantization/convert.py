@@ -121,7 +121,7 @@ class QDQLayer(nn.Module):
             self.bias = bias.float().clone()
         self.is_linear = isinstance(layer, QuantLinear)
         self.conv = None if self.is_linear or self.transposed else weightless_conv(layer)
-        self.geometry = (
+        self.geometry: tuple[Any, ...] | None = (
             (layer.stride, layer.padding, layer.output_padding, layer.groups, layer.dilation)
             if self.transposed
             else None
@@ -145,7 +145,7 @@ class QDQLayer(nn.Module):
         if self.is_linear:
             return F.linear(x, weight, bias)
         if self.geometry is not None:
-            return CONV_TRANSPOSE[weight.dim() - 2](x, weight, bias, *self.geometry)
+            return CONV_TRANSPOSE[weight.dim() - 2](x, weight, bias, *self.geometry)  # type: ignore[arg-type]
         return self.conv._conv_forward(x, weight, bias)  # type: ignore[union-attr,operator]
 
 

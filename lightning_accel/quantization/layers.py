@@ -116,7 +116,8 @@ class _QuantConvTransposeMixin:
     groups: int
     dilation: Any
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        """The transposed conv on fake-quant weights; ``output_size`` as torch's layer takes it."""
         weight = self.weight_quantizer(self.weight.transpose(0, 1)).transpose(0, 1)
         return CONV_TRANSPOSE[self.weight.dim() - 2](
             x,
@@ -124,7 +125,7 @@ class _QuantConvTransposeMixin:
             self.bias,
             self.stride,
             self.padding,
-            self.output_padding,
+            output_padding(self, x, output_size),
             self.groups,
             self.dilation,
         )
@@ -136,6 +137,16 @@ class _QuantConvTransposeMixin:
 
 
 CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def output_padding(layer: Any, x: Tensor, output_size: list[int] | None) -> Any:
+    """The layer's ``output_padding``, or the one ``output_size`` asks for (torch's own rule)."""
+    if output_size is None:
+        return layer.output_padding
+    dims = layer.weight.dim() - 2
+    return layer._output_padding(
+        x, output_size, layer.stride, layer.padding, layer.kernel_size, dims, layer.dilation
+    )
 
 
 class QuantConvTranspose1d(_QuantConvTransposeMixin, nn.ConvTranspose1d):
