@@ -143,6 +143,13 @@ def quantize_in_place(
     flavour (the one OpenVINO also runs fastest, docs/backends.md) at the first epoch; the
     learning rate is a tenth of the dense run's, cosine-annealed over the QAT epochs.
 
+    Args:
+        module: The pruned model; quantized in place.
+        cfg: The job's settings (``qat_epochs``, ``lr``, threads).
+        data: The data module the dense and pruning phases used.
+        out: The job's output folder (checkpoints go under it).
+        progress: Show Lightning's progress bar.
+
     Returns:
         The Trainer that ran it (for the test loop).
     """

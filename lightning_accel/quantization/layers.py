@@ -140,7 +140,13 @@ CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transp
 
 
 def output_padding(layer: Any, x: Tensor, output_size: list[int] | None) -> Any:
-    """The layer's ``output_padding``, or the one ``output_size`` asks for (torch's own rule)."""
+    """The layer's ``output_padding``, or the one ``output_size`` asks for (torch's own rule).
+
+    Args:
+        layer: A ``ConvTranspose1d/2d/3d`` (or its fake-quant / binary subclass).
+        x: The layer's input, ``(N, C_in, *spatial)``.
+        output_size: The spatial output size forward was asked for, or ``None``.
+    """
     if output_size is None:
         return layer.output_padding
     dims = layer.weight.dim() - 2

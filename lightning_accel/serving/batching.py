@@ -35,6 +35,11 @@ class GreedyBatchedLoop(BatchedLoop):  # type: ignore[misc]
     ) -> tuple[list, list]:
         """Up to ``lit_api.max_batch_size`` queued requests, the first waited for.
 
+        Args:
+            lit_api: The served LitAPI (its ``max_batch_size`` and ``batch_timeout``).
+            request_queue: LitServe's request queue from the HTTP process.
+            transport: LitServe's response transport (unused here; LitServe's signature).
+
         Returns:
             ``(payloads, timed_out)``: ``(response_queue_id, uid, payload)`` per request to
             serve, ``(response_queue_id, uid)`` per request that waited past LitServe's
