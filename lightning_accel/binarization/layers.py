@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_accel.binarization.functions import binarize_activation, binarize_weight
-from lightning_accel.quantization.layers import CONV_TRANSPOSE, output_padding
+from lightning_accel.quantization.layers import conv_transpose
 from lightning_accel.utilities.distributed import mean_across_ranks
 from lightning_accel.utilities.modules import per_channel, set_submodule
 
@@ -119,16 +119,7 @@ class _BinaryTransposeMixin(_BinaryMixin):
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
         """The transposed conv on binary weights/inputs; ``output_size`` as torch's takes it."""
-        return CONV_TRANSPOSE[self.weight.dim() - 2](
-            self.effective_input(x),
-            self.effective_weight(),
-            self.bias,
-            self.stride,
-            self.padding,
-            output_padding(self, x, output_size),
-            self.groups,
-            self.dilation,
-        )
+        return conv_transpose(self, self.effective_input(x), self.effective_weight(), output_size)
 
 
 class BinaryConvTranspose1d(_BinaryTransposeMixin, nn.ConvTranspose1d):

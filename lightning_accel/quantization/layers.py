@@ -119,16 +119,7 @@ class _QuantConvTransposeMixin:
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
         """The transposed conv on fake-quant weights; ``output_size`` as torch's layer takes it."""
         weight = self.weight_quantizer(self.weight.transpose(0, 1)).transpose(0, 1)
-        return CONV_TRANSPOSE[self.weight.dim() - 2](
-            x,
-            weight,
-            self.bias,
-            self.stride,
-            self.padding,
-            output_padding(self, x, output_size),
-            self.groups,
-            self.dilation,
-        )
+        return conv_transpose(self, x, weight, output_size)
 
     @torch.no_grad()
     def folded_weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
@@ -137,6 +128,27 @@ class _QuantConvTransposeMixin:
 
 
 CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def conv_transpose(layer: Any, x: Tensor, weight: Tensor, output_size: list[int] | None) -> Tensor:
+    """``layer``'s transposed conv of ``x`` with ``weight`` in place of its own.
+
+    Args:
+        layer: A ``ConvTranspose1d/2d/3d`` subclass (its stride, padding, groups, dilation, bias).
+        x: The input, ``(N, C_in, *spatial)``.
+        weight: ``[C_in, C_out / groups, *kernel]``, e.g. fake-quantized or binarized.
+        output_size: The spatial output size forward was asked for, or ``None``.
+    """
+    return CONV_TRANSPOSE[weight.dim() - 2](
+        x,
+        weight,
+        layer.bias,
+        layer.stride,
+        layer.padding,
+        output_padding(layer, x, output_size),
+        layer.groups,
+        layer.dilation,
+    )
 
 
 def output_padding(layer: Any, x: Tensor, output_size: list[int] | None) -> Any:
