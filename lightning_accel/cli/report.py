@@ -211,8 +211,10 @@ def time_against_baseline(
     machine's drift lands on both; ``latency_ms`` becomes the median of those runs. Every other
     runtime in ``runtimes`` times each row twice the same way: against its own compile of the
     baseline (the compression's speedup on that runtime) and against ONNX Runtime's baseline
-    (compression and runtime together; for the baseline row, the runtime alone). Those figures
-    go to :attr:`ModelReport.runtimes`.
+    (compression and runtime together; for the baseline row, the runtime alone), with ONNX
+    Runtime's threads stopping their spin when a run returns (``stop_spinning_after_run``),
+    since threads left spinning by one runtime slow the other in the same process. Those
+    figures go to :attr:`ModelReport.runtimes`.
 
     Args:
         rows: Rows from :func:`measure_model` (their ``onnx_path`` set); changed in place.
@@ -230,6 +232,14 @@ def time_against_baseline(
     with tempfile.TemporaryDirectory(prefix="lightning-accel-report-") as tmp:
         reference = get_backend(REFERENCE_RUNTIME).compile(
             Path(baseline.onnx_path), Path(tmp) / "baseline", threads=threads
+        )
+        # Timed beside another runtime, ONNX Runtime's threads must stop spinning when a run
+        # returns: left spinning, they keep the cores busy and slow the other runtime's runs.
+        quiet_reference = get_backend(REFERENCE_RUNTIME).compile(
+            Path(baseline.onnx_path),
+            Path(tmp) / "quiet",
+            threads=threads,
+            stop_spinning_after_run=True,
         )
         for runtime in order:
             backend = get_backend(runtime)
@@ -276,7 +286,9 @@ def time_against_baseline(
                         if b in figures.speedup_iqr:
                             figures.vs_onnxruntime_fp32_iqr[b] = figures.speedup_iqr[b]
                         continue
-                    cross = compare_latency(model, reference, inputs, b, runs, threads=n_threads)
+                    cross = compare_latency(
+                        model, quiet_reference, inputs, b, runs, threads=n_threads
+                    )
                     figures.vs_onnxruntime_fp32[b] = cross.speedup
                     figures.vs_onnxruntime_fp32_iqr[b] = (cross.speedup_p25, cross.speedup_p75)
                     if row is baseline:

@@ -253,8 +253,13 @@ def _run_backend(
             and REFERENCE_BACKEND in settings.backends
             and runtime.device == get_backend(REFERENCE_BACKEND).device
         ):
+            # ONNX Runtime's threads stop spinning when a run returns: left spinning, they
+            # slow the other runtime's runs that follow in this process (#14).
             reference_baseline = get_backend(REFERENCE_BACKEND).compile(
-                baseline_onnx, dirpath / backend / "reference", threads=settings.threads
+                baseline_onnx,
+                dirpath / backend / "reference",
+                threads=settings.threads,
+                stop_spinning_after_run=True,
             )
             reference_baseline.input_bounds = compiled.input_bounds
         entry["latency"] = {}

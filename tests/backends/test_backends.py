@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -30,6 +32,23 @@ def test_onnxruntime_saves_its_optimized_graph_and_runs_like_torch(small_onnx, t
         compiled.run(x.numpy()), model(x).detach().numpy(), rtol=1e-4, atol=1e-5
     )
     assert compiled.latency(1, runs=5).median_ms > 0
+
+
+def test_onnxruntime_threads_stop_spinning_after_a_run_when_asked(small_onnx, tmp_path) -> None:
+    # Timed beside another runtime (#14), ONNX Runtime's reference session must leave the cores
+    # idle between runs: its threads' CPU time while the caller sleeps stays near zero.
+    _, path = small_onnx
+    compiled = compile_model(
+        "onnxruntime", path, tmp_path / "ort", threads=2, stop_spinning_after_run=True
+    )
+    options = compiled._session.get_session_options()
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    x = np.random.default_rng(0).standard_normal((64, 1, 28, 28)).astype(np.float32)
+    for _ in range(5):
+        compiled.run(x)
+    before = time.process_time()
+    time.sleep(0.2)
+    assert time.process_time() - before < 0.01  # spinning threads burn ~0.04 s here
 
 
 @pytest.mark.bad_input("constructor")
