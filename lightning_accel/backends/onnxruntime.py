@@ -72,11 +72,11 @@ def ort_session(
         stop_spinning_after_run: Stop the intra-op threads' busy-waiting as soon as a run
             returns (``session.force_spinning_stop``); by default they keep spinning for the next
             run. Turn it on when another runtime is timed in the same process: threads left
-            spinning keep the cores busy and slow whatever runs next. Measured here (ResNet-18,
-            2 threads, 3 fresh processes each): OpenVINO's pruned int8 speedup over ORT fp32
-            read 9.6x at b64 and 3.4x at b1 beside a spinning session, 14.5x and 4.2x beside
-            one that stops, against 14.9x and 4.5x in separate processes; stopping costs ORT
-            itself +3% latency at b1, while ``session.intra_op.allow_spinning=0`` costs +28%.
+            spinning keep the cores busy and slow whatever runs next. Measured here
+            (``benchmarks/ort_spinning.py``, ResNet-18, 2 threads): OpenVINO's pruned int8
+            speedup over ORT fp32 at b64 read 9.1x beside a spinning session, 13.8x beside one
+            that stops, 14.6x in separate processes; stopping costs ORT itself 2% at b1, where
+            ``session.intra_op.allow_spinning=0`` costs 26% (docs/backends.md).
     """
     import onnxruntime as ort
 
