@@ -4,8 +4,14 @@ Placement follows ONNX Runtime's QDQ fusion rules, which TensorRT's explicit qua
 also accepts: every quantized conv or linear reads a quantized input; every quantized conv's
 output is quantized after its BatchNorm and ReLU (ONNX Runtime then drops the ReLU into the
 requantization and runs ``QLinearConv``); both inputs and the (post-ReLU) output of a residual
-add are quantized, so the add runs as ``QLinearAdd``. One quantizer serves every reader of a
-tensor, as one Q/DQ pair does in the exported graph.
+add are quantized, so the add runs as ``QLinearAdd``. A linear's output is quantized only where
+a ReLU follows it (``Gemm -> Relu`` with no ``QuantizeLinear`` after the ReLU is left in float:
+ONNX Runtime's selector takes the ReLU as part of the group and then wants a Q after it);
+elsewhere its float output is what ``QGemm`` / ``MatMulIntegerToFloat`` write. Both operands
+of a matmul between two activations (attention's ``q @ k^T`` and ``probs @ v``, after
+:func:`~lightning_accel.quantization.attention.decompose_attention` has written
+``scaled_dot_product_attention`` out) are quantized, so it runs as ``MatMulIntegerToFloat``.
+One quantizer serves every reader of a tensor, as one Q/DQ pair does in the exported graph.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from lightning_accel.quantization.attention import decompose_attention, is_activation_matmul
 from lightning_accel.quantization.fake_quant import ActivationQuantizer
 from lightning_accel.quantization.layers import (
     QUANT_LAYERS,
@@ -92,6 +99,7 @@ def prepare_qat(
             "QuantizationAware supports networks without data-dependent Python control flow "
             "(torchvision-style CNNs); leave the rest out with ignore=[...]."
         ) from err
+    decompose_attention(graph_module)
     rewriter = _Rewriter(graph_module, spec)
     layer_nodes = rewriter.swap_layers(weight_bits)
     missing = sorted(set(weight_bits) - {str(node.target) for node in layer_nodes})
@@ -187,17 +195,23 @@ class _Rewriter:
         return last
 
     def place_activation_quantizers(self, layer_nodes: list[fx.Node]) -> None:
-        """Quantize layer inputs, conv outputs and residual adds."""
+        """Quantize layer inputs, conv outputs (linear ones before a ReLU), residual adds and
+        both operands of activation-activation matmuls."""
         for node in layer_nodes:
             if isinstance(node.args[0], fx.Node):
                 self._quantize(node.args[0])
-            if not isinstance(self.graph_module.get_submodule(str(node.target)), nn.Linear):
-                self._quantize(self._after_relus(node))
+            output = self._after_relus(node)
+            is_linear = isinstance(self.graph_module.get_submodule(str(node.target)), nn.Linear)
+            if not is_linear or output is not node:
+                self._quantize(output)
         for node in list(self.graph.nodes):
             if _is_add(node):
                 for argument in node.args[:2]:
                     self._quantize(argument)  # type: ignore[arg-type]
                 self._quantize(self._after_relus(node))
+            elif is_activation_matmul(node):
+                for argument in node.args[:2]:
+                    self._quantize(argument)  # type: ignore[arg-type]
 
     def _quantize(self, node: fx.Node) -> fx.Node:
         if node in self.quantized:

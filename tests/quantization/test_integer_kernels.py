@@ -1,0 +1,158 @@
+"""Every conv, linear and attention matmul of a QAT model on ONNX Runtime integer kernels (#12).
+
+The peer suite (``benchmarks/architectures.py``) found three kinds of layers left in float:
+timm ViT/DeiT attention (``q @ k^T`` and ``probs @ v`` had no quantizer on either operand: 24
+float matmuls), a linear followed by a ReLU whose output had no quantizer (ONNX Runtime's
+selector takes ``Gemm -> Relu`` as one group and then wants a ``QuantizeLinear``: the
+two-input test model's token branch), and DenseNet, whose three "float convs" are BatchNorms
+(after each transition's average pool) that ONNX Runtime's NCHWc layout pass rewrites as
+depthwise 1x1 ``Conv`` nodes: every conv of the model runs on ``QLinearConv``. Tiny models at
+small inputs, each exported and compiled (seconds).
+"""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from lightning_accel.backends.onnxruntime import compile_onnxruntime
+from lightning_accel.export.onnx import to_onnx
+from lightning_accel.quantization import (
+    QuantizationSpec,
+    activation_quantizers,
+    quantize_submodules,
+)
+from lightning_accel.quantization.attention import decompose_attention
+from lightning_accel.quantization.prepare import QUANTIZER_PREFIX
+
+WEIGHTED = (nn.Conv2d, nn.Linear)
+# ONNX Runtime's integer kernels for a conv, linear or matmul (MatMulIntegerToFloat: uint8 x
+# int8 with int32 accumulation, float output; what a 3-D linear or an unrequantized matmul uses).
+CONV_MATMUL_INTEGER = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat")
+FLOAT_COMPUTE = ("Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul")
+
+
+class Holder(nn.Module):
+    """A stand-in for a LightningModule: the network lives in ``self.model``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def quantized(model: nn.Module, x: torch.Tensor) -> Holder:
+    """``model`` with every conv/linear quantized for ONNX Runtime, observed on ``x``."""
+    holder = Holder(model)
+    names = [n for n, m in holder.named_modules() if type(m) in WEIGHTED]
+    quantize_submodules(holder, QuantizationSpec("onnxruntime", dict.fromkeys(names, 8)))
+    holder.train()
+    with torch.no_grad():
+        for _ in range(3):
+            holder(x)
+    return holder.eval()
+
+
+def optimized_graph(model: Holder, x: torch.Tensor, tmp_path: Path) -> onnx.GraphProto:
+    """ONNX Runtime's optimized graph of ``model``, after checking it agrees with PyTorch."""
+    compiled = compile_onnxruntime(to_onnx(model, x, tmp_path / "m.onnx"), tmp_path, threads=1)
+    with torch.no_grad():
+        reference = model(x).numpy()
+    got = compiled.run(x.numpy())
+    assert float(np.abs(got - reference).max()) <= 0.05 * float(np.abs(reference).max())
+    return onnx.load(str(compiled.optimized_path)).graph
+
+
+def count(graph: onnx.GraphProto, ops: tuple[str, ...]) -> int:
+    return sum(node.op_type in ops for node in graph.node)
+
+
+def tiny_vit(fused_attn: bool) -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10
+    )
+    for block in model.blocks:
+        block.attn.fused_attn = fused_attn  # F.scaled_dot_product_attention, or q @ k^T
+    return model
+
+
+@pytest.mark.parametrize("fused_attn", [True, False], ids=["sdpa", "explicit-matmuls"])
+def test_timm_vit_attention_matmuls_run_on_integer_kernels(
+    fused_attn: bool, tmp_path: Path
+) -> None:
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    model = quantized(tiny_vit(fused_attn), x)
+    graph = optimized_graph(model, x, tmp_path)
+    # patch conv + 4 linears per block + head, and 2 attention matmuls per block
+    assert count(graph, CONV_MATMUL_INTEGER) == 1 + 2 * 4 + 1 + 2 * 2
+    assert count(graph, FLOAT_COMPUTE) == 0, [n.op_type for n in graph.node]
+
+
+def test_attention_written_out_computes_what_sdpa_computes() -> None:
+    """Mask, causal and scale as ``F.scaled_dot_product_attention``; its dropout follows eval."""
+
+    class Attention(nn.Module):
+        def forward(self, q, k, v, mask):  # type: ignore[no-untyped-def]
+            plain = F.scaled_dot_product_attention(q, k, v)
+            masked = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3)
+            causal = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=0.5)
+            return plain + masked + causal
+
+    q, k, v = (torch.randn(2, 3, 5, 8) for _ in range(3))
+    mask = torch.rand(5, 5) > 0.3
+    mask[:, 0] = True  # no row fully masked
+    traced = fx.symbolic_trace(Attention())
+    assert decompose_attention(traced) == 3
+    traced.recompile()
+    targets = {node.target for node in traced.graph.nodes}
+    assert F.scaled_dot_product_attention not in targets and torch.matmul in targets
+    traced.eval()  # the dropout is an nn.Dropout: off in eval, as the reference below
+    reference = (
+        F.scaled_dot_product_attention(q, k, v)
+        + F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3)
+        + F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    )
+    torch.testing.assert_close(traced(q, k, v, mask), reference, rtol=1e-5, atol=1e-5)
+    traced.train()
+    assert not torch.allclose(traced(q, k, v, mask), reference)
+
+
+def test_densenet_convs_all_run_on_qlinearconv(tmp_path: Path) -> None:
+    """Concatenations and pre-activation BatchNorms: every conv is a QLinearConv; what ONNX
+    Runtime leaves as a float ``Conv`` is a BatchNorm it rewrote as a depthwise 1x1 conv."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.DenseNet(
+        growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2, num_classes=10
+    )
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    x = torch.randn(4, 3, 32, 32)
+    graph = optimized_graph(quantized(model, x), x, tmp_path)
+    assert count(graph, ("QLinearConv",)) == convs and count(graph, ("QGemm",)) == 1
+    initializers = {t.name: t for t in graph.initializer}
+    for node in (n for n in graph.node if n.op_type in FLOAT_COMPUTE):
+        weight = initializers[node.input[1]]
+        group = next(a.i for a in node.attribute if a.name == "group")
+        assert node.name.endswith("_bn_nchwc"), node.name  # ONNX Runtime's BatchNorm rewrite
+        assert list(weight.dims[1:]) == [1, 1, 1] and group == weight.dims[0]
+
+
+def test_linear_before_a_relu_gets_its_output_quantized() -> None:
+    """Its output is requantized after the ReLU (QGemm); a linear without ReLU keeps a float
+    output (the logits)."""
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    holder = quantized(model, torch.randn(4, 8))
+    order = [str(n.target) for n in holder.model.graph.nodes if n.op == "call_module"]
+    assert len(activation_quantizers(holder)) == 2  # the input, and after the ReLU
+    assert order[order.index("1") + 1].startswith(QUANTIZER_PREFIX)
+    assert order[-1] == "2"  # the logits: no quantizer after them
