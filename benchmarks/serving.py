@@ -62,8 +62,8 @@ def export_models(out: Path, arch: str, train_size: int) -> tuple[Path, Path]:
 
     folders = {"pruned": out / arch / "pruned", "int8": out / arch / "int8"}
     for name, folder in folders.items():
-        if (folder / "manifest.json").is_file():
-            continue
+        if _verified(folder):
+            continue  # exported by an earlier run; one whose verification failed is redone
         callbacks: list[pl.Callback] = [
             GradualPruning(0.5, mode="structured", end_epoch=1, round_to=8)
         ]
@@ -87,6 +87,16 @@ def export_models(out: Path, arch: str, train_size: int) -> tuple[Path, Path]:
         trainer.fit(ClassificationModule(arch, input_size=28, lr=0.05), datamodule=data)
         print(f"exported {name} to {folder} (val/acc {trainer.callback_metrics.get('val/acc')})")
     return folders["pruned"], folders["int8"]
+
+
+def _verified(folder: Path) -> bool:
+    """Whether ``folder`` holds an export whose ONNX Runtime verification passed."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    backend = manifest.get("backends", {}).get("onnxruntime", {})
+    return bool(backend.get("verification") == "passed")
 
 
 # ------------------------------------------------------------------------------ bare runtime

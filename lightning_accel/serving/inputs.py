@@ -22,6 +22,12 @@ import numpy as np
 
 from lightning_accel.export.manifest import ImagePreprocessing, Manifest
 
+_orjson: Any
+try:  # optional: a faster JSON parser; the standard library otherwise
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - depends on the environment
+    _orjson = None
+
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG"}
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -113,7 +119,7 @@ def decode_json(body: bytes, spec: InputSpec) -> np.ndarray:
         RequestError: As :func:`decode_body`.
     """
     try:
-        value = json.loads(body)
+        value = _loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise RequestError(400, f"malformed JSON ({err}); send e.g. {_example(spec)}") from err
     if isinstance(value, dict):
@@ -133,6 +139,25 @@ def decode_json(body: bytes, spec: InputSpec) -> np.ndarray:
             f"{_shape(spec)}",
         ) from err
     return check_samples(array, spec)
+
+
+def _loads(body: bytes) -> Any:
+    """``json.loads``, through ``orjson`` first where it is installed.
+
+    ``orjson`` parses a 28x28 sample (16 KB of floats) several times faster than the standard
+    library (measured: 170 us there, the largest step of a request in the HTTP process). What
+    it refuses (``NaN``/``Infinity`` literals, nesting past 1,024 levels, bad UTF-8) goes to
+    ``json.loads``, so such a body is answered as without ``orjson``: a NaN is still a 422
+    about NaN, not a 400. One difference: ``orjson`` reads an integer past 64 bits as a float,
+    so a float model takes ``10**30`` as ``1e30`` (the standard library's Python integer was
+    refused as a non-number); past the model dtype's range it is a 422 either way.
+    """
+    if _orjson is not None:
+        try:
+            return _orjson.loads(body)
+        except _orjson.JSONDecodeError:
+            pass
+    return json.loads(body)
 
 
 def check_samples(array: np.ndarray, spec: InputSpec) -> np.ndarray:

@@ -3,7 +3,8 @@ and the pipe queues LitServe is given."""
 
 from __future__ import annotations
 
-import multiprocessing.queues
+import asyncio
+import json
 import pickle
 import queue
 import threading
@@ -18,6 +19,8 @@ from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
 from lightning_accel.serving import serve
 from lightning_accel.serving.api import Samples
 from lightning_accel.serving.batching import GreedyBatchedLoop
+from lightning_accel.serving.inputs import InputSpec, RequestError, decode_json
+from lightning_accel.serving.queues import PipeTransport, RequestQueue
 
 
 def test_samples_print_their_shape_not_their_values_and_pickle_whole() -> None:
@@ -88,16 +91,49 @@ def test_stale_requests_are_timed_out_and_the_sentinel_stops_the_loop() -> None:
         _collate(requests)
 
 
-def test_litserve_gets_pipe_queues_not_manager_proxies(digits_export: Path) -> None:
+def test_litserve_gets_pipes_not_manager_proxies(digits_export: Path) -> None:
     server = serve(digits_export, threads=1, max_batch_size=4)
     manager = server.litserver._init_manager(1)
     try:
-        request_queues = list(server.litserver.litapi_request_queues.values())
-        response_queues = server.litserver._transport._queues
-        assert request_queues and response_queues
-        for q in request_queues + response_queues:
-            assert isinstance(q, multiprocessing.queues.Queue)
-        request_queues[0].put(_request("a"))
-        assert request_queues[0].get(timeout=5)[1] == "a"
+        (requests,) = server.litserver.litapi_request_queues.values()
+        assert isinstance(requests, RequestQueue)
+        # One sample goes straight into the pipe; 64 (over PIPE_BUF) through the feeder thread.
+        big = (0, "big", time.monotonic(), Samples(np.ones((64, 1, 8, 8), np.float32)))
+        requests.put(_request("small"))
+        requests.put(big)
+        got = {requests.get(timeout=5)[1]: None for _ in range(2)}
+        assert set(got) == {"small", "big"}
+
+        transport = server.litserver._transport
+        assert isinstance(transport, PipeTransport)
+        answers = [("a", ({"x": 1}, "ok")), ("b", (None, "error"))]
+        for answer in answers:
+            transport.send(answer, consumer_id=0)
+
+        async def receive() -> list:
+            return [await transport.areceive(0) for _ in answers]
+
+        assert asyncio.run(receive()) == answers
+        with pytest.raises(TimeoutError):  # LitServe's contract for a short timeout
+            asyncio.run(transport.areceive(0, timeout=0.05))
     finally:
         manager.shutdown()
+
+
+def test_json_bodies_parse_alike_whichever_parser_is_installed() -> None:
+    spec = InputSpec((2, 2), np.dtype("float32"), max_samples=4)
+    body = json.dumps([[[0.1, -2.5e-3], [3, 4]], [[5, 6], [7, 8.25]]]).encode()
+    np.testing.assert_array_equal(
+        decode_json(body, spec), np.asarray(json.loads(body), dtype=np.float32)
+    )
+    # orjson refuses NaN literals: the standard library decides, as without orjson.
+    with pytest.raises(RequestError, match="NaN or infinite") as nan:
+        decode_json(b"[[NaN, 1], [2, 3]]", spec)
+    assert nan.value.status == 422
+    # An integer past float32's range: a float to orjson, a Python int to json; 422 either way.
+    with pytest.raises(RequestError) as huge:
+        decode_json(b"[[1" + b"0" * 40 + b", 1], [2, 3]]", spec)
+    assert huge.value.status == 422
+    with pytest.raises(RequestError, match="malformed JSON") as bad:
+        decode_json(b"[[1, 2], [3", spec)
+    assert bad.value.status == 400

@@ -64,6 +64,7 @@ def png(array: np.ndarray, mode: str = "L") -> bytes:
 def test_one_sample_gets_the_top_5_classes_of_the_bare_runtime(server, digits_images, bare) -> None:
     answer = post_json(server, digits_images[0].tolist())
     assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/json"  # encoded in the worker
     (prediction,) = answer.json()["predictions"]
     assert_matches(prediction, bare(digits_images[:1])[0])
     assert prediction[0]["label"] == str(prediction[0]["class"])  # the digits' class names
