@@ -4,6 +4,7 @@ QuantizationAware and the CLI's bench command."""
 from __future__ import annotations
 
 import csv
+import json
 import warnings
 from pathlib import Path
 
@@ -79,3 +80,27 @@ def test_a_float_models_table_says_float_not_zero_integer_ops() -> None:
     # a quantized model left on float kernels is shown as such, not hidden
     table = format_summary({"model": model, "backends": {"onnxruntime": quantized}})
     assert "| 0/3 |" in table
+
+
+def test_a_recipe_and_its_sweep_objective_run_on_openvino(tmp_path: Path) -> None:
+    # Recipes and sweeps name a backend through the export's list; the first one is the one a
+    # sweep's objective reads, so a sweep on OpenVINO is one override away.
+    from lightning_accel.recipes.recipe import bundled_recipes
+    from lightning_accel.recipes.run import run_recipe
+
+    (path,) = [p for p in bundled_recipes() if p.stem == "small_cnn"]
+    overrides = [
+        "callbacks.export.backends=[openvino, onnxruntime]",
+        "callbacks.latency.backend=openvino",
+    ]
+    summary = run_recipe(
+        path, overrides, quick=True, logger="csv", output_dir=tmp_path, progress=False
+    )
+    openvino = summary["backends"]["openvino"]
+    assert openvino["verification"]["passed"], openvino["verification"]
+    trial = json.loads((tmp_path / "small_cnn" / "trial.json").read_text())
+    assert trial["sweep/latency_ms"] == pytest.approx(openvino["latency"]["1"]["model_ms"])
+    assert trial["sweep/latency_ms"] != pytest.approx(
+        summary["backends"]["onnxruntime"]["latency"]["1"]["model_ms"]
+    )
+    assert any(key.startswith("latency/openvino/") for key in trial)
