@@ -86,7 +86,8 @@ def decompose_attention(graph_module: fx.GraphModule) -> int:
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target is not F.scaled_dot_product_attention:
             continue
-        arguments = {**_SDPA_DEFAULTS, **dict(zip(_SDPA_PARAMETERS, node.args)), **node.kwargs}
+        positional = dict(zip(_SDPA_PARAMETERS, node.args, strict=False))
+        arguments = {**_SDPA_DEFAULTS, **positional, **node.kwargs}
         dropout = arguments["dropout_p"]
         if not isinstance(dropout, (int, float)) or arguments["enable_gqa"] is not False:
             continue

@@ -195,8 +195,11 @@ class _Rewriter:
         return last
 
     def place_activation_quantizers(self, layer_nodes: list[fx.Node]) -> None:
-        """Quantize layer inputs, conv outputs (linear ones before a ReLU), residual adds and
-        both operands of activation-activation matmuls."""
+        """Quantize layer inputs and outputs, residual adds and activation matmul operands.
+
+        A linear's output only where a ReLU follows it; both operands of a matmul between two
+        activations.
+        """
         for node in layer_nodes:
             if isinstance(node.args[0], fx.Node):
                 self._quantize(node.args[0])
