@@ -20,7 +20,7 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 FROM python:3.11-slim
 # What `import lightning_accel.serving` needs at run time (kept in step with pyproject's
 # dependencies and its `serve` extra, minus torch, lightning and the training stack).
-ARG SERVE_DEPS="numpy onnx>=1.17 onnxruntime>=1.20 litserve>=0.2.19,<0.3 prometheus-client>=0.20 pillow>=10 lightning-utilities filelock>=3.12"
+ARG SERVE_DEPS="numpy onnx>=1.17 onnxruntime>=1.20 litserve>=0.2.19,<0.3 prometheus-client>=0.20 pillow>=10 orjson>=3.9 lightning-utilities filelock>=3.12"
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 COPY --from=wheel /wheels /wheels
 RUN pip install --no-cache-dir $SERVE_DEPS \

@@ -11,18 +11,22 @@ the same run, before and after each server, so the server's own overhead is a me
 difference. Then resident memory of the server's processes over many requests, and a fuzz of
 bad requests.
 
-Load driver: an asyncio ``httpx`` client in this process. Why: it is a well-kept HTTP client
-(the one the tests use), needs no extra service or dependency (Locust needs gevent and its own
-processes), gives per-request latencies directly, and holds 64 concurrent keep-alive connections
-on one core. The client shares the machine's CPUs with the server: figures include its cost.
+Load driver: an asyncio ``aiohttp`` client in this process (``--client httpx`` for the tests'
+client). Why: a well-kept asyncio HTTP client (not a dependency of the package: ``pip install
+aiohttp``; the script says so when it is missing), no extra service (Locust needs gevent and its own processes), per-request latencies directly, and
+64 concurrent keep-alive connections on one core. httpx was the driver first: its connection
+pool, not the server, set the ceiling (131 req/s at concurrency 64 where aiohttp got 1,000 from
+the same server); ``--compare-httpx`` records both. The client shares the machine's CPUs with
+the server: figures include its cost.
 
-    flock /tmp/heavy.lock .venv/bin/python benchmarks/serving.py   # ~10-12 min on 2 CPU cores
+    flock /tmp/heavy.lock .venv/bin/python benchmarks/serving.py --compare-httpx  # ~10 min, 2 cores
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import random
@@ -237,32 +241,64 @@ def http_client_latency_ms(url: str, body: bytes, runs: int) -> float:
     return 1000 * statistics.median(times)
 
 
-async def load(url: str, bodies: list[bytes], concurrency: int) -> dict:
-    """Send ``bodies`` with ``concurrency`` requests in flight; latency per request."""
+async def load(url: str, bodies: list[bytes], concurrency: int, client: str = "aiohttp") -> dict:
+    """Send ``bodies`` with ``concurrency`` requests in flight; latency per request.
+
+    ``client``: ``"aiohttp"`` (default) or ``"httpx"``, each with ``concurrency`` keep-alive
+    connections. httpx's connection pool is the bottleneck past a few connections on this
+    machine (measured against one server: 131 req/s at concurrency 64 where aiohttp gets
+    1,000), so the figures come from aiohttp and httpx stays for comparison.
+    """
     latencies: list[float] = []
     errors = 0
     queue = iter(bodies)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     headers = {"content-type": "application/json"}
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+    started = time.perf_counter()
+    if client == "httpx":
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as session:
 
-        async def worker() -> None:
-            nonlocal errors
-            for body in queue:
-                started = time.perf_counter()
-                try:
-                    answer = await client.post("/predict", content=body, headers=headers)
-                    ok = answer.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                latencies.append(time.perf_counter() - started)
-                errors += not ok
+            async def httpx_worker() -> None:
+                nonlocal errors
+                for body in queue:
+                    sent = time.perf_counter()
+                    try:
+                        answer = await session.post("/predict", content=body, headers=headers)
+                        ok = answer.status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    latencies.append(time.perf_counter() - sent)
+                    errors += not ok
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - started
+            started = time.perf_counter()
+            await asyncio.gather(*(httpx_worker() for _ in range(concurrency)))
+            wall = time.perf_counter() - started
+    else:
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as aio:
+
+            async def aiohttp_worker() -> None:
+                nonlocal errors
+                for body in queue:
+                    sent = time.perf_counter()
+                    try:
+                        async with aio.post("/predict", data=body, headers=headers) as answer:
+                            await answer.read()
+                            ok = answer.status == 200
+                    except (aiohttp.ClientError, asyncio.TimeoutError):
+                        ok = False
+                    latencies.append(time.perf_counter() - sent)
+                    errors += not ok
+
+            started = time.perf_counter()
+            await asyncio.gather(*(aiohttp_worker() for _ in range(concurrency)))
+            wall = time.perf_counter() - started
     ms = np.asarray(latencies) * 1000
     return {
+        "client": client,
         "requests": len(bodies),
         "concurrency": concurrency,
         "throughput_rps": len(bodies) / wall,
@@ -328,8 +364,16 @@ def main() -> None:
     parser.add_argument("--batch-timeout-ms", type=float, default=0.0)
     parser.add_argument("--rss-requests", type=int, default=10_000)
     parser.add_argument("--fuzz", type=int, default=1000)
+    parser.add_argument("--client", choices=["aiohttp", "httpx"], default="aiohttp")
+    parser.add_argument(
+        "--compare-httpx",
+        action="store_true",
+        help="also load each server with httpx (the tests' client) at every concurrency",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/serving.json")
     args = parser.parse_args()
+    if args.client == "aiohttp" and importlib.util.find_spec("aiohttp") is None:
+        parser.error("--client aiohttp needs aiohttp: pip install aiohttp (or --client httpx)")
 
     if args.pruned_dir and args.int8_dir:
         models = {"pruned": args.pruned_dir, "int8": args.int8_dir}
@@ -353,20 +397,27 @@ def main() -> None:
             entry["bare_ms"].append(bare_latency_ms(folder, samples[0], args.threads, 2000))
             process, url = start_server(folder, args.threads, batch, timeout)
             rows = []
-            asyncio.run(load(url, bodies[:200], 4))  # warm-up
+            asyncio.run(load(url, bodies[:200], 4, args.client))  # warm-up
             server_parts = stack_latency_ms(url, bodies[0])
             print(name, f"batching {batching}", server_parts, flush=True)
+            httpx_rows = []
             for concurrency in args.concurrency:
-                row = asyncio.run(load(url, bodies[: args.requests], concurrency))
+                row = asyncio.run(load(url, bodies[: args.requests], concurrency, args.client))
                 rows.append(row)
                 print(name, f"batching {batching}", row, flush=True)
+                if args.compare_httpx and args.client != "httpx":
+                    row = asyncio.run(load(url, bodies[: args.requests], concurrency, "httpx"))
+                    httpx_rows.append(row)
+                    print(name, f"batching {batching}", row, flush=True)
             server: dict = {"rows": rows, "stack_ms": server_parts}
+            if httpx_rows:
+                server["httpx_rows"] = httpx_rows
             if batching == "on" and name == "pruned":
                 rss = [tree_rss_mib(process.pid)]
                 step = args.rss_requests // 4
                 for i in range(4):
                     chunk = [bodies[(i * step + j) % len(bodies)] for j in range(step)]
-                    asyncio.run(load(url, chunk, 16))
+                    asyncio.run(load(url, chunk, 16, args.client))
                     rss.append(tree_rss_mib(process.pid))
                 server["rss_mib"] = rss
                 before = tree_rss_mib(process.pid)
