@@ -64,10 +64,6 @@ FLOAT_KERNELS = (
     "FusedMatMul",
     "ConvTranspose",
 )
-# MatMulIntegerToFloat: uint8 x int8 with int32 accumulation and a float output, what ONNX
-# Runtime makes of a Q/DQ linear on 3-D activations (ViT's qkv, proj, fc1, fc2) and of an
-# attention matmul whose output is not requantized.
-EXTRA_INTEGER_KERNELS = ("MatMulIntegerToFloat",)
 PARITY_RTOL = 1e-3  # max |onnx - torch| / max |torch|, fp32
 
 
@@ -281,32 +277,13 @@ def run_prune(name: str, size: int, workdir: Path) -> dict[str, Any]:
     return result
 
 
-def batch_norms_as_conv(exported: Path, optimized: Path) -> int:
-    """Float ``Conv`` nodes of ONNX Runtime's graph that are BatchNorms of the exported one.
-
-    Its NCHWc layout pass rewrites a BatchNormalization it cannot fold (DenseNet: the one after
-    each transition's average pool) as a depthwise 1x1 ``Conv`` named
-    ``<batch norm output>_bn_nchwc``. Such a node is a BatchNorm, not a conv of the model, and
-    the other BatchNorms of the same model run in float without being counted here either.
-    """
-    import onnx
-
-    outputs = {
-        node.output[0]
-        for node in onnx.load(str(exported), load_external_data=False).graph.node
-        if node.op_type == "BatchNormalization"
-    }
-    graph = onnx.load(str(optimized), load_external_data=False).graph
-    return sum(
-        1
-        for node in graph.node
-        if node.op_type == "Conv" and any(node.name.startswith(f"{o}_bn_nchwc") for o in outputs)
-    )
-
-
 def run_qat(name: str, size: int, workdir: Path) -> dict[str, Any]:
     from lightning_accel import ClassificationModule, QuantizationAware
-    from lightning_accel.backends.onnxruntime import INTEGER_KERNELS, operator_counts
+    from lightning_accel.backends.onnxruntime import (
+        INTEGER_KERNELS,
+        batch_norms_as_conv,
+        operator_counts,
+    )
 
     qat = QuantizationAware("onnxruntime")
     module, failure = short_fit(ClassificationModule, name, size, workdir, 1, qat)
@@ -320,8 +297,8 @@ def run_qat(name: str, size: int, workdir: Path) -> dict[str, Any]:
         return check
     optimized = Path(check.pop("optimized"))
     ops = operator_counts(optimized)
-    kernels = dict.fromkeys((*INTEGER_KERNELS, *EXTRA_INTEGER_KERNELS))  # each op once
-    integer = sum(ops.get(op, 0) for op in kernels)
+    # MatMulIntegerToFloat counts: a Q/DQ linear on 3-D activations (ViT's qkv, proj, fc1)
+    integer = sum(ops.get(op, 0) for op in INTEGER_KERNELS)
     batch_norms = batch_norms_as_conv(workdir / "qat.onnx", optimized)
     floating = sum(ops.get(op, 0) for op in FLOAT_KERNELS) - batch_norms
     all_integer = floating == 0 and integer > 0

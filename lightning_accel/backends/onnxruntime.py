@@ -23,6 +23,9 @@ INTEGER_KERNELS = (
     "QLinearMatMul",
     "ConvInteger",
     "MatMulInteger",
+    # uint8 x int8 with int32 accumulation and a float output: Q/DQ linears on 3-D inputs
+    # (transformers' projections) and activation matmuls.
+    "MatMulIntegerToFloat",
 )
 
 BACKEND = Backend(
@@ -55,6 +58,33 @@ def operator_counts(onnx_path: Path) -> dict[str, int]:
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     return dict(Counter(node.op_type for node in model.graph.node))
+
+
+def batch_norms_as_conv(exported: Path, optimized: Path) -> int:
+    """Float ``Conv`` nodes of ONNX Runtime's optimized graph that are BatchNorms of the export.
+
+    ONNX Runtime's NCHWc layout pass rewrites a BatchNormalization it cannot fold into a conv
+    (DenseNet: the one after each transition's average pool) as a depthwise 1x1 ``Conv`` named
+    ``<batch norm output>_bn_nchwc``. Such a node is a BatchNorm, not a conv of the model; the
+    model's other BatchNorms run in float as well and are not convolutions either.
+
+    Args:
+        exported: The ONNX file given to ONNX Runtime.
+        optimized: ONNX Runtime's optimized graph of it.
+    """
+    import onnx
+
+    outputs = {
+        node.output[0]
+        for node in onnx.load(str(exported), load_external_data=False).graph.node
+        if node.op_type == "BatchNormalization"
+    }
+    graph = onnx.load(str(optimized), load_external_data=False).graph
+    return sum(
+        1
+        for node in graph.node
+        if node.op_type == "Conv" and any(node.name.startswith(f"{o}_bn_nchwc") for o in outputs)
+    )
 
 
 def ort_session(
@@ -181,6 +211,7 @@ class OnnxRuntimeModel:
         self.info = {
             "integer_kernels": {op: counts[op] for op in INTEGER_KERNELS if op in counts},
             "operators": counts,
+            "batch_norms_as_float_conv": batch_norms_as_conv(self.onnx_path, self.optimized_path),
         }
 
     def run(self, inputs: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from lightning_accel.backends.onnxruntime import compile_onnxruntime
+from lightning_accel.export.compare import integer_ops
 from lightning_accel.export.onnx import to_onnx
 from lightning_accel.quantization import (
     QuantizationSpec,
@@ -96,6 +97,9 @@ def test_timm_vit_attention_matmuls_run_on_integer_kernels(
     # patch conv + 4 linears per block + head, and 2 attention matmuls per block
     assert count(graph, CONV_MATMUL_INTEGER) == 1 + 2 * 4 + 1 + 2 * 2
     assert count(graph, FLOAT_COMPUTE) == 0, [n.op_type for n in graph.node]
+    # the export summary counts MatMulIntegerToFloat as integer too
+    info = compile_onnxruntime(tmp_path / "m.onnx", tmp_path / "again", threads=1).info
+    assert integer_ops(info) == (14, 14)
 
 
 def test_attention_written_out_computes_what_sdpa_computes() -> None:
@@ -145,6 +149,10 @@ def test_densenet_convs_all_run_on_qlinearconv(tmp_path: Path) -> None:
         group = next(a.i for a in node.attribute if a.name == "group")
         assert "_bn_nchwc" in node.name, node.name  # ONNX Runtime's BatchNorm rewrite
         assert list(weight.dims[1:]) == [1, 1, 1] and group == weight.dims[0]
+    # the export summary's count: those BatchNorms are not float convs left
+    info = compile_onnxruntime(tmp_path / "m.onnx", tmp_path / "again", threads=1).info
+    assert info["batch_norms_as_float_conv"] == count(graph, FLOAT_COMPUTE)
+    assert integer_ops(info) == (convs + 1, convs + 1)
 
 
 def test_linear_before_a_relu_gets_its_output_quantized() -> None:
