@@ -127,7 +127,8 @@ class QDQLayer(nn.Module):
             else None
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, input_scale: Any = None) -> Tensor:
+        """The layer on its Q/DQ weights; ``input_scale`` (the fake-quant call's) is unused."""
         ops = quantized_decomposed_ops()
         weight = ops.dequantize_per_channel(
             self.weight_int8,

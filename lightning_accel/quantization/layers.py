@@ -3,9 +3,11 @@
 A conv followed by BatchNorm becomes one :class:`QuantConv2d` (or 1d/3d) that owns the
 BatchNorm, as in PyTorch's ``_ConvBnNd`` (Krishnamoorthi 2018, sec. 3.2): the weight is scaled
 by gamma / running_std, fake-quantized, and the scaling undone after the conv, so training sees
-the same int8 grid as the BatchNorm-folded conv that export writes. Once the BatchNorm is
-frozen it runs on its running statistics. Parameter names stay those of the original layer
-(``<name>.weight``); the BatchNorm moves to ``<name>.bn``.
+the same int8 grid as the BatchNorm-folded conv that export writes. Once the BatchNorm runs on
+its running statistics (frozen, or in eval) the layer computes the folded conv itself, the
+exported graph's arithmetic. For ONNX Runtime the (folded) bias is rounded to the int32 grid
+export writes (:mod:`~lightning_accel.quantization.integer_bias`). Parameter names stay those of
+the original layer (``<name>.weight``); the BatchNorm moves to ``<name>.bn``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_accel.quantization.fake_quant import WeightQuantizer
+from lightning_accel.quantization.integer_bias import layer_bias
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -31,24 +34,34 @@ class _QuantConvMixin:
     bn_frozen: Tensor
     _conv_forward: Any
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, input_scale: Tensor | float | None = None) -> Tensor:
+        """The conv on fake-quant weights; ``input_scale``: the input's 8-bit scale.
+
+        ``input_scale`` (passed by QAT preparation for ONNX Runtime) puts the bias on the int32
+        grid export writes; ``None`` keeps it in float.
+        """
         if self.bn is None:
-            return self._conv_forward(x, self.weight_quantizer(self.weight), self.bias)
-        factor = bn_scale_factor(self.bn)
+            weight = self.weight_quantizer(self.weight)
+            return self._conv_forward(x, weight, layer_bias(self, self.bias, input_scale))
+        bn = self.bn
+        factor = bn_scale_factor(bn)
         shape = [-1] + [1] * (self.weight.dim() - 1)
         weight = self.weight_quantizer(self.weight * factor.reshape(shape))
+        if not bn.training or bool(self.bn_frozen):
+            # Running statistics: the BatchNorm-folded conv, computed as the exported graph does.
+            bias = (self.bias if self.bias is not None else 0.0) - bn.running_mean
+            bias = bias * factor + (bn.bias if bn.bias is not None else 0.0)
+            return self._conv_forward(x, weight, layer_bias(self, bias, input_scale))
         out = self._conv_forward(x, weight, None) / factor.reshape([1, -1] + shape[2:])
         if self.bias is not None:
             out = out + self.bias.reshape([1, -1] + shape[2:])
-        bn = self.bn
-        use_batch_stats = bn.training and not bool(self.bn_frozen)
         return F.batch_norm(
             out,
             bn.running_mean,
             bn.running_var,
             bn.weight,
             bn.bias,
-            use_batch_stats,
+            True,
             bn.momentum if bn.momentum is not None else 0.1,
             bn.eps,
         )
@@ -90,8 +103,10 @@ class QuantLinear(nn.Linear):
 
     weight_quantizer: WeightQuantizer
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight_quantizer(self.weight), self.bias)
+    def forward(self, x: Tensor, input_scale: Tensor | float | None = None) -> Tensor:
+        """The linear map on fake-quant weights; ``input_scale`` as for the convs."""
+        weight = self.weight_quantizer(self.weight)
+        return F.linear(x, weight, layer_bias(self, self.bias, input_scale))
 
     @torch.no_grad()
     def folded_weight_and_bias(self) -> tuple[Tensor, Tensor | None]:

@@ -26,6 +26,7 @@ from torch import fx, nn
 
 from lightning_accel.quantization.attention import decompose_attention, is_activation_matmul
 from lightning_accel.quantization.fake_quant import ActivationQuantizer
+from lightning_accel.quantization.integer_bias import pass_input_scales
 from lightning_accel.quantization.layers import (
     QUANT_LAYERS,
     batch_norm_tail,
@@ -110,6 +111,7 @@ def prepare_qat(
             "ignore=[...]."
         )
     rewriter.place_activation_quantizers(layer_nodes)
+    pass_input_scales(graph_module, layer_nodes)  # int32 bias grid (ONNX Runtime)
     graph_module.graph.lint()
     graph_module.delete_all_unused_submodules()
     graph_module.recompile()
