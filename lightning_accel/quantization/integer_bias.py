@@ -12,9 +12,10 @@ Fashion-MNIST, 99.7% with the bias on the grid (1,000 test images).
 
 The layers therefore round their (folded) bias onto that grid in the eval-mode forward pass, so
 the PyTorch model that verification compares a runtime with computes the exported graph. They
-need the scale of the activation quantizer that feeds them: :func:`pass_input_scales` hands it to each layer call in the traced
-graph as the keyword ``input_scale``, read live from the quantizer (so it follows observer
-updates, ``.to(device)`` and loaded checkpoints; no new state is saved).
+need the scale of the activation quantizer that feeds them: :func:`pass_input_scales` hands it
+to each layer call in the traced graph as the keyword ``input_scale``, read live from the
+quantizer (so it follows observer updates, ``.to(device)`` and loaded checkpoints; no new state
+is saved).
 """
 
 from __future__ import annotations
