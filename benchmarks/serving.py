@@ -13,11 +13,11 @@ bad requests.
 
 Load driver: an asyncio ``aiohttp`` client in this process (``--client httpx`` for the tests'
 client). Why: a well-kept asyncio HTTP client (not a dependency of the package: ``pip install
-aiohttp``; the script says so when it is missing), no extra service (Locust needs gevent and its own processes), per-request latencies directly, and
-64 concurrent keep-alive connections on one core. httpx was the driver first: its connection
-pool, not the server, set the ceiling (131 req/s at concurrency 64 where aiohttp got 1,000 from
-the same server); ``--compare-httpx`` records both. The client shares the machine's CPUs with
-the server: figures include its cost.
+aiohttp``; the script says so when it is missing), no extra service (Locust needs gevent and
+its own processes), per-request latencies directly, and 64 concurrent keep-alive connections on
+one core. httpx was the driver first: its connection pool, not the server, set the ceiling (131
+req/s at concurrency 64 where aiohttp got 1,000 from the same server); ``--compare-httpx``
+records both. The client shares the machine's CPUs with the server: figures include its cost.
 
     flock /tmp/heavy.lock .venv/bin/python benchmarks/serving.py --compare-httpx  # ~10 min, 2 cores
 """

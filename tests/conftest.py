@@ -7,6 +7,7 @@ import warnings
 import lightning.pytorch as pl
 import pytest
 import torch
+from torch import nn
 
 from lightning_accel import ClassificationModule, DigitsDataModule
 
@@ -25,6 +26,17 @@ def digits() -> DigitsDataModule:
     data = DigitsDataModule(batch_size=64)
     data.setup()
     return data
+
+
+class Holder(nn.Module):
+    """A stand-in for a LightningModule: the network lives in ``self.model``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
 
 
 def small_module(**kwargs: object) -> ClassificationModule:

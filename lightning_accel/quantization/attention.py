@@ -57,6 +57,12 @@ def masked_scores(scores: Tensor, attn_mask: Tensor | None, is_causal: bool) -> 
 
     A boolean ``attn_mask`` keeps the positions where it is ``True`` (the others become
     ``-inf``); a float one is added, as in ``F.scaled_dot_product_attention``.
+
+    Args:
+        scores: ``q @ k^T`` (scaled), shape ``[..., L, S]``.
+        attn_mask: ``None``, a boolean keep-mask or a float additive mask broadcastable to
+            ``scores``.
+        is_causal: Mask out every position ``s > l`` (upper triangle).
     """
     if is_causal:
         rows, columns = scores.shape[-2:]

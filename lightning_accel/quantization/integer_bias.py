@@ -99,18 +99,17 @@ def pass_input_scales(graph_module: fx.GraphModule, layer_nodes: list[fx.Node]) 
 
     Adds ``input_scale=runtime_scale(<quantizer>.scale, bits, symmetric)`` to the call of every
     layer in ``layer_nodes`` that has a bias (or a folded BatchNorm), trains for an integer bias
-    and reads an activation quantizer's output. Transposed convs keep a float bias (ONNX
-    Runtime runs them in float). The graph is not recompiled; the caller does that.
+    and reads an activation quantizer's output. The caller leaves transposed convs out: they
+    keep a float bias (ONNX Runtime runs them in float). The graph is not recompiled; the
+    caller does that.
     """
-    from lightning_accel.quantization.layers import QUANT_TRANSPOSED
-
     graph = graph_module.graph
     for node in layer_nodes:
         layer = graph_module.get_submodule(str(node.target))
         has_bias = (
             getattr(layer, "bias", None) is not None or getattr(layer, "bn", None) is not None
         )
-        if isinstance(layer, QUANT_TRANSPOSED) or not getattr(layer, "integer_bias", False):
+        if not getattr(layer, "integer_bias", False):
             continue
         source = node.args[0] if node.args else None
         if not has_bias or not isinstance(source, fx.Node) or source.op != "call_module":

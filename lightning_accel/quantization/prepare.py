@@ -29,6 +29,7 @@ from lightning_accel.quantization.fake_quant import ActivationQuantizer
 from lightning_accel.quantization.integer_bias import pass_input_scales
 from lightning_accel.quantization.layers import (
     QUANT_LAYERS,
+    QUANT_TRANSPOSED,
     batch_norm_tail,
     is_batch_norm_for,
     quantize_layer,
@@ -111,7 +112,15 @@ def prepare_qat(
             "ignore=[...]."
         )
     rewriter.place_activation_quantizers(layer_nodes)
-    pass_input_scales(graph_module, layer_nodes)  # int32 bias grid (ONNX Runtime)
+    # int32 bias grid (ONNX Runtime); transposed convs keep a float bias (run in float there)
+    pass_input_scales(
+        graph_module,
+        [
+            node
+            for node in layer_nodes
+            if not isinstance(graph_module.get_submodule(str(node.target)), QUANT_TRANSPOSED)
+        ],
+    )
     graph_module.graph.lint()
     graph_module.delete_all_unused_submodules()
     graph_module.recompile()

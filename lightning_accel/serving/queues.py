@@ -166,6 +166,13 @@ class RequestQueue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         super().__init__(ctx=ctx)
 
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Queue ``obj``: straight into the pipe when small and free, else as ``Queue.put``.
+
+        Args:
+            obj: Any picklable object.
+            block: As ``multiprocessing.Queue.put``.
+            timeout: Seconds to wait when blocking (``None``: no limit).
+        """
         queue: Any = self  # multiprocessing.Queue's own (private) pipe, locks and semaphore
         if queue._closed or queue._wlock is None:  # closed: Queue raises; Windows: no lock
             super().put(obj, block, timeout)

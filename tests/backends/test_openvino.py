@@ -21,22 +21,12 @@ from lightning_accel.export.onnx import to_onnx
 from lightning_accel.export.verify import compare_outputs
 from lightning_accel.models.zoo import build
 from lightning_accel.quantization import QuantizationSpec, quantize_submodules
+from tests.conftest import Holder
 
 pytestmark = pytest.mark.skipif(
     openvino_backend.openvino_problem() is not None,
     reason=f"OpenVINO cannot run here: {openvino_backend.openvino_problem()}",
 )
-
-
-class Holder(nn.Module):
-    """A stand-in for a LightningModule: the network lives in ``self.model``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
 
 
 @pytest.fixture(scope="module")

@@ -22,17 +22,7 @@ from lightning_accel.export.onnx import to_onnx
 from lightning_accel.quantization import QuantizationSpec, quantize_submodules
 from lightning_accel.quantization.convert import convert_to_qdq
 from lightning_accel.utilities.copying import detached_copy
-
-
-class Holder(nn.Module):
-    """A stand-in for a LightningModule: the network lives in ``self.model``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+from tests.conftest import Holder
 
 
 def inverted_residual_block() -> nn.Sequential:

@@ -29,23 +29,13 @@ from lightning_accel.quantization import (
 )
 from lightning_accel.quantization.attention import decompose_attention
 from lightning_accel.quantization.prepare import QUANTIZER_PREFIX
+from tests.conftest import Holder
 
 WEIGHTED = (nn.Conv2d, nn.Linear)
 # ONNX Runtime's integer kernels for a conv, linear or matmul (MatMulIntegerToFloat: uint8 x
 # int8 with int32 accumulation, float output; what a 3-D linear or an unrequantized matmul uses).
 CONV_MATMUL_INTEGER = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat")
 FLOAT_COMPUTE = ("Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul")
-
-
-class Holder(nn.Module):
-    """A stand-in for a LightningModule: the network lives in ``self.model``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
 
 
 def quantized(model: nn.Module, x: torch.Tensor) -> Holder:

@@ -16,19 +16,9 @@ from torch import nn
 from lightning_accel.backends.onnxruntime import compile_onnxruntime
 from lightning_accel.export.onnx import to_onnx
 from lightning_accel.quantization import QuantizationSpec, quantize_submodules, quantized_layers
+from tests.conftest import Holder
 
 WEIGHTED = (nn.Conv2d, nn.Linear)
-
-
-class Holder(nn.Module):
-    """A stand-in for a LightningModule: the network lives in ``self.model``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
 
 
 def quantized(model: nn.Module, shape: tuple[int, ...]) -> Holder:

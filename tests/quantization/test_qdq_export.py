@@ -21,19 +21,9 @@ from lightning_accel.quantization import (
     quantized_layers,
 )
 from lightning_accel.utilities.copying import detached_copy
+from tests.conftest import Holder
 
 WEIGHTED = (nn.Conv2d, nn.Linear)
-
-
-class Holder(nn.Module):
-    """A stand-in for a LightningModule: the network lives in ``self.model``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
 
 
 def quantized(model: nn.Module, backend: str = "onnxruntime", bits: dict | None = None) -> Holder:
