@@ -53,7 +53,16 @@ TIMM_MODELS = (
 )
 SIZES = (32, 64, 96, 128, 160, 224, 299)
 # Constructor arguments a model needs for a plain logits output in training.
-BUILD_ARGUMENTS = {"googlenet": {"aux_logits": False}, "inception_v3": {"aux_logits": False}}
+# torchvision's ViTs fix their input size at construction: two patches a side.
+BUILD_ARGUMENTS: dict[str, dict[str, Any]] = {
+    "googlenet": {"aux_logits": False},
+    "inception_v3": {"aux_logits": False},
+    "vit_b_16": {"image_size": 32},
+    "vit_l_16": {"image_size": 32},
+    "vit_b_32": {"image_size": 64},
+    "vit_l_32": {"image_size": 64},
+    "vit_h_14": {"image_size": 28},
+}
 # ConvTranspose: ONNX Runtime's CPU kernels have none on integers (a Q/DQ one runs in float).
 FLOAT_KERNELS = (
     "Conv",
@@ -88,11 +97,16 @@ def build(name: str) -> Any:
     return torchvision.models.get_model(name, weights=None, num_classes=10, **extra)
 
 
-def smallest_input(model: Any) -> int:
-    """The smallest square input size in :data:`SIZES` the model runs on (eval and train)."""
+def smallest_input(model: Any, name: str = "") -> int:
+    """The smallest square input size the model runs on (eval and train).
+
+    Its constructor's ``image_size`` if it takes one (:data:`BUILD_ARGUMENTS`), else the first
+    size in :data:`SIZES` that runs.
+    """
     import torch
 
-    for size in SIZES:
+    fixed = BUILD_ARGUMENTS.get(name, {}).get("image_size")
+    for size in (fixed,) if fixed else SIZES:
         try:
             with torch.no_grad():
                 model.eval()(torch.randn(2, 3, size, size))
@@ -100,7 +114,7 @@ def smallest_input(model: Any) -> int:
             return size
         except Exception:  # noqa: BLE001 - any failure means: too small, try the next size
             continue
-    raise ValueError(f"runs on none of the input sizes {SIZES}")
+    raise ValueError(f"runs on none of the input sizes {(fixed,) if fixed else SIZES}")
 
 
 # ----------------------------------------------------------------------------- one model
@@ -319,7 +333,7 @@ def run_one(name: str) -> dict[str, Any]:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     started = time.perf_counter()
-    size = smallest_input(build(name))
+    size = smallest_input(build(name), name)
     row: dict[str, Any] = {"model": name, "input": size}
     with tempfile.TemporaryDirectory() as tmp:
         for part, run in (

@@ -29,6 +29,7 @@ from lightning_accel.quantization.fake_quant import (
     WeightQuantizer,
 )
 from lightning_accel.quantization.layers import QUANT_LAYERS
+from lightning_accel.quantization.multihead import decomposed_multihead_attention
 from lightning_accel.quantization.prepare import (
     activation_quantizers,
     quantize_submodules,
@@ -214,7 +215,15 @@ class QuantizationAware(AccelCallback):
         return list(self._plan(pl_module, sample).weight_bits)
 
     def _plan(self, pl_module: pl.LightningModule, sample: ModelInput) -> QuantizationSpec:
-        """Which layers get how many bits; every pattern must match a layer."""
+        """Which layers get how many bits; every pattern must match a layer.
+
+        Planned on the model as QAT will trace it: each ``nn.MultiheadAttention`` rewritten
+        with ``q_proj``/``k_proj``/``v_proj``/``out_proj`` linears (restored afterwards).
+        """
+        with decomposed_multihead_attention(pl_module):
+            return self._plan_layers(pl_module, sample)
+
+    def _plan_layers(self, pl_module: pl.LightningModule, sample: ModelInput) -> QuantizationSpec:
         # Conv1d/2d/3d, ConvTranspose1d/2d/3d and Linear (PRUNABLE_LAYERS lists exactly these).
         order = layers_in_call_order(pl_module, sample, PRUNABLE_LAYERS)
         if not order:

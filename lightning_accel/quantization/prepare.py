@@ -34,6 +34,7 @@ from lightning_accel.quantization.layers import (
     is_batch_norm_for,
     quantize_layer,
 )
+from lightning_accel.quantization.multihead import decompose_multihead_attention, restore_modules
 from lightning_accel.quantization.spec import QuantizationSpec
 from lightning_accel.utilities.modules import set_submodule
 
@@ -51,8 +52,11 @@ _GRID_METHODS = ("flatten", "view", "reshape")
 def quantize_submodules(root: nn.Module, spec: QuantizationSpec) -> None:
     """Prepare every direct child of ``root`` that holds a layer of ``spec`` for QAT, in place.
 
-    Each child is traced and replaced by its quantized ``torch.fx.GraphModule``. All children
-    are prepared before any is swapped in, so a failure leaves ``root`` as it was.
+    Each child is traced and replaced by its quantized ``torch.fx.GraphModule``, after every
+    ``nn.MultiheadAttention`` in it has been rewritten with ``nn.Linear`` projections
+    (:mod:`~lightning_accel.quantization.multihead`; ``spec`` names them ``<attention>.q_proj``
+    and so on). All children are prepared before any is swapped in, so a failure leaves
+    ``root`` as it was.
 
     Raises:
         ValueError: If a layer sits directly on ``root``, a child cannot be traced, or a
@@ -67,10 +71,15 @@ def quantize_submodules(root: nn.Module, spec: QuantizationSpec) -> None:
                 "network it belongs to. Keep the network in a submodule (e.g. self.model = ...)."
             )
         groups.setdefault(child, {})[rest] = bits
-    prepared = {
-        child: prepare_qat(root.get_submodule(child), layers, spec, prefix=f"{child}.")
-        for child, layers in groups.items()
-    }
+    originals = decompose_multihead_attention(root)
+    try:
+        prepared = {
+            child: prepare_qat(root.get_submodule(child), layers, spec, prefix=f"{child}.")
+            for child, layers in groups.items()
+        }
+    except Exception:
+        restore_modules(root, originals)
+        raise
     for child, module in prepared.items():
         setattr(root, child, module)
 
