@@ -157,7 +157,13 @@ def build_files(args: argparse.Namespace, out: Path) -> dict:
                 entry["verified"][runtime] = check.as_dict()
                 if runtime == "openvino":
                     entry["openvino_ops"] = {
-                        k: compiled.info[k] for k in ("integer_ops", "float_ops", "integer_share")
+                        k: compiled.info[k]
+                        for k in (
+                            "integer_ops",
+                            "float_ops",
+                            "integer_share",
+                            "unrounded_residual_sums",
+                        )
                     }
             files[f"{name} / {variant}"] = entry
             print(

@@ -30,7 +30,7 @@ from lightning_accel.export.inputs import (
     value_range,
 )
 from lightning_accel.export.onnx import to_onnx
-from lightning_accel.export.verify import compare_outputs
+from lightning_accel.export.verify import Verification, compare_outputs
 from lightning_accel.quantization.prepare import qdq_target
 from lightning_accel.utilities.model_stats import model_stats
 
@@ -238,7 +238,7 @@ def _run_backend(
         timings[f"verify_{backend}_s"] = time.perf_counter() - started
         entry["verification"] = result.as_dict()
         if not result.passed:
-            problem = f"{backend} verification {result.describe()}"
+            problem = failure_line(backend, result, compiled.info)
     if settings.benchmark and baseline_onnx is not None:
         started = time.perf_counter()
         baseline = runtime.compile(
@@ -287,6 +287,20 @@ def _run_backend(
             entry["latency"][str(batch_size)] = row
         timings[f"benchmark_{backend}_s"] = time.perf_counter() - started
     return entry, problem
+
+
+def failure_line(backend: str, result: Verification, info: dict[str, Any]) -> str:
+    """A failed verification in one line, with the runtime's known cause when it names one.
+
+    Args:
+        backend: The runtime's name.
+        result: The failed comparison.
+        info: The compiled model's ``info``; its ``accuracy_caveat`` (OpenVINO's unrounded
+            residual sums, #14) is appended when present.
+    """
+    line = f"{backend} verification {result.describe()}"
+    caveat = info.get("accuracy_caveat")
+    return f"{line}. Known cause: {caveat}" if caveat else line
 
 
 def _qdq_notes(target: str | None, backends: Sequence[str]) -> list[str]:
