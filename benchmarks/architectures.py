@@ -18,7 +18,8 @@ limit:
 
 Each failure is classified: ``refused before training`` (one clear error before the first
 step, model untouched), ``crash mid-fit`` (an error after training started), ``mismatch``
-(ONNX Runtime disagrees with PyTorch, or the output shape changed), ``timeout``.
+(ONNX Runtime disagrees with PyTorch, the output shape changed, or two PyTorch evals of one
+batch differ), ``timeout``.
 Results are appended to a JSON lines file as each model finishes; a Markdown coverage table
 is printed at the end.
 
@@ -189,6 +190,13 @@ def parity(model: Any, size: int, workdir: Path, name: str) -> dict[str, Any]:
     model.eval()
     with torch.no_grad():
         want = model(batch).numpy()
+        again = model(batch).numpy()
+    if not np.array_equal(want, again, equal_nan=True):  # e.g. a train-mode op frozen by fx
+        drift = float(np.nanmax(np.abs(want - again)))
+        return {
+            "status": "mismatch",
+            "message": f"PyTorch eval not repeatable (max diff {drift:.3g})",
+        }
     if got.shape != want.shape:
         return {"status": "mismatch", "message": f"ONNX output {got.shape}, torch {want.shape}"}
     finite = np.isfinite(want)

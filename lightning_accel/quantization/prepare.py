@@ -36,6 +36,7 @@ from lightning_accel.quantization.layers import (
 )
 from lightning_accel.quantization.multihead import decompose_multihead_attention, restore_modules
 from lightning_accel.quantization.spec import QuantizationSpec
+from lightning_accel.quantization.tracing import ModeDependentForward, trace_mode_independent
 from lightning_accel.utilities.modules import set_submodule
 
 QUANTIZER_PREFIX = "activation_quantizers"
@@ -98,11 +99,15 @@ def prepare_qat(
         prefix: Prepended to layer names in error messages.
 
     Raises:
-        ValueError: If ``model`` cannot be traced or a named layer is not called as a module.
+        ValueError: If ``model`` cannot be traced, a named layer is not called as a module, or
+            sits in a module whose forward branches on ``self.training`` (see
+            :func:`~lightning_accel.quantization.tracing.trace_mode_independent`).
     """
     try:
-        tracer = _Tracer()
-        graph_module = fx.GraphModule(model, tracer.trace(model), type(model).__name__)
+        # Modules whose forward reads self.training (StochasticDepth) stay single calls.
+        graph_module, mode_leaves = trace_mode_independent(model)
+    except ModeDependentForward:
+        raise
     except Exception as err:
         raise ValueError(
             f"{type(model).__name__} cannot be quantized: torch.fx cannot trace it "
@@ -110,6 +115,17 @@ def prepare_qat(
             "QuantizationAware supports networks without data-dependent Python control flow "
             "(torchvision-style CNNs); leave the rest out with ignore=[...]."
         ) from err
+    inside = sorted(
+        prefix + name
+        for name in weight_bits
+        if any(name.startswith(f"{leaf}.") for leaf in mode_leaves)
+    )
+    if inside:
+        raise ModeDependentForward(
+            f"Layers {inside} sit in a module whose forward branches on self.training, which "
+            "QAT keeps as one call so that eval and export run its eval branch; they cannot be "
+            "quantized there. Leave them out with ignore=[...]."
+        )
     decompose_attention(graph_module)
     rewriter = _Rewriter(graph_module, spec)
     layer_nodes = rewriter.swap_layers(weight_bits)
@@ -134,24 +150,6 @@ def prepare_qat(
     graph_module.delete_all_unused_submodules()
     graph_module.recompile()
     return graph_module
-
-
-class _Tracer(fx.Tracer):
-    """torch.fx's tracer, keeping layers other callbacks swapped in and BatchNorms as leaves.
-
-    A module class that sets ``keep_as_fx_leaf = True`` (the binary layers do) is traced as one
-    call, so QAT never rewrites inside a layer another technique owns. Every BatchNorm, subclasses
-    from outside ``torch.nn`` included (timm's ``BatchNormAct2d``), is one call too: tracing into
-    its ``forward`` would freeze the train-mode branch (``training=True``) into the graph, so
-    the model would normalize with batch statistics in eval and export too.
-    """
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return (
-            bool(getattr(type(m), "keep_as_fx_leaf", False))
-            or isinstance(m, nn.modules.batchnorm._BatchNorm)
-            or super().is_leaf_module(m, module_qualified_name)
-        )
 
 
 class _Rewriter:
