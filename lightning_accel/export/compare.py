@@ -296,11 +296,12 @@ def failure_line(backend: str, result: Verification, info: dict[str, Any]) -> st
         backend: The runtime's name.
         result: The failed comparison.
         info: The compiled model's ``info``; its ``accuracy_caveat`` (OpenVINO's unrounded
-            residual sums, #14) is appended when present.
+            residual sums, #14) is appended when present, unless the outputs were not finite
+            (a cause of its own, already said).
     """
     line = f"{backend} verification {result.describe()}"
     caveat = info.get("accuracy_caveat")
-    return f"{line}. Known cause: {caveat}" if caveat else line
+    return f"{line}. Possible cause: {caveat}" if caveat and result.problem is None else line
 
 
 def _qdq_notes(target: str | None, backends: Sequence[str]) -> list[str]:

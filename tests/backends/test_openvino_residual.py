@@ -90,4 +90,7 @@ def test_a_failed_verification_names_the_known_cause_only_when_there_is_one() ->
     assert plain == f"openvino verification {failed.describe()}"
     caveat = openvino_backend.RESIDUAL_SUM_CAVEAT.format(count=10)
     named = failure_line("openvino", failed, {"accuracy_caveat": caveat})
-    assert named.startswith(plain) and named.endswith(caveat)
+    assert named == f"{plain}. Possible cause: {caveat}"
+    broken = compare_outputs(reference, np.full_like(reference, np.nan), "int8")
+    assert broken.problem is not None  # non-finite outputs: their own cause, no caveat
+    assert failure_line("openvino", broken, {"accuracy_caveat": caveat}).endswith(broken.describe())
