@@ -36,6 +36,7 @@ from lightning_accel.quantization.prepare import (
     quantized_layers,
 )
 from lightning_accel.quantization.spec import QuantizationSpec, check_bits
+from lightning_accel.quantization.window_attention import quantizable_window_attention
 from lightning_accel.utilities.copying import detached_copy
 from lightning_accel.utilities.layer_selection import (
     PRUNABLE_LAYERS,
@@ -218,9 +219,13 @@ class QuantizationAware(AccelCallback):
         """Which layers get how many bits; every pattern must match a layer.
 
         Planned on the model as QAT will trace it: each ``nn.MultiheadAttention`` rewritten
-        with ``q_proj``/``k_proj``/``v_proj``/``out_proj`` linears (restored afterwards).
+        with ``q_proj``/``k_proj``/``v_proj``/``out_proj`` linears, Swin window attention
+        calling its ``qkv`` and ``proj`` (both restored afterwards).
         """
-        with decomposed_multihead_attention(pl_module):
+        with (
+            decomposed_multihead_attention(pl_module),
+            quantizable_window_attention(pl_module),
+        ):
             return self._plan_layers(pl_module, sample)
 
     def _plan_layers(self, pl_module: pl.LightningModule, sample: ModelInput) -> QuantizationSpec:

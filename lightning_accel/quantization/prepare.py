@@ -37,6 +37,7 @@ from lightning_accel.quantization.layers import (
 from lightning_accel.quantization.multihead import decompose_multihead_attention, restore_modules
 from lightning_accel.quantization.spec import QuantizationSpec
 from lightning_accel.quantization.tracing import ModeDependentForward, trace_mode_independent
+from lightning_accel.quantization.window_attention import quantizable_window_attention
 from lightning_accel.utilities.modules import set_submodule
 
 QUANTIZER_PREFIX = "activation_quantizers"
@@ -48,6 +49,11 @@ _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _GRID_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten, nn.Identity)
 _GRID_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, torch.flatten}
 _GRID_METHODS = ("flatten", "view", "reshape")
+# Identity in eval: dropout and torchvision's stochastic depth (an optional dependency, so
+# known by name; traced as its function, or as its module where that is a leaf).
+_EVAL_IDENTITY_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+_EVAL_IDENTITY_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d}
+_STOCHASTIC_DEPTH = "torchvision.ops.stochastic_depth"
 
 
 def quantize_submodules(root: nn.Module, spec: QuantizationSpec) -> None:
@@ -56,8 +62,9 @@ def quantize_submodules(root: nn.Module, spec: QuantizationSpec) -> None:
     Each child is traced and replaced by its quantized ``torch.fx.GraphModule``, after every
     ``nn.MultiheadAttention`` in it has been rewritten with ``nn.Linear`` projections
     (:mod:`~lightning_accel.quantization.multihead`; ``spec`` names them ``<attention>.q_proj``
-    and so on). All children are prepared before any is swapped in, so a failure leaves
-    ``root`` as it was.
+    and so on) and with torchvision's Swin window attention calling its ``qkv`` and ``proj``
+    as modules (:mod:`~lightning_accel.quantization.window_attention`). All children are
+    prepared before any is swapped in, so a failure leaves ``root`` as it was.
 
     Raises:
         ValueError: If a layer sits directly on ``root``, a child cannot be traced, or a
@@ -74,10 +81,11 @@ def quantize_submodules(root: nn.Module, spec: QuantizationSpec) -> None:
         groups.setdefault(child, {})[rest] = bits
     originals = decompose_multihead_attention(root)
     try:
-        prepared = {
-            child: prepare_qat(root.get_submodule(child), layers, spec, prefix=f"{child}.")
-            for child, layers in groups.items()
-        }
+        with quantizable_window_attention(root):
+            prepared = {
+                child: prepare_qat(root.get_submodule(child), layers, spec, prefix=f"{child}.")
+                for child, layers in groups.items()
+            }
     except Exception:
         restore_modules(root, originals)
         raise
@@ -237,6 +245,15 @@ class _Rewriter:
     def _quantize(self, node: fx.Node) -> fx.Node:
         if node in self.quantized:
             return self.quantized[node]
+        if _is_eval_identity(node) and node.args[0] in self.quantized:
+            # No quantizer of its own: in eval and export its output is its quantized input.
+            # One there (observed on the 1/(1-p)-scaled training values) would export as a
+            # second Q/DQ right after the first, at another scale, which ONNX Runtime's
+            # DoubleQDQPairsRemover merges into one quantization at a third scale: on
+            # efficientnet_b1 that moved its output by 0.32 of the largest logit (0.016 with
+            # the remover off).
+            self.quantized[node] = node
+            return node
         if self._keeps_grid(node):
             # Share the input's quantizer (no observing): the values are already on its grid.
             source = self._quantize(node.args[0])  # type: ignore[arg-type]
@@ -288,6 +305,22 @@ class _Rewriter:
         if node.op == "call_function":
             return node.target in _RELU_FUNCTIONS
         return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def _is_eval_identity(node: fx.Node) -> bool:
+    """A stochastic depth or dropout: the identity in eval, so nothing in the exported graph."""
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return False
+    if node.op == "call_function":
+        return node.target in _EVAL_IDENTITY_FUNCTIONS or (
+            getattr(node.target, "__module__", None) == _STOCHASTIC_DEPTH
+        )
+    if node.op != "call_module":
+        return False
+    module = node.graph.owning_module.get_submodule(str(node.target))
+    return (
+        isinstance(module, _EVAL_IDENTITY_MODULES) or type(module).__module__ == _STOCHASTIC_DEPTH
+    )
 
 
 def _is_add(node: fx.Node) -> bool:
