@@ -46,7 +46,17 @@ def attention_modules(model: nn.Module) -> dict[str, Any]:
 
 
 def sync_attention_heads(model: nn.Module) -> None:
-    """After heads are removed, make each attention block's head count match its ``qkv``."""
+    """After a pruning step, make the width attributes models read in ``forward`` match.
+
+    timm attention: each block's head count from its ``qkv``. torchvision's
+    ``VisionTransformer`` reshapes its patch embedding with ``self.hidden_dim``: set to its
+    ``conv_proj``'s output channels (as torch-pruning's torchvision example does).
+    """
+    for module in model.modules():
+        if hasattr(module, "hidden_dim") and isinstance(
+            getattr(module, "conv_proj", None), nn.Conv2d
+        ):
+            module.hidden_dim = module.conv_proj.out_channels
     for attention in attention_modules(model).values():
         heads = attention.qkv.out_features // (3 * attention.head_dim)
         attention.num_heads = heads
@@ -105,8 +115,10 @@ def per_channel_parameters(model: nn.Module) -> dict[nn.Parameter, int]:
 
     A parameter of a module torch-pruning has no rule for is taken when it has exactly one
     dimension longer than 1 (ConvNeXt's layer scale ``[C, 1, 1]``, a learned per-channel
-    gain ``[C]``): torch-pruning cuts it along that dimension as its ``unwrapped_parameters``.
-    Anything else stays unsupported, since the dimension to cut cannot be known.
+    gain ``[C]``), or when it is laid out as tokens, ``[1, T, C]`` (torchvision ViT's
+    ``class_token`` and ``encoder.pos_embedding``): torch-pruning cuts it along the channel
+    dimension as its ``unwrapped_parameters`` (for tokens the last one, torch-pruning's own
+    default). Anything else stays unsupported, since the dimension to cut cannot be known.
 
     Returns:
         ``{parameter: dimension}``, for torch-pruning's ``unwrapped_parameters``.
@@ -125,6 +137,8 @@ def per_channel_parameters(model: nn.Module) -> dict[nn.Parameter, int]:
             long_dims = [d for d, size in enumerate(parameter.shape) if size > 1]
             if len(long_dims) == 1:
                 found[parameter] = long_dims[0]
+            elif parameter.dim() == 3 and parameter.shape[0] == 1:
+                found[parameter] = 2  # tokens [1, T, C]
     return found
 
 

@@ -96,3 +96,44 @@ def test_inconsistent_layers_names_what_disagrees() -> None:
     assert "embed_dim 14, not divisible by its 4 heads" in found["1"]
     assert "declares 11 features" in found["2"]
     assert "weight of shape (10, 3, 2, 2)" in found["3"]
+
+
+def _tiny_vit() -> nn.Module:
+    """torchvision's ViT on 8x8 digits (a 1x1 conv makes the 3 channels it takes)."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    vit = VisionTransformer(
+        image_size=8,
+        patch_size=4,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        mlp_dim=32,
+        num_classes=10,
+    )
+    return nn.Sequential(nn.Conv2d(1, 3, 1), vit)
+
+
+def test_torchvision_vit_embedding_prunes_through_fit(digits, tmp_path) -> None:
+    """Its raw ``class_token`` [1, 1, E] and ``encoder.pos_embedding`` [1, T, E] are cut along
+    E with the patch embedding; ``hidden_dim`` follows; widths stay multiples of the heads."""
+    pytest.importorskip("torchvision")
+    module = ClassificationModule(_tiny_vit(), input_size=8, lr=0.05)
+    pruning = GradualPruning(0.3, end_epoch=1, round_to=2)
+    quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=2, callbacks=[pruning]).fit(
+        module, datamodule=digits
+    )
+    vit = module.model[1]
+    width = vit.conv_proj.out_channels
+    assert width < 16 and width % 2 == 0 and vit.hidden_dim == width
+    assert vit.class_token.shape[-1] == width and vit.encoder.pos_embedding.shape[-1] == width
+    assert inconsistent_layers(module) == []
+    assert pruning.metrics["compress/sparsity"] == pytest.approx(pruning.measured_sparsity(module))
+    x = torch.randn(4, 1, 8, 8)
+    import onnxruntime as ort
+
+    path = to_onnx(module.model, x, tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, module.model.eval()(x).numpy(), rtol=1e-4, atol=1e-5)
