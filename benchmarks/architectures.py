@@ -35,6 +35,7 @@ import argparse
 import fnmatch
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -75,6 +76,7 @@ FLOAT_KERNELS = (
     "ConvTranspose",
 )
 PARITY_RTOL = 1e-3  # max |onnx - torch| / max |torch|, fp32
+PART_LIMIT_VARIABLE = "ARCHITECTURES_PART_LIMIT_S"  # seconds per part (peer, prune, qat)
 
 
 # ----------------------------------------------------------------------------- models
@@ -348,10 +350,19 @@ def run_qat(name: str, size: int, workdir: Path) -> dict[str, Any]:
     }
 
 
+class PartTimeout(Exception):
+    """One part of a model's run went over its share of the time limit."""
+
+
+def _part_timeout(signum: int, frame: Any) -> None:
+    raise PartTimeout
+
+
 def run_one(name: str) -> dict[str, Any]:
     """All three parts for one model (inside its subprocess)."""
     import torch
 
+    signal.signal(signal.SIGALRM, _part_timeout)
     torch.manual_seed(0)
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -363,14 +374,21 @@ def run_one(name: str) -> dict[str, Any]:
             ("prune", lambda: run_prune(name, size, Path(tmp))),
             ("qat", lambda: run_qat(name, size, Path(tmp))),
         ):
+            # torch-pruning's own torchvision example lists Swin as "stuck": each part gets a
+            # share of the model's time limit, so one part that hangs leaves the others a turn
+            signal.alarm(int(os.environ.get(PART_LIMIT_VARIABLE, "0")))
             try:
                 row[part] = run()
+            except PartTimeout:
+                row[part] = {"status": "timeout", "message": "part over its share of the limit"}
             except Exception as err:  # noqa: BLE001 - a harness failure, recorded
                 row[part] = {
                     "status": "harness error",
                     "message": repr(err)[:300],
                     "trace": traceback.format_exc(limit=3)[-600:],
                 }
+            finally:
+                signal.alarm(0)
     row["seconds"] = round(time.perf_counter() - started, 1)
     return row
 
@@ -378,7 +396,12 @@ def run_one(name: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- driver
 def run_isolated(name: str, timeout: float) -> dict[str, Any]:
     """Run :func:`run_one` in a subprocess with a time limit; its last stdout line is the row."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        PYTHONWARNINGS="ignore",
+        OMP_NUM_THREADS="1",
+        **{PART_LIMIT_VARIABLE: str(max(int(timeout / 3), 1))},
+    )
     try:
         done = subprocess.run(
             [sys.executable, __file__, "--one", name],
