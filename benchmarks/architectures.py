@@ -473,13 +473,17 @@ def table(rows: list[dict[str, Any]]) -> str:
     )
     qat_run = sum(1 for r in done if "integer_kernels" in r.get("qat", {}))
     timeouts = sum(1 for r in latest.values() if r.get("status") == "timeout")
+    mismatches = sum(
+        1 for r in done for p in ("prune", "qat") if r.get(p, {}).get("status") == "mismatch"
+    )
     lines.append("")
     lines.append(
         f"{len(latest)} models: torch-pruning alone prunes {peer_ok}, GradualPruning prunes and "
         f"matches ONNX Runtime on {pruned}, QAT puts every conv/linear on integer kernels on "
-        f"{qat_int} of {qat_run} exported ({100 * qat_int / max(qat_run, 1):.0f}%); refusals "
-        f"before training: {refused}; crashes mid-fit: {crashes}; over the time limit: "
-        f"{timeouts}."
+        f"{qat_int} of {qat_run} exported, {qat_int} of all {len(latest)} models "
+        f"({100 * qat_int / max(len(latest), 1):.0f}%); refusals "
+        f"before training: {refused}; crashes mid-fit: {crashes}; ONNX Runtime mismatches: "
+        f"{mismatches}; over the time limit: {timeouts}."
     )
     return "\n".join(lines)
 
