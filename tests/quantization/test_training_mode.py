@@ -3,7 +3,9 @@
 torch.fx used to freeze ``training=True`` into ``stochastic_depth(...)`` when QAT traced the
 model in ``on_train_start``: the prepared EfficientNet dropped residual branches at random in
 eval and in the exported ONNX file (``RandomUniformLike``), so ONNX Runtime disagreed with
-PyTorch (efficientnet_b1: relative error 1.39 in ``benchmarks/architectures.py``).
+PyTorch (efficientnet_b1: relative error 1.39 in ``benchmarks/architectures.py``). And the
+add after it read a quantizer of its own, right after the conv's: two Q/DQ pairs at two scales,
+which ONNX Runtime merges into one at a third (relative error 0.32 with random draws gone).
 """
 
 from pathlib import Path
@@ -65,7 +67,12 @@ def test_stochastic_depth_follows_the_mode_in_eval_and_export(tmp_path: Path) ->
         first, second = holder(x), holder(x)
     assert torch.equal(first, second)  # eval used to drop branches too
     path = to_onnx(holder, x, tmp_path / "m.onnx")
-    assert "RandomUniformLike" not in {n.op_type for n in onnx.load(str(path)).graph.node}
+    nodes = onnx.load(str(path)).graph.node
+    assert "RandomUniformLike" not in {n.op_type for n in nodes}
+    # No second Q/DQ after the stochastic depth (gone in eval): ONNX Runtime would merge the
+    # two pairs into one quantization at another scale (DoubleQDQPairsRemover).
+    dequantized = {n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}
+    assert not [n for n in nodes if n.op_type == "QuantizeLinear" and n.input[0] in dequantized]
     got = compile_onnxruntime(path, tmp_path, threads=1).run(x.numpy())
     reference = first.numpy()
     assert float(np.abs(got - reference).max()) <= 0.02 * float(np.abs(reference).max())
