@@ -49,10 +49,9 @@ _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _GRID_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten, nn.Identity)
 _GRID_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, torch.flatten}
 _GRID_METHODS = ("flatten", "view", "reshape")
-# Identity in eval: dropout and torchvision's stochastic depth (an optional dependency, so
-# known by name; traced as its function, or as its module where that is a leaf).
-_EVAL_IDENTITY_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
-_EVAL_IDENTITY_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d}
+# Identity in eval: torchvision's stochastic depth (an optional dependency, so known by name;
+# traced as its function, or as its module where that is a leaf). Not dropout: a layer reading
+# through one needs the quantizer after it (pass_input_scales finds its input scale there).
 _STOCHASTIC_DEPTH = "torchvision.ops.stochastic_depth"
 
 
@@ -257,6 +256,8 @@ class _Rewriter:
         if self._keeps_grid(node):
             # Share the input's quantizer (no observing): the values are already on its grid.
             source = self._quantize(node.args[0])  # type: ignore[arg-type]
+            while _is_eval_identity(source):  # a stochastic depth: its input's quantizer
+                source = self.quantized[source.args[0]]  # type: ignore[index]
             name, kwargs = str(source.target), {"observe": False}
         else:
             name, kwargs = f"{QUANTIZER_PREFIX}.{node.name}", {}  # type: ignore[dict-item]
@@ -308,19 +309,15 @@ class _Rewriter:
 
 
 def _is_eval_identity(node: fx.Node) -> bool:
-    """A stochastic depth or dropout: the identity in eval, so nothing in the exported graph."""
+    """A stochastic depth: the identity in eval, so nothing in the exported graph."""
     if not node.args or not isinstance(node.args[0], fx.Node):
         return False
     if node.op == "call_function":
-        return node.target in _EVAL_IDENTITY_FUNCTIONS or (
-            getattr(node.target, "__module__", None) == _STOCHASTIC_DEPTH
-        )
+        return getattr(node.target, "__module__", None) == _STOCHASTIC_DEPTH
     if node.op != "call_module":
         return False
     module = node.graph.owning_module.get_submodule(str(node.target))
-    return (
-        isinstance(module, _EVAL_IDENTITY_MODULES) or type(module).__module__ == _STOCHASTIC_DEPTH
-    )
+    return type(module).__module__ == _STOCHASTIC_DEPTH
 
 
 def _is_add(node: fx.Node) -> bool:
