@@ -154,3 +154,22 @@ def test_linear_before_a_relu_gets_its_output_quantized() -> None:
     assert len(activation_quantizers(holder)) == 2  # the input, and after the ReLU
     assert order[order.index("1") + 1].startswith(QUANTIZER_PREFIX)
     assert order[-1] == "2"  # the logits: no quantizer after them
+
+
+def test_linear_reading_through_a_dropout_gets_an_int32_bias(tmp_path: Path) -> None:
+    """VGG's classifier: ``Linear -> ReLU -> Dropout -> Linear``. The second linear's bias goes
+    on the int32 grid of the quantizer it reads, like any other (while QAT briefly gave dropouts
+    no quantizer of their own, that bias stayed float, and ONNX Runtime ran vgg19_bn's last
+    ``Gemm`` in float)."""
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 4))
+    x = torch.randn(4, 8)
+    holder = quantized(model, x)
+    graph = optimized_graph(holder, x, tmp_path)
+    assert count(graph, ("QGemm",)) == 2 and count(graph, FLOAT_COMPUTE) == 0
+    exported = onnx.load(str(tmp_path / "m.onnx")).graph
+    producers = {output: node for node in exported.node for output in node.output}
+    gemms = [n for n in exported.node if n.op_type in ("Gemm", "MatMul")]
+    biases = [producers.get(n.input[2]) for n in gemms if len(n.input) > 2]
+    assert len(biases) == 2 and all(
+        b is not None and b.op_type == "DequantizeLinear" for b in biases
+    )
