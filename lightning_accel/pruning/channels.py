@@ -53,10 +53,9 @@ def sync_attention_heads(model: nn.Module) -> None:
     ``conv_proj``'s output channels (as torch-pruning's torchvision example does).
     """
     for module in model.modules():
-        if hasattr(module, "hidden_dim") and isinstance(
-            getattr(module, "conv_proj", None), nn.Conv2d
-        ):
-            module.hidden_dim = module.conv_proj.out_channels
+        patch_embedding = getattr(module, "conv_proj", None)
+        if hasattr(module, "hidden_dim") and isinstance(patch_embedding, nn.Conv2d):
+            setattr(module, "hidden_dim", patch_embedding.out_channels)  # noqa: B010 - mypy
     for attention in attention_modules(model).values():
         heads = attention.qkv.out_features // (3 * attention.head_dim)
         attention.num_heads = heads

@@ -86,8 +86,21 @@ class DecomposedMultiheadAttention(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """As ``nn.MultiheadAttention.forward``: ``(output, weights or None)``.
 
-        ``is_causal`` is a hint there that ``attn_mask`` is the causal mask; the mask given is
-        applied either way.
+        Args:
+            query: ``[N, L, E]`` (``batch_first``), ``[L, N, E]``, or unbatched ``[L, E]``.
+            key: As ``query``, with S positions and ``kdim`` features.
+            value: As ``key``, with ``vdim`` features.
+            key_padding_mask: ``[N, S]``; boolean ``True`` (or float ``-inf``) ignores a key.
+            need_weights: Also return the attention weights.
+            attn_mask: ``[L, S]`` or ``[N * heads, L, S]``; boolean ``True`` masks a pair out,
+                float is added to the scores.
+            average_attn_weights: Weights averaged over heads ``[N, L, S]``, else per head
+                ``[N, heads, L, S]``.
+            is_causal: A hint there that ``attn_mask`` is the causal mask; the mask given is
+                applied either way.
+
+        Returns:
+            The output (``query``'s layout, ``embed_dim`` features) and the weights or ``None``.
         """
         q = split_heads(self.q_proj(query), self.num_heads, self.batch_first)
         k = split_heads(self.k_proj(key), self.num_heads, self.batch_first)
@@ -149,7 +162,10 @@ def restore_modules(model: nn.Module, originals: dict[str, nn.MultiheadAttention
 def split_heads(x: Tensor, heads: int, batch_first: bool) -> Tensor:
     """``x`` as ``[N, heads, L, E / heads]``.
 
-    ``x``: ``[N, L, E]`` if ``batch_first``, else ``[L, N, E]``; or unbatched ``[L, E]``.
+    Args:
+        x: ``[N, L, E]`` if ``batch_first``, else ``[L, N, E]``; or unbatched ``[L, E]``.
+        heads: Number of heads (divides E).
+        batch_first: The layout of a batched ``x``.
     """
     if x.dim() == 2:
         x = x.unsqueeze(0)
@@ -160,7 +176,16 @@ def split_heads(x: Tensor, heads: int, batch_first: bool) -> Tensor:
 
 @fx.wrap
 def merge_heads(x: Tensor, query: Tensor, batch_first: bool) -> Tensor:
-    """``[N, H, L, D]`` back to ``query``'s layout with ``H * D`` features."""
+    """Heads merged back into ``query``'s layout.
+
+    Args:
+        x: ``[N, H, L, D]``.
+        query: The attention's query (its rank and ``batch_first`` fix the layout).
+        batch_first: The layout of a batched ``query``.
+
+    Returns:
+        ``[N, L, H * D]`` (``batch_first``), ``[L, N, H * D]``, or ``[L, H * D]`` unbatched.
+    """
     x = x.transpose(1, 2).flatten(2)
     if query.dim() == 2:
         return x.squeeze(0)
@@ -177,11 +202,15 @@ def head_weights(weights: Tensor, query: Tensor) -> Tensor:
 def apply_masks(
     scores: Tensor, attn_mask: Tensor | None, key_padding_mask: Tensor | None
 ) -> Tensor:
-    """``scores`` ``[N, H, L, S]`` with ``nn.MultiheadAttention``'s masks applied.
+    """``scores`` with ``nn.MultiheadAttention``'s masks applied.
 
     A boolean mask marks the positions *not* to attend to (``True`` becomes ``-inf``); a float
-    mask is added. ``attn_mask``: ``[L, S]`` or ``[N * H, L, S]``; ``key_padding_mask``:
-    ``[N, S]`` (``[S]`` unbatched).
+    mask is added.
+
+    Args:
+        scores: ``[N, H, L, S]``.
+        attn_mask: ``[L, S]`` or ``[N * H, L, S]``, or ``None``.
+        key_padding_mask: ``[N, S]`` (``[S]`` unbatched), or ``None``.
     """
     batch, heads, rows, columns = scores.shape
     if attn_mask is not None:

@@ -316,8 +316,10 @@ def _is_eval_identity(node: fx.Node) -> bool:
         return getattr(node.target, "__module__", None) == _STOCHASTIC_DEPTH
     if node.op != "call_module":
         return False
-    module = node.graph.owning_module.get_submodule(str(node.target))
-    return type(module).__module__ == _STOCHASTIC_DEPTH
+    owner = node.graph.owning_module
+    if owner is None:
+        return False
+    return type(owner.get_submodule(str(node.target))).__module__ == _STOCHASTIC_DEPTH
 
 
 def _is_add(node: fx.Node) -> bool:

@@ -97,7 +97,8 @@ def _rewritten_class(module: nn.Module) -> type[nn.Module] | None:
         return None
     if getattr(module, "attention_dropout", 0.0) or getattr(module, "dropout", 0.0):
         return None
-    bias = module.qkv.bias
+    qkv = module.get_submodule("qkv")
+    bias = qkv.bias if isinstance(qkv, nn.Linear) else None
     if type(module) is swin.ShiftedWindowAttentionV2 and bias is not None:
         third = bias.numel() // 3
         if bool(bias[third : 2 * third].any()):
@@ -132,7 +133,16 @@ def _padded_layout(
 
 @fx.wrap
 def partition_windows(x: Tensor, window_size: list[int], shift_size: list[int]) -> Tensor:
-    """``x`` ``[B, H, W, C]`` padded, cyclically shifted, as windows ``[B * nW, Wh * Ww, C]``."""
+    """``x`` padded to whole windows, cyclically shifted, as windows.
+
+    Args:
+        x: ``[B, H, W, C]``.
+        window_size: ``[Wh, Ww]``.
+        shift_size: The layer's cyclic shift ``[sh, sw]`` (none where a window covers the map).
+
+    Returns:
+        ``[B * nW, Wh * Ww, C]``, nW windows per image.
+    """
     batch, height, width, channels = x.shape
     padded_h, padded_w, shift = _padded_layout(x, window_size, shift_size)
     x = F.pad(x, (0, 0, 0, padded_w - width, 0, padded_h - height))
@@ -147,7 +157,14 @@ def partition_windows(x: Tensor, window_size: list[int], shift_size: list[int]) 
 
 @fx.wrap
 def shift_mask(scores: Tensor, x: Tensor, window_size: list[int], shift_size: list[int]) -> Tensor:
-    """``scores`` ``[B * nW, heads, N, N]`` with shifted windows' cross-region pairs at -100."""
+    """``scores`` with shifted windows' cross-region pairs at -100 (torchvision's mask).
+
+    Args:
+        scores: ``[B * nW, heads, N, N]``, N = Wh * Ww.
+        x: The layer's input ``[B, H, W, C]`` (its size fixes the padding and shift).
+        window_size: ``[Wh, Ww]``.
+        shift_size: The layer's cyclic shift ``[sh, sw]``.
+    """
     padded_h, padded_w, shift = _padded_layout(x, window_size, shift_size)
     if sum(shift) == 0:
         return scores
@@ -172,7 +189,17 @@ def shift_mask(scores: Tensor, x: Tensor, window_size: list[int], shift_size: li
 def reverse_windows(
     windows: Tensor, x: Tensor, window_size: list[int], shift_size: list[int]
 ) -> Tensor:
-    """Windows ``[B * nW, Wh * Ww, C]`` back to ``x``'s layout ``[B, H, W, C]``."""
+    """Windows back to ``x``'s layout, shift undone, padding cut.
+
+    Args:
+        windows: ``[B * nW, Wh * Ww, C]``.
+        x: The layer's input ``[B, H, W, C]``.
+        window_size: ``[Wh, Ww]``.
+        shift_size: The layer's cyclic shift ``[sh, sw]``.
+
+    Returns:
+        ``[B, H, W, C]``.
+    """
     batch, height, width, _ = x.shape
     padded_h, padded_w, shift = _padded_layout(x, window_size, shift_size)
     out = windows.view(
