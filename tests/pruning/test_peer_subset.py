@@ -53,10 +53,20 @@ class _GroupedBottleneck(nn.Module):
         return self.head(torch.relu(x + self.c(self.b(self.a(x)))))
 
 
-@pytest.mark.parametrize("net", [_DenseBlock, _GroupedBottleneck], ids=["densenet", "regnet"])
-def test_block_prunes_through_fit_and_matches_onnx_runtime(digits, tmp_path, net) -> None:
+def assert_onnx_runtime_matches(model: nn.Module, tmp_path) -> None:
+    """The exported model, run in ONNX Runtime on a digits-shaped batch, matches PyTorch."""
     import onnxruntime as ort
 
+    x = torch.randn(4, 1, 8, 8)
+    path = to_onnx(model, x, tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model.eval()(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("net", [_DenseBlock, _GroupedBottleneck], ids=["densenet", "regnet"])
+def test_block_prunes_through_fit_and_matches_onnx_runtime(digits, tmp_path, net) -> None:
     module = ClassificationModule(net(), input_size=8, lr=0.05)
     pruning = GradualPruning(0.3, end_epoch=1)
     quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=4, callbacks=[pruning]).fit(
@@ -69,12 +79,7 @@ def test_block_prunes_through_fit_and_matches_onnx_runtime(digits, tmp_path, net
     if net is _GroupedBottleneck:
         grouped = module.model.b[0]
         assert grouped.in_channels < 24 and grouped.in_channels % grouped.groups == 0
-    x = torch.randn(4, 1, 8, 8)
-    path = to_onnx(module.model, x, tmp_path / "model.onnx")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    with torch.no_grad():
-        np.testing.assert_allclose(got, module.model.eval()(x).numpy(), rtol=1e-4, atol=1e-5)
+    assert_onnx_runtime_matches(module.model, tmp_path)
 
 
 def test_inconsistent_layers_names_what_disagrees() -> None:
@@ -129,11 +134,4 @@ def test_torchvision_vit_embedding_prunes_through_fit(digits, tmp_path) -> None:
     assert vit.class_token.shape[-1] == width and vit.encoder.pos_embedding.shape[-1] == width
     assert inconsistent_layers(module) == []
     assert pruning.metrics["compress/sparsity"] == pytest.approx(pruning.measured_sparsity(module))
-    x = torch.randn(4, 1, 8, 8)
-    import onnxruntime as ort
-
-    path = to_onnx(module.model, x, tmp_path / "model.onnx")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    with torch.no_grad():
-        np.testing.assert_allclose(got, module.model.eval()(x).numpy(), rtol=1e-4, atol=1e-5)
+    assert_onnx_runtime_matches(module.model, tmp_path)

@@ -38,10 +38,12 @@ CONV_MATMUL_INTEGER = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerTo
 FLOAT_COMPUTE = ("Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul")
 
 
-def quantized(model: nn.Module, x: torch.Tensor) -> Holder:
-    """``model`` with every conv/linear quantized for ONNX Runtime, observed on ``x``."""
+def quantized(model: nn.Module, x: torch.Tensor, names: list[str] | None = None) -> Holder:
+    """``model`` with the layers ``names`` (default: every conv/linear) quantized for ONNX
+    Runtime, observed on ``x``; names are relative to the holder (``model.<layer>``)."""
     holder = Holder(model)
-    names = [n for n, m in holder.named_modules() if type(m) in WEIGHTED]
+    if names is None:
+        names = [n for n, m in holder.named_modules() if type(m) in WEIGHTED]
     quantize_submodules(holder, QuantizationSpec("onnxruntime", dict.fromkeys(names, 8)))
     holder.train()
     with torch.no_grad():

@@ -26,6 +26,7 @@ from tests.quantization.test_integer_kernels import (
     FLOAT_COMPUTE,
     count,
     optimized_graph,
+    quantized,
 )
 
 N, L, S, E, HEADS = 3, 5, 7, 16, 4
@@ -136,15 +137,8 @@ def test_failed_preparation_restores_the_attention() -> None:
 
 
 def quantized_tokens(model: nn.Module, x: torch.Tensor) -> Holder:
-    """``model`` with every planned layer quantized for ONNX Runtime, observed on ``x``."""
-    holder = Holder(model)
-    layers = QuantizationAware("onnxruntime").planned_layers(holder, x)
-    quantize_submodules(holder, QuantizationSpec("onnxruntime", dict.fromkeys(layers, 8)))
-    holder.train()
-    with torch.no_grad():
-        for _ in range(3):
-            holder(x)
-    return holder.eval()
+    """``model`` with every layer QuantizationAware plans quantized, observed on ``x``."""
+    return quantized(model, x, QuantizationAware("onnxruntime").planned_layers(Holder(model), x))
 
 
 def test_user_attention_runs_on_integer_kernels_and_replays_from_a_checkpoint(
