@@ -52,20 +52,20 @@ class DecomposedMultiheadAttention(nn.Module):
                 "stays one float layer."
             )
         if attention._qkv_same_embed_dim:
-            weights = attention.in_proj_weight.detach().chunk(3)
+            weights = attention.in_proj_weight.chunk(3)
         else:
             weights = (
-                attention.q_proj_weight.detach(),
-                attention.k_proj_weight.detach(),
-                attention.v_proj_weight.detach(),
+                attention.q_proj_weight,
+                attention.k_proj_weight,
+                attention.v_proj_weight,
             )
         bias = attention.in_proj_bias
-        biases = bias.detach().chunk(3) if bias is not None else (None, None, None)
+        biases = bias.chunk(3) if bias is not None else (None, None, None)
         self.q_proj, self.k_proj, self.v_proj = (
             _linear(w, b) for w, b in zip(weights, biases, strict=True)
         )
         out = attention.out_proj
-        self.out_proj = _linear(out.weight.detach(), _detached(out.bias))
+        self.out_proj = _linear(out.weight, out.bias)
         self.num_heads = attention.num_heads
         self.batch_first = attention.batch_first
         head_dim = weights[0].shape[0] // self.num_heads
@@ -229,6 +229,7 @@ def _masked(scores: Tensor, mask: Tensor) -> Tensor:
 
 
 def _linear(weight: Tensor, bias: Tensor | None) -> nn.Linear:
+    """A new ``nn.Linear`` holding copies of ``weight`` and ``bias`` (no autograd link)."""
     layer = nn.Linear(
         weight.shape[1],
         weight.shape[0],
@@ -241,7 +242,3 @@ def _linear(weight: Tensor, bias: Tensor | None) -> nn.Linear:
         if bias is not None:
             layer.bias.copy_(bias)
     return layer
-
-
-def _detached(tensor: Tensor | None) -> Tensor | None:
-    return tensor.detach() if tensor is not None else None

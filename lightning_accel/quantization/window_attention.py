@@ -45,14 +45,13 @@ def quantizable_window_attention(model: nn.Module) -> Iterator[list[str]]:
     Yields the names of the rewritten layers. On exit (error or not) every layer has its own
     class back; parameters, buffers and names are never changed.
     """
-    swapped = {
-        name: (module, type(module))
-        for name, module in model.named_modules()
-        if _rewritten_class(module) is not None
-    }
-    for module, _ in swapped.values():
-        module.__class__ = _rewritten_class(module)  # type: ignore[assignment]
+    swapped: dict[str, tuple[nn.Module, type[nn.Module]]] = {}
     try:
+        for name, module in model.named_modules():
+            rewritten = _rewritten_class(module)
+            if rewritten is not None:
+                swapped[name] = (module, type(module))
+                module.__class__ = rewritten  # type: ignore[assignment]
         yield list(swapped)
     finally:
         for module, cls in swapped.values():
