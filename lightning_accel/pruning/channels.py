@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from lightning_accel.pruning.criteria import Criterion, group_importance
 from lightning_accel.utilities.layer_selection import PRUNABLE_LAYERS
@@ -133,12 +133,48 @@ def per_channel_parameters(model: nn.Module) -> dict[nn.Parameter, int]:
         for name, parameter in module.named_parameters(recurse=False):
             if name in _EMBEDDING_PARAMETERS and hasattr(module, "patch_embed"):
                 continue  # a ViT's token width: handled with its patch embedding
+            if per_head_parameter(module, parameter):
+                continue  # one value per head (Swin V2's logit_scale): no channel dimension
             long_dims = [d for d, size in enumerate(parameter.shape) if size > 1]
             if len(long_dims) == 1:
                 found[parameter] = long_dims[0]
             elif parameter.dim() == 3 and parameter.shape[0] == 1:
                 found[parameter] = 2  # tokens [1, T, C]
     return found
+
+
+def per_head_parameter(module: nn.Module, parameter: Tensor) -> bool:
+    """Whether ``parameter`` of an attention ``module`` holds one value per head.
+
+    A module with an integer ``num_heads`` whose raw parameter has exactly one dimension
+    longer than 1, of ``num_heads`` entries (torchvision Swin V2's ``logit_scale``,
+    ``[heads, 1, 1]``), scales heads, not channels: cutting it by channel indices would
+    corrupt it (torch-pruning fails on it with an ``IndexError``).
+    """
+    heads = getattr(module, "num_heads", None)
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 2:
+        return False
+    long_dims = [size for size in parameter.shape if size > 1]
+    return long_dims == [heads]
+
+
+def _why_unsliceable(module: nn.Module, per_channel: Mapping[nn.Parameter, int]) -> str:
+    """Why the raw parameters of ``module`` cannot be cut by channel, naming the first one."""
+    for name, parameter in module.named_parameters(recurse=False):
+        if parameter in per_channel:
+            continue
+        shape = tuple(parameter.shape)
+        if per_head_parameter(module, parameter):
+            return (
+                f"its raw nn.Parameter {name!r} of shape {shape} holds one value per attention "
+                f"head (num_heads={getattr(module, 'num_heads', '?')}), not one per channel, "
+                "and torch-pruning has no rule to remove heads from this attention"
+            )
+        return (
+            f"its raw nn.Parameter {name!r} of shape {shape} has no single channel dimension "
+            "that torch-pruning could slice"
+        )
+    return "it holds raw nn.Parameters that torch-pruning has no rule to slice"
 
 
 def check_structured_support(
@@ -165,10 +201,11 @@ def check_structured_support(
     if unsupported:
         module = model.get_submodule(unsupported[0]) if unsupported[0] else model
         where = repr(unsupported[0]) if unsupported[0] else "(the root module)"
+        why = _why_unsliceable(module, per_channel_parameters(model))
         raise ValueError(
             f"Structured pruning cannot handle layer {where} "
-            f"({type(module).__name__}): it holds raw nn.Parameters that torch-pruning has no "
-            "rule to slice, so removing channels would corrupt it. Use mode='unstructured' or "
+            f"({type(module).__name__}): {why}, so removing channels would corrupt it. "
+            "Use mode='unstructured' or "
             "mode='2:4' for this model, or build the layer from standard modules "
             "(Conv, Linear, BatchNorm, LayerNorm)."
         )

@@ -135,3 +135,38 @@ def test_torchvision_vit_embedding_prunes_through_fit(digits, tmp_path) -> None:
     assert inconsistent_layers(module) == []
     assert pruning.metrics["compress/sparsity"] == pytest.approx(pruning.measured_sparsity(module))
     assert_onnx_runtime_matches(module.model, tmp_path)
+
+
+@pytest.mark.bad_input("data")
+def test_swin_v2_is_refused_before_training_naming_its_per_head_parameter(digits, tmp_path) -> None:
+    """Swin V2's ``logit_scale`` ([heads, 1, 1]) scales heads, not channels: it was taken as a
+    per-channel parameter, and torch-pruning then failed with a raw ``IndexError`` (and on a
+    small Swin, V1 or V2, its dependency graph does not finish). Refused with the layer and
+    the reason before training; the model untouched."""
+    import copy
+
+    pytest.importorskip("torchvision")
+    from torchvision.models import swin_transformer as swin
+
+    net = swin.SwinTransformer(
+        patch_size=[2, 2],
+        embed_dim=16,
+        depths=[2],
+        num_heads=[2],
+        window_size=[2, 2],
+        num_classes=10,
+        block=swin.SwinTransformerBlockV2,
+        downsample_layer=swin.PatchMergingV2,
+    )
+    module = ClassificationModule(nn.Sequential(nn.Conv2d(1, 3, 1), net), input_size=8)
+    before = copy.deepcopy(module.state_dict())
+    trainer = quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=2)
+    trainer.callbacks.append(GradualPruning(0.3, end_epoch=1))
+    with pytest.raises(
+        ValueError,
+        match=r"layer 'model.1.features.1.0.attn' \(ShiftedWindowAttentionV2\): its raw "
+        r"nn.Parameter 'logit_scale' of shape \(2, 1, 1\) holds one value per attention head",
+    ):
+        trainer.fit(module, datamodule=digits)
+    assert trainer.global_step == 0
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
