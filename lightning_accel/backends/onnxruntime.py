@@ -45,6 +45,33 @@ BACKEND = Backend(
 )
 
 
+def u8s8_saturates(cpu_flags: str | None = None) -> bool:
+    """Whether ONNX Runtime's uint8 x int8 kernels can saturate on this CPU.
+
+    On x86-64 without VNNI (AVX2, or AVX-512 without VNNI) ONNX Runtime's ``QLinearConv`` and
+    ``QGemm`` multiply uint8 activations by int8 weights with ``VPMADDUBSW``, which adds each
+    pair of products into an int16 with saturation: 2 x 255 x 127 overflows it, so the optimized
+    graph computes something else than its own Q/DQ arithmetic (measured here, AVX2 only: the
+    stem of a QAT EfficientNet-B1 had 71 outputs off by the whole uint8 range, reproduced
+    exactly by emulating the saturation). ONNX Runtime's advice is ``reduce_range``: weights in
+    [-64, 64] (2 x 255 x 64 = 32640 fits). With VNNI (``VPDPBUSD``, int32 sums) or on other
+    architectures nothing saturates.
+
+    Args:
+        cpu_flags: The ``flags`` line of ``/proc/cpuinfo``; ``None``: read this machine's
+            (no file, e.g. not Linux: ``False``).
+    """
+    if cpu_flags is None:
+        try:
+            info = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        cpu_flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
+    flags = set(cpu_flags.replace(":", " ").split())
+    has_vnni = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    return "avx2" in flags and not has_vnni
+
+
 def onnxruntime_problem() -> str | None:
     """What stops ONNX Runtime from running here, or ``None``."""
     if not _ONNXRUNTIME_AVAILABLE:

@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lightning_accel.backends import DEFAULT_BACKEND, BackendName, get_backend
+from lightning_accel.backends.onnxruntime import u8s8_saturates
 from lightning_accel.callbacks.base import (
     AccelCallback,
     check_bool,
@@ -83,6 +84,13 @@ class QuantizationAware(AccelCallback):
         ignore: Glob patterns of layers to keep in float.
         observer: ``"ema_minmax"`` or ``"percentile"`` (0.01% tails clipped).
         learnable_scales: Learn scales by gradient (LSQ) after the observers freeze.
+        reduce_range: Keep weight integers in [-64, 64] (ONNX Runtime's ``reduce_range``,
+            NNCF's ``overflow_fix`` for OpenVINO), so that the uint8 x int8 kernels of both CPU
+            runtimes on x86 CPUs without VNNI cannot saturate
+            (:func:`~lightning_accel.backends.onnxruntime.u8s8_saturates`). ``None``: on for a
+            CPU backend (``"onnxruntime"``, ``"openvino"``) when the CPU training the model
+            lacks VNNI (pass ``True`` when the model will be deployed on such a CPU), off
+            otherwise (TensorRT's GPU kernels do not saturate).
 
     Example:
         >>> qat = QuantizationAware("onnxruntime", start_epoch=2, freeze_bn_epoch=4)
@@ -101,6 +109,7 @@ class QuantizationAware(AccelCallback):
         ignore: Sequence[str] = (),
         observer: Observer = "ema_minmax",
         learnable_scales: bool = False,
+        reduce_range: bool | None = None,
     ) -> None:
         super().__init__()
         get_backend(backend, "QuantizationAware(backend=...)")
@@ -139,6 +148,9 @@ class QuantizationAware(AccelCallback):
         self.ignore = check_patterns(ignore, "ignore")
         self.observer = observer
         self.learnable_scales = check_bool(learnable_scales, "learnable_scales")
+        if reduce_range is not None:
+            check_bool(reduce_range, "reduce_range")
+        self.reduce_range = reduce_range
         self.spec: QuantizationSpec | None = None
 
     changes_structure = True
@@ -255,7 +267,20 @@ class QuantizationAware(AccelCallback):
             activation_bits=self.activation_bits,
             observer=self.observer,
             learnable=self.learnable_scales,
+            reduce_range=self._reduce_range(),
         )
+
+    def _reduce_range(self) -> bool:
+        if self.reduce_range is not None:
+            return self.reduce_range
+        if get_backend(self.backend).device != "cpu" or not u8s8_saturates():
+            return False
+        rank_zero_info(
+            "QuantizationAware: this CPU lacks VNNI, where the CPU runtimes' uint8 x int8 kernels "
+            "saturate int16 sums of 8-bit weights; weights train in [-64, 64] "
+            "(reduce_range). Pass reduce_range=False to train the full int8 range."
+        )
+        return True
 
     def _freeze_epochs(self) -> list[tuple[str, int]]:
         freezes = (

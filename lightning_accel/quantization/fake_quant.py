@@ -29,9 +29,20 @@ def activation_range(bits: int, symmetric: bool) -> tuple[int, int]:
     return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
 
 
-def weight_range(bits: int) -> tuple[int, int]:
-    """Narrow symmetric integer range of a weight, e.g. [-127, 127] at 8 bits."""
+# ONNX Runtime's u8s8 kernels on x86 CPUs without VNNI add pairs of uint8 x int8 products
+# in int16 with saturation (VPMADDUBSW): 2 x 255 x 64 = 32640 fits, 2 x 255 x 127 does not.
+REDUCED_WEIGHT_MAX = 64
+
+
+def weight_range(bits: int, reduce_range: bool = False) -> tuple[int, int]:
+    """Narrow symmetric integer range of a weight, e.g. [-127, 127] at 8 bits.
+
+    ``reduce_range`` caps it at [-64, 64] (ONNX Runtime's ``reduce_range``), where no pair of
+    uint8 x int8 products can saturate an int16 sum.
+    """
     q_max = 2 ** (bits - 1) - 1
+    if reduce_range:
+        q_max = min(q_max, REDUCED_WEIGHT_MAX)
     return -q_max, q_max
 
 
@@ -144,6 +155,7 @@ class WeightQuantizer(nn.Module):
         channels: Output channels of the weight.
         bits: Bit width (2 to 8).
         learnable: Learn the per-channel scales once the observer is frozen.
+        reduce_range: Keep the integers in [-64, 64] (see :func:`weight_range`).
     """
 
     observed: Tensor
@@ -151,11 +163,14 @@ class WeightQuantizer(nn.Module):
     scale: Tensor
     zero_point: Tensor
 
-    def __init__(self, channels: int, bits: int = 8, learnable: bool = False) -> None:
+    def __init__(
+        self, channels: int, bits: int = 8, learnable: bool = False, reduce_range: bool = False
+    ) -> None:
         super().__init__()
         self.bits = bits
         self.learnable = learnable
-        self.quant_min, self.quant_max = weight_range(bits)
+        self.reduce_range = reduce_range
+        self.quant_min, self.quant_max = weight_range(bits, reduce_range)
         self.register_buffer("observer_enabled", torch.ones((), dtype=torch.bool))
         self.register_buffer("zero_point", torch.zeros(channels, dtype=torch.int32))
         if learnable:
@@ -191,7 +206,8 @@ class WeightQuantizer(nn.Module):
         return (max_abs / self.quant_max).clamp(min=_MIN_SCALE)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, per-channel symmetric, learnable={self.learnable}"
+        limit = f", range [{self.quant_min}, {self.quant_max}]" if self.reduce_range else ""
+        return f"bits={self.bits}, per-channel symmetric{limit}, learnable={self.learnable}"
 
 
 def _lsq_gradient_scale(elements: int, quant_max: int) -> float:

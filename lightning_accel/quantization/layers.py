@@ -218,7 +218,11 @@ _QUANT_TRANSPOSED_FOR: dict[type[nn.Module], type[nn.Module]] = {
 
 
 def quantize_layer(
-    layer: nn.Module, bn: nn.Module | None, bits: int, learnable: bool
+    layer: nn.Module,
+    bn: nn.Module | None,
+    bits: int,
+    learnable: bool,
+    reduce_range: bool = False,
 ) -> QuantLayer:
     """A quantized layer sharing ``layer``'s parameters (and owning ``bn``, for convs).
 
@@ -229,6 +233,7 @@ def quantize_layer(
             or ``None``; ignored for a Linear.
         bits: Weight bit width, in [2, 8] (per-output-channel, symmetric).
         learnable: Learn the per-channel weight scales once the observer is frozen.
+        reduce_range: Keep weight integers in [-64, 64] (ONNX Runtime on CPUs without VNNI).
 
     Returns:
         The quantized layer, on ``layer``'s device and dtype and in its training mode.
@@ -283,7 +288,9 @@ def quantize_layer(
     new.weight = weight
     new.bias = conv.bias
     channels = weight.shape[1] if isinstance(new, QUANT_TRANSPOSED) else weight.shape[0]
-    new.weight_quantizer = WeightQuantizer(channels, bits, learnable).to(weight.device)
+    new.weight_quantizer = WeightQuantizer(channels, bits, learnable, reduce_range).to(
+        weight.device
+    )
     new.train(layer.training)
     return new
 

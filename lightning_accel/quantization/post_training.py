@@ -20,7 +20,10 @@ def quantize_static_onnx(
     The model is pre-processed first (shape inference, BatchNorm folded into convs), then
     calibrated with min/max ranges: uint8 asymmetric activations and int8 per-channel
     symmetric weights, the same scheme :class:`~lightning_accel.QuantizationAware` trains for
-    ONNX Runtime, so both run on the same integer kernels.
+    ONNX Runtime, so both run on the same integer kernels. On an x86 CPU without VNNI the
+    weights keep to [-64, 64] (``reduce_range``), as QAT's do there: ONNX Runtime's uint8 x
+    int8 kernels saturate on full-range weights (see
+    :func:`~lightning_accel.backends.onnxruntime.u8s8_saturates`).
 
     Args:
         onnx_path: The fp32 model.
@@ -37,6 +40,8 @@ def quantize_static_onnx(
         quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from lightning_accel.backends.onnxruntime import u8s8_saturates
 
     batches = [np.asarray(batch, dtype=np.float32) for batch in calibration_batches]
     if not batches:
@@ -64,5 +69,6 @@ def quantize_static_onnx(
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            reduce_range=u8s8_saturates(),
         )
     return output_path

@@ -185,7 +185,9 @@ class _Rewriter:
             layer = self.modules[target]
             bn_node = self._batch_norm_after(node, layer)
             bn = self.modules[str(bn_node.target)] if bn_node is not None else None
-            quantized = quantize_layer(layer, bn, weight_bits[target], self.spec.learnable)
+            quantized = quantize_layer(
+                layer, bn, weight_bits[target], self.spec.learnable, self.spec.reduce_range
+            )
             quantized.integer_bias = self.spec.integer_bias  # type: ignore[assignment]
             set_submodule(self.graph_module, target, quantized)
             if bn_node is not None and bn is not None:  # the BatchNorm now lives at <layer>.bn

@@ -175,3 +175,66 @@ def test_linear_reading_through_a_dropout_gets_an_int32_bias(tmp_path: Path) -> 
     assert len(biases) == 2 and all(
         b is not None and b.op_type == "DequantizeLinear" for b in biases
     )
+
+
+def _saturating_conv(reduce_range: bool) -> Holder:
+    """A 1x1 conv whose uint8 inputs sit near 255 and whose int8 weights are all at the top of
+    their range: each pair of products, 2 x 255 x 127, overflows an int16."""
+    conv = nn.Conv2d(16, 8, 1)
+    with torch.no_grad():
+        conv.weight.fill_(0.1)
+        conv.bias.zero_()
+    holder = Holder(nn.Sequential(conv))
+    spec = QuantizationSpec("onnxruntime", {"model.0": 8}, reduce_range=reduce_range)
+    quantize_submodules(holder, spec)
+    with torch.no_grad():
+        holder.train()(_near_top_of_grid())
+    return holder.eval()
+
+
+def _near_top_of_grid() -> torch.Tensor:
+    return 3.9 + 0.1 * torch.rand(2, 16, 4, 4, generator=torch.Generator().manual_seed(0))
+
+
+def test_u8s8_saturation_is_detected_from_the_cpu_flags() -> None:
+    from lightning_accel.backends.onnxruntime import u8s8_saturates
+
+    assert u8s8_saturates("flags\t\t: fpu sse4_2 avx2 fma")  # AVX2, no VNNI
+    assert u8s8_saturates("flags\t\t: fpu avx2 avx512f avx512bw")  # AVX-512 without VNNI
+    assert not u8s8_saturates("flags\t\t: fpu avx2 avx512f avx512_vnni")
+    assert not u8s8_saturates("flags\t\t: fpu avx2 avx_vnni")
+    assert not u8s8_saturates("Features\t: fp asimd asimddp")  # Arm: no VPMADDUBSW
+
+
+@pytest.mark.bad_input("constructor")
+def test_reduce_range_takes_a_bool_or_none() -> None:
+    from lightning_accel import QuantizationAware
+
+    with pytest.raises(ValueError, match="reduce_range"):
+        QuantizationAware("onnxruntime", reduce_range="yes")  # type: ignore[arg-type]
+
+
+def test_reduced_weight_range_runs_in_onnx_runtime_as_pytorch_computes(tmp_path: Path) -> None:
+    """ONNX Runtime's u8s8 QLinearConv on x86 without VNNI adds product pairs into a saturating
+    int16 (efficientnet_b1's QAT stem: 71 outputs off by the whole uint8 range). Weights in
+    [-64, 64] (``reduce_range``) cannot saturate it, on any CPU."""
+    from lightning_accel.backends.onnxruntime import u8s8_saturates
+
+    x = _near_top_of_grid()
+    outputs = {}
+    for reduce_range in (False, True):
+        model = _saturating_conv(reduce_range)
+        path = to_onnx(model, x, tmp_path / f"reduce_{reduce_range}.onnx")
+        compiled = compile_onnxruntime(path, tmp_path / str(reduce_range), threads=1)
+        assert count(onnx.load(str(compiled.optimized_path)).graph, ("QLinearConv",)) == 1
+        with torch.no_grad():
+            reference = model(x).numpy()
+        outputs[reduce_range] = np.abs(compiled.run(x.numpy()) - reference).max()
+        step = float(model.model.activation_quantizers._0.scale)  # the output's uint8 step
+        weights = model.model.get_submodule("0").weight_quantizer
+        assert (weights.quant_min, weights.quant_max) == (
+            (-64, 64) if reduce_range else (-127, 127)
+        )
+    assert outputs[True] <= step * 1.01  # at most one rounding step
+    if u8s8_saturates():  # this CPU shows the fault the reduced range avoids
+        assert outputs[False] > 10 * step
