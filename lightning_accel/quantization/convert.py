@@ -99,7 +99,18 @@ class QDQLayer(nn.Module):
         )
         shape = [1] * weight.dim()
         shape[self.axis] = -1
-        integers = torch.round(weight / scale.reshape(shape))
+        # The integers the fake-quant op trained with: it multiplies by 1 / scale, which rounds
+        # a value at (or next to) a half step otherwise than round(weight / scale) (a QAT
+        # EfficientNet-B1 weight at -31.5 steps became -31 in training, -32 in the export).
+        fake_quantized = torch.fake_quantize_per_channel_affine(
+            weight.float(),
+            scale.float(),
+            torch.zeros_like(scale, dtype=torch.int32),
+            self.axis,
+            quantizer.quant_min,
+            quantizer.quant_max,
+        )
+        integers = torch.round(fake_quantized / scale.float().reshape(shape))
         self.register_buffer(
             "weight_int8", integers.clamp(quantizer.quant_min, quantizer.quant_max).to(torch.int8)
         )

@@ -164,3 +164,26 @@ def test_layer_directly_on_the_root_is_refused() -> None:
     root = nn.Sequential(nn.Conv2d(1, 4, 3))
     with pytest.raises(ValueError, match="Keep the network in a submodule"):
         quantize_submodules(root, QuantizationSpec("onnxruntime", {"0": 8}))
+
+
+@pytest.mark.parametrize("bits", [8, 7])
+def test_exported_weight_integers_are_those_the_fake_quant_op_trained_with(bits: int) -> None:
+    """Weights at half a step: the fake-quant op (x * 1/scale) and round(x / scale) round some
+    of them apart, one step off (efficientnet_b1 at 7 bits: -31.5 steps trained as -31,
+    exported as -32, 4% of its largest logit). The export writes the trained integers."""
+    from lightning_accel.quantization.convert import QDQLayer
+    from lightning_accel.quantization.layers import quantize_layer
+
+    q_max = 2 ** (bits - 1) - 1
+    generator = torch.Generator().manual_seed(0)
+    top = torch.rand(256, 1, generator=generator) + 0.5  # each channel's largest weight
+    halves = torch.randint(-q_max, q_max, (256, 3), generator=generator) + 0.5
+    conv = nn.Conv2d(4, 256, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.cat([top, top * halves / q_max], 1).reshape(256, 4, 1, 1))
+    layer = quantize_layer(conv, None, bits, learnable=False).eval()
+    with torch.no_grad():
+        trained = layer.weight_quantizer(layer.weight)
+    exported = QDQLayer(layer, None)
+    written = exported.weight_int8.float() * exported.weight_scale.reshape(-1, 1, 1, 1)
+    assert torch.equal(written, trained)
