@@ -54,7 +54,7 @@ def u8s8_saturates(cpu_flags: str | None = None) -> bool:
     graph computes something else than its own Q/DQ arithmetic (measured here, AVX2 only: the
     stem of a QAT EfficientNet-B1 had 71 outputs off by the whole uint8 range, reproduced
     exactly by emulating the saturation). ONNX Runtime's advice is ``reduce_range``: weights in
-    [-64, 64] (2 x 255 x 64 = 32640 fits). With VNNI (``VPDPBUSD``, int32 sums) or on other
+    [-63, 63] (2 x 255 x 63 = 32130 fits). With VNNI (``VPDPBUSD``, int32 sums) or on other
     architectures nothing saturates.
 
     Args:

@@ -84,7 +84,7 @@ class QuantizationAware(AccelCallback):
         ignore: Glob patterns of layers to keep in float.
         observer: ``"ema_minmax"`` or ``"percentile"`` (0.01% tails clipped).
         learnable_scales: Learn scales by gradient (LSQ) after the observers freeze.
-        reduce_range: Keep weight integers in [-64, 64] (ONNX Runtime's ``reduce_range``,
+        reduce_range: Keep weight integers in [-63, 63] (ONNX Runtime's ``reduce_range``,
             NNCF's ``overflow_fix`` for OpenVINO), so that the uint8 x int8 kernels of both CPU
             runtimes on x86 CPUs without VNNI cannot saturate
             (:func:`~lightning_accel.backends.onnxruntime.u8s8_saturates`). ``None``: on for a
@@ -277,7 +277,7 @@ class QuantizationAware(AccelCallback):
             return False
         rank_zero_info(
             "QuantizationAware: this CPU lacks VNNI, where the CPU runtimes' uint8 x int8 kernels "
-            "saturate int16 sums of 8-bit weights; weights train in [-64, 64] "
+            "saturate int16 sums of 8-bit weights; weights train in [-63, 63] "
             "(reduce_range). Pass reduce_range=False to train the full int8 range."
         )
         return True

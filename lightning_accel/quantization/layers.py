@@ -233,7 +233,7 @@ def quantize_layer(
             or ``None``; ignored for a Linear.
         bits: Weight bit width, in [2, 8] (per-output-channel, symmetric).
         learnable: Learn the per-channel weight scales once the observer is frozen.
-        reduce_range: Keep weight integers in [-64, 64] (ONNX Runtime on CPUs without VNNI).
+        reduce_range: Keep weight integers in [-63, 63] (ONNX Runtime on CPUs without VNNI).
 
     Returns:
         The quantized layer, on ``layer``'s device and dtype and in its training mode.

@@ -21,8 +21,8 @@ def quantize_static_onnx(
     calibrated with min/max ranges: uint8 asymmetric activations and int8 per-channel
     symmetric weights, the same scheme :class:`~lightning_accel.QuantizationAware` trains for
     ONNX Runtime, so both run on the same integer kernels. On an x86 CPU without VNNI the
-    weights keep to [-64, 64] (``reduce_range``), as QAT's do there: ONNX Runtime's uint8 x
-    int8 kernels saturate on full-range weights (see
+    weights keep to [-64, 64] (ONNX Runtime's ``reduce_range``; QAT's to [-63, 63]): its
+    uint8 x int8 kernels saturate on full-range weights there (see
     :func:`~lightning_accel.backends.onnxruntime.u8s8_saturates`).
 
     Args:

@@ -23,7 +23,7 @@ class QuantizationSpec:
         activation_bits: Activation bit width.
         observer: Range observer of the activation quantizers.
         learnable: Whether scales are learned (LSQ).
-        reduce_range: Whether weight integers stay in [-64, 64], so that ONNX Runtime's u8s8
+        reduce_range: Whether weight integers stay in [-63, 63], so that ONNX Runtime's u8s8
             kernels on x86 CPUs without VNNI cannot saturate (see
             :func:`~lightning_accel.backends.onnxruntime.u8s8_saturates`).
     """
