@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_accel.backends.onnxruntime import compile_onnxruntime
+from lightning_accel.backends.onnxruntime import compile_onnxruntime, u8s8_saturates
 from lightning_accel.export.onnx import to_onnx
 from lightning_accel.quantization import QuantizationSpec, quantize_submodules, quantized_layers
 from tests.conftest import Holder
@@ -25,7 +25,10 @@ def quantized(model: nn.Module, shape: tuple[int, ...]) -> Holder:
     """``model`` with every conv/linear quantized, trained-mode batches moving its statistics."""
     holder = Holder(model)
     names = [n for n, m in holder.named_modules() if isinstance(m, WEIGHTED)]
-    quantize_submodules(holder, QuantizationSpec("onnxruntime", dict.fromkeys(names, 8)))
+    quantize_submodules(
+        holder,
+        QuantizationSpec("onnxruntime", dict.fromkeys(names, 8), reduce_range=u8s8_saturates()),
+    )
     holder.train()
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():

@@ -10,7 +10,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from lightning_accel.backends.onnxruntime import compile_onnxruntime
+from lightning_accel.backends.onnxruntime import compile_onnxruntime, u8s8_saturates
 from lightning_accel.export.onnx import to_onnx
 from lightning_accel.models import zoo
 from lightning_accel.quantization import (
@@ -30,7 +30,11 @@ def quantized(model: nn.Module, backend: str = "onnxruntime", bits: dict | None 
     """``model`` with every conv/linear quantized, observers calibrated on random batches."""
     holder = Holder(model)
     names = [n for n, m in holder.named_modules() if isinstance(m, WEIGHTED)]
-    spec = QuantizationSpec(backend, {n: (bits or {}).get(n, 8) for n in names})  # type: ignore[arg-type]
+    spec = QuantizationSpec(
+        backend,  # type: ignore[arg-type]
+        {n: (bits or {}).get(n, 8) for n in names},
+        reduce_range=backend == "onnxruntime" and u8s8_saturates(),  # as QuantizationAware
+    )
     quantize_submodules(holder, spec)
     holder.train()
     with torch.no_grad():

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from lightning_accel.backends.onnxruntime import compile_onnxruntime
+from lightning_accel.backends.onnxruntime import compile_onnxruntime, u8s8_saturates
 from lightning_accel.export.onnx import to_onnx
 from lightning_accel.quantization import QuantizationSpec, quantize_submodules
 from lightning_accel.quantization.prepare import prepare_qat
@@ -58,7 +58,10 @@ def test_stochastic_depth_follows_the_mode_in_eval_and_export(tmp_path: Path) ->
     torch.manual_seed(0)
     holder = Holder(network()).train()  # prepared while training, as in on_train_start
     names = ["model.0", "model.1.conv", "model.3"]
-    quantize_submodules(holder, QuantizationSpec("onnxruntime", dict.fromkeys(names, 8)))
+    quantize_submodules(
+        holder,
+        QuantizationSpec("onnxruntime", dict.fromkeys(names, 8), reduce_range=u8s8_saturates()),
+    )
     x = torch.randn(16, 3, 6, 6, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         trained = [holder(x) for _ in range(2)]  # observes ranges; drops branches at random

@@ -16,7 +16,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from lightning_accel.backends.onnxruntime import compile_onnxruntime
+from lightning_accel.backends.onnxruntime import compile_onnxruntime, u8s8_saturates
 from lightning_accel.binarization import load_packed, save_packed
 from lightning_accel.binarization.layers import BINARY_TRANSPOSED, binarize_submodules, set_progress
 from lightning_accel.export.compare import integer_ops, runtime_notes
@@ -61,7 +61,10 @@ def test_qat_puts_transposed_convs_on_int8_qdq_per_output_channel(
 ) -> None:
     holder = _Holder(_Decoder(dims, groups))
     names = ["model.conv", "model.up", "model.head"]
-    quantize_submodules(holder, QuantizationSpec("onnxruntime", dict.fromkeys(names, 8)))
+    quantize_submodules(
+        holder,
+        QuantizationSpec("onnxruntime", dict.fromkeys(names, 8), reduce_range=u8s8_saturates()),
+    )
     assert isinstance(holder.get_submodule("model.up"), QUANT_TRANSPOSED)
     holder.train()
     with torch.no_grad():
