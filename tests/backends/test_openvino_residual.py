@@ -54,7 +54,7 @@ class ResidualNet(nn.Module):
 def quantized(model: nn.Module, images: torch.Tensor) -> Holder:
     """``model`` with every conv/linear on ONNX Runtime's int8 Q/DQ, ranges observed on digits.
 
-    Weights stay in [-64, 64] (``reduce_range``), so no CPU saturates their integer sums and
+    Weights stay in [-63, 63] (``reduce_range``), so no CPU saturates their integer sums and
     any difference between runtimes comes from the residual sums under test.
     """
     holder = Holder(model)
