@@ -97,6 +97,11 @@ def require_openvino() -> Any:
     return openvino
 
 
+def _rt_value(info: Any, key: str) -> str:
+    """One runtime-info entry of an executed operation as text; ``""`` when it has none."""
+    return str(info[key].astype(str)) if key in info else ""
+
+
 def precision_counts(runtime_model: Any) -> dict[str, dict[str, int]]:
     """Executed compute layers by type and runtime precision, e.g. ``{"Convolution": {"u8": 20}}``.
 
@@ -106,9 +111,9 @@ def precision_counts(runtime_model: Any) -> dict[str, dict[str, int]]:
     counts: dict[str, Counter[str]] = {}
     for op in runtime_model.get_ordered_ops():
         info = op.get_rt_info()
-        layer = str(info["layerType"].astype(str)) if "layerType" in info else ""
+        layer = _rt_value(info, "layerType")
         if layer in COMPUTE_LAYERS:
-            precision = str(info["runtimePrecision"].astype(str))
+            precision = _rt_value(info, "runtimePrecision")
             counts.setdefault(layer, Counter())[precision] += 1
     return {layer: dict(sorted(c.items())) for layer, c in sorted(counts.items())}
 
@@ -157,14 +162,13 @@ def unrounded_residual_sums(runtime_model: Any) -> int:
     count = 0
     for op in runtime_model.get_ordered_ops():
         info = op.get_rt_info()
-        layer = str(info["layerType"].astype(str)) if "layerType" in info else ""
-        if layer != "Convolution":
+        if _rt_value(info, "layerType") != "Convolution":
             continue
-        if str(info["runtimePrecision"].astype(str)) not in INTEGER_PRECISIONS:
+        if _rt_value(info, "runtimePrecision") not in INTEGER_PRECISIONS:
             continue
         for k in range(1, op.get_input_size()):
             source = op.input(k).get_source_output().get_node().get_rt_info()
-            source_layer = str(source["layerType"].astype(str)) if "layerType" in source else ""
+            source_layer = _rt_value(source, "layerType")
             dtype = op.input(k).get_element_type().get_type_name()
             if dtype in INTEGER_PRECISIONS and source_layer != "Const":
                 count += 1
