@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import warnings
+from collections.abc import Iterator
 
 import lightning.pytorch as pl
 import pytest
@@ -58,6 +61,24 @@ def quiet_trainer(tmp_path: object = None, **kwargs: object) -> pl.Trainer:
     )
     settings.update(kwargs)
     return pl.Trainer(**settings)
+
+
+@contextlib.contextmanager
+def refused_before_training(
+    trainer: pl.Trainer, module: nn.Module, match: str, error: type[Exception] = ValueError
+) -> Iterator[None]:
+    """Assert the block (a ``fit``) raises ``error`` matching ``match`` before the first step.
+
+    The library's contract for input it can judge before training: one clear error, no
+    optimizer step taken, and the module's state dict as it was (same keys, equal tensors).
+    """
+    before = copy.deepcopy(module.state_dict())
+    with pytest.raises(error, match=match):
+        yield
+    assert trainer.global_step == 0
+    after = module.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 # ----------------------------------------------------------------------------- bad-input tally
