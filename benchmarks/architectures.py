@@ -28,6 +28,10 @@ is printed at the end.
     .venv/bin/python benchmarks/architectures.py --models resnet18 'timm/*' --timeout 300
     .venv/bin/python benchmarks/architectures.py --limit 12 --small   # the smallest first
     .venv/bin/python benchmarks/architectures.py --table-only         # table of the results
+
+Each part also runs under a cap on its address space (``--memory-gb``, 16 by default): a part
+that outgrows it (torch-pruning alone on Swin V2) is recorded as ``out of memory`` instead of
+the OOM killer taking the whole model's subprocess, and the other parts still run.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import argparse
 import fnmatch
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -78,6 +83,10 @@ FLOAT_KERNELS = (
 )
 PARITY_RTOL = 1e-3  # max |onnx - torch| / max |torch|, fp32
 PART_LIMIT_VARIABLE = "ARCHITECTURES_PART_LIMIT_S"  # seconds per part (peer, prune, qat)
+# GiB of address space per part: torch-pruning alone on Swin V2 grows past 24 GB and the OOM
+# killer took the whole model's subprocess with it (no row); under a limit the part fails with
+# a MemoryError, is recorded, and the other parts still run
+PART_MEMORY_VARIABLE = "ARCHITECTURES_PART_MEMORY_GB"
 
 
 # ----------------------------------------------------------------------------- models
@@ -263,7 +272,11 @@ def run_peer(name: str, size: int) -> dict[str, Any]:
         with torch.no_grad():
             after = tuple(model(example).shape)
     except Exception as err:  # noqa: BLE001 - recorded, not raised
-        return {"status": "failed", "message": f"{type(err).__name__}: {str(err)[:300]}"}
+        limit = float(os.environ.get(PART_MEMORY_VARIABLE, "0"))
+        return out_of_memory(err, limit) or {
+            "status": "failed",
+            "message": f"{type(err).__name__}: {str(err)[:300]}",
+        }
     if after != shape:
         return {"status": "mismatch", "message": f"output {shape} became {after}"}
     kept = sum(p.numel() for p in model.parameters()) / params
@@ -373,11 +386,35 @@ def _part_timeout(signum: int, frame: Any) -> None:
     raise PartTimeout
 
 
+def out_of_memory(err: BaseException, gib: float) -> dict[str, Any] | None:
+    """The part's row if ``err`` is an allocation refused under its memory limit, else None."""
+    text = str(err)
+    refused = isinstance(err, MemoryError) or any(
+        mark in text for mark in ("can't allocate memory", "std::bad_alloc", "Cannot allocate")
+    )
+    if not refused:
+        return None
+    message = f"over {gib:g} GiB of address space: {type(err).__name__}: {text[:200]}"
+    return {"status": "out of memory", "message": message}
+
+
+def limit_memory(gib: float) -> None:
+    """Cap this process's address space (soft limit, raised again by the next part)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    soft = int(gib * 1024**3) if gib > 0 else hard
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 def run_one(name: str) -> dict[str, Any]:
     """All three parts for one model (inside its subprocess)."""
+    import gc
+
     import torch
 
     signal.signal(signal.SIGALRM, _part_timeout)
+    memory_gib = float(os.environ.get(PART_MEMORY_VARIABLE, "0"))
     torch.manual_seed(0)
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -392,30 +429,40 @@ def run_one(name: str) -> dict[str, Any]:
             # torch-pruning's own torchvision example lists Swin as "stuck": each part gets a
             # share of the model's time limit, so one part that hangs leaves the others a turn
             signal.alarm(int(os.environ.get(PART_LIMIT_VARIABLE, "0")))
+            limit_memory(memory_gib)
             try:
                 row[part] = run()
             except PartTimeout:
                 row[part] = {"status": "timeout", "message": "part over its share of the limit"}
             except Exception as err:  # noqa: BLE001 - a harness failure, recorded
-                row[part] = {
+                row[part] = out_of_memory(err, memory_gib) or {
                     "status": "harness error",
                     "message": repr(err)[:300],
                     "trace": traceback.format_exc(limit=3)[-600:],
                 }
             finally:
                 signal.alarm(0)
+                limit_memory(0)
+                gc.collect()
     row["seconds"] = round(time.perf_counter() - started, 1)
     return row
 
 
 # ----------------------------------------------------------------------------- driver
-def run_isolated(name: str, timeout: float) -> dict[str, Any]:
-    """Run :func:`run_one` in a subprocess with a time limit; its last stdout line is the row."""
+def run_isolated(name: str, timeout: float, memory_gib: float = 0.0) -> dict[str, Any]:
+    """Run :func:`run_one` in a subprocess with a time limit; its last stdout line is the row.
+
+    Each of the three parts gets a third of ``timeout`` (s) and ``memory_gib`` GiB of address
+    space (0: no limit).
+    """
     env = dict(
         os.environ,
         PYTHONWARNINGS="ignore",
         OMP_NUM_THREADS="1",
-        **{PART_LIMIT_VARIABLE: str(max(int(timeout / 3), 1))},
+        **{
+            PART_LIMIT_VARIABLE: str(max(int(timeout / 3), 1)),
+            PART_MEMORY_VARIABLE: str(memory_gib),
+        },
     )
     try:
         done = subprocess.run(
@@ -512,6 +559,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=None, help="glob patterns over names")
     parser.add_argument("--limit", type=int, default=None, help="run at most this many")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per model")
+    parser.add_argument(
+        "--memory-gb",
+        type=float,
+        default=16.0,
+        help="GiB of address space per part (0: none); a part over it is 'out of memory'",
+    )
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--table-only", action="store_true", help="print the table and stop")
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -530,7 +583,7 @@ def main() -> None:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in names:
-        row = run_isolated(name, args.timeout)
+        row = run_isolated(name, args.timeout, args.memory_gb)
         rows.append(row)
         with args.results.open("a") as out:  # incremental: a killed run keeps what it did
             out.write(json.dumps(row) + "\n")
