@@ -18,7 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from lightning_accel.pruning.criteria import Criterion, group_importance
-from lightning_accel.utilities.layer_selection import PRUNABLE_LAYERS
+from lightning_accel.utilities.layer_selection import (
+    PRUNABLE_LAYERS,
+    fold_hint,
+    reparametrized_weight,
+)
 from lightning_accel.utilities.modules import ModelInput, eval_mode
 
 PruningHistory = list[list]  # [[module_name, is_out_channel_pruning, [indices]], ...]
@@ -198,6 +202,17 @@ def check_structured_support(
             "channels. Use scope='layer' (heads and MLP widths shrink by the same fraction)."
         )
     unsupported = unsupported_layers(model, prunable)
+    for name in unsupported:
+        owner, found, _ = name.rpartition(".parametrizations.")
+        if found or name.startswith("parametrizations."):
+            owner = owner if found else ""
+            how = reparametrized_weight(model.get_submodule(owner) if owner else model)
+            raise ValueError(
+                f"Structured pruning cannot handle layer {owner or '(the root module)'!r}: its "
+                f"weight is reparametrized by {how or 'torch.nn.utils.parametrize'}, which "
+                "torch-pruning cannot slice as a whole. Fold it into a plain weight before fit "
+                f"({fold_hint(how or 'parametrize')}), or use mode='unstructured'."
+            )
     if unsupported:
         module = model.get_submodule(unsupported[0]) if unsupported[0] else model
         where = repr(unsupported[0]) if unsupported[0] else "(the root module)"

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from lightning_accel.pruning.channels import attention_modules, out_channels, planned_width
 from lightning_accel.pruning.consistency import inconsistent_layers
 from lightning_accel.utilities.copying import detached_copy
+from lightning_accel.utilities.layer_selection import fold_hint, reparametrized_weight
 from lightning_accel.utilities.modules import ModelInput, eval_mode, run_model
 
 
@@ -107,15 +108,14 @@ def rehearse(
     trial = detached_copy(model)
     try:
         prune(trial)
+    except Exception as err:
+        _refuse_cut_reparametrization(model, trial, technique, err)
+        raise _fails(model, technique, err) from err
+    _refuse_cut_reparametrization(model, trial, technique)
+    try:
         got = _shapes_of(trial, example)
     except Exception as err:
-        raise ValueError(
-            f"{technique}(mode='structured') would break {type(model).__name__}: pruning a "
-            f"copy to the target fails ({type(err).__name__}: {str(err).splitlines()[0]}). "
-            "Leave the layers involved out with ignore=[...], keep widths a multiple of the "
-            "attention head count with round_to=..., or use mode='unstructured'. The model "
-            "was not changed."
-        ) from err
+        raise _fails(model, technique, err) from err
     if got != expected:
         raise ValueError(
             f"{technique}(mode='structured') would change the model's output shapes from "
@@ -132,3 +132,57 @@ def rehearse(
             "ignore=[...]. The model was not changed."
         )
     return trial
+
+
+def _fails(model: nn.Module, technique: str, err: BaseException) -> ValueError:
+    first_line = str(err).splitlines()[0] if str(err) else ""
+    return ValueError(
+        f"{technique}(mode='structured') would break {type(model).__name__}: pruning a "
+        f"copy to the target fails ({type(err).__name__}: {first_line}). "
+        "Leave the layers involved out with ignore=[...], keep widths a multiple of the "
+        "attention head count with round_to=..., or use mode='unstructured'. The model "
+        "was not changed."
+    )
+
+
+def _tensor_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Shapes of a layer's parameters and buffers (with parametrizations') and its weight."""
+    shapes = {n: tuple(t.shape) for n, t in module.named_parameters()}
+    shapes.update({n: tuple(t.shape) for n, t in module.named_buffers()})
+    weight = module.__dict__.get("weight")  # recomputed by a hook (weight_norm, prune)
+    if isinstance(weight, Tensor):
+        shapes["weight"] = tuple(weight.shape)
+    return shapes
+
+
+def _refuse_cut_reparametrization(
+    model: nn.Module, trial: nn.Module, technique: str, cause: BaseException | None = None
+) -> None:
+    """Refuse when pruning cut a layer whose weight another tool recomputes (names it).
+
+    torch-pruning slices the derived ``weight`` (or the tensors it is computed from) but not
+    the whole reparametrization (``weight_norm``'s ``weight_g``/``weight_v``, ``prune``'s
+    ``weight_orig``/``weight_mask``, a parametrization's ``original``): the layer breaks at its
+    next forward, or trains tensors of the old shape. Any such layer whose channels are coupled
+    to a pruned one is touched, selected or not.
+
+    Raises:
+        ValueError: Naming the first such layer, how it is reparametrized and how to fold it.
+    """
+    trial_modules = dict(trial.named_modules())
+    for name, module in model.named_modules():
+        how = reparametrized_weight(module)
+        pruned = trial_modules.get(name)
+        if how is None or pruned is None:
+            continue
+        before, after = _tensor_shapes(module), _tensor_shapes(pruned)
+        changed = sorted(k for k in before if after.get(k) != before[k])
+        if changed:
+            raise ValueError(
+                f"{technique}(mode='structured') cannot prune {type(model).__name__}: layer "
+                f"{name!r} has its channels coupled to pruned layers, but its weight is "
+                f"reparametrized by {how}, which torch-pruning cannot slice as a whole "
+                f"({', '.join(changed)} would change shape and break the layer). Fold it into "
+                f"a plain weight before fit ({fold_hint(how)}), or use mode='unstructured'. "
+                "The model was not changed."
+            ) from cause

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from fnmatch import fnmatchcase
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from lightning_accel.utilities.modules import ModelInput, eval_mode, run_model
 
@@ -129,6 +129,15 @@ def reparametrized_weight(module: nn.Module) -> str | None:
         return "torch.nn.utils.prune (weight_orig * weight_mask)"
     if parametrize.is_parametrized(module, "weight"):
         return "torch.nn.utils.parametrize (module.parametrizations.weight)"
+    plain = ("weight" in module._parameters) or ("weight" in module._buffers)
+    if not plain and isinstance(getattr(module, "weight", None), Tensor):
+        # Recomputed in a forward pre-hook from other parameters: torch.nn.utils.weight_norm
+        # (weight_g, weight_v), spectral_norm (weight_orig); masking or slicing `weight` is
+        # undone by the next forward, while the optimizer trains the parameters behind it.
+        sources = [n for n in module._parameters if n.startswith("weight_")]
+        hooks = [type(h).__name__ for h in module._forward_pre_hooks.values()]
+        how = f"a forward pre-hook ({', '.join(hooks) or 'unknown'})"
+        return f"{how} that recomputes it from {', '.join(sources) or 'other tensors'}"
     return None
 
 
@@ -151,7 +160,22 @@ def check_plain_weights(model: nn.Module, names: Sequence[str], technique: str) 
         if how is not None:
             raise ValueError(
                 f"{technique} cannot act on layer {name!r}: its weight is already "
-                f"reparametrized by {how}. Fold it into a plain weight before fit (for "
-                f"torch.nn.utils.prune: prune.remove(module, 'weight'); the zeros stay), or "
-                f"leave the layer out with ignore=[{name!r}]."
+                f"reparametrized by {how}. Fold it into a plain weight before fit "
+                f"({fold_hint(how)}), or leave the layer out with ignore=[{name!r}]."
             )
+
+
+def fold_hint(how: str) -> str:
+    """The call that folds the reparametrization ``how`` (:func:`reparametrized_weight`)."""
+    if "torch.nn.utils.prune" in how:
+        return "torch.nn.utils.prune.remove(module, 'weight'); the zeros stay"
+    if "parametrize" in how:
+        return (
+            "torch.nn.utils.parametrize.remove_parametrizations(module, 'weight', "
+            "leave_parametrized=True)"
+        )
+    if "WeightNorm" in how:
+        return "torch.nn.utils.remove_weight_norm(module)"
+    if "SpectralNorm" in how:
+        return "torch.nn.utils.remove_spectral_norm(module)"
+    return "remove the hook and register the weight as a plain nn.Parameter"

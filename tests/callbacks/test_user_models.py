@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import re
+import warnings
 
 import pytest
 import torch
@@ -151,3 +153,77 @@ def test_attention_widths_kept_a_multiple_of_the_heads_prune_and_run(digits, tmp
     attention = module.model.attention
     assert attention.embed_dim < 32 and attention.embed_dim % attention.num_heads == 0
     assert module.eval()(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def _with_weight_norm(layer: str, kind: str) -> ClassificationModule:
+    """small_cnn with one layer reparametrized by a hook-based (pre-parametrize) torch utility."""
+    module = small_module()
+    target = module.get_submodule(layer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # weight_norm is deprecated, and still in use
+        getattr(nn.utils, kind)(target)
+    return module
+
+
+@pytest.mark.bad_input("data")
+@pytest.mark.parametrize(
+    ("kind", "source"), [("weight_norm", "weight_g, weight_v"), ("spectral_norm", "weight_orig")]
+)
+@pytest.mark.parametrize(
+    "callback",
+    [GradualPruning(0.5, mode="unstructured", end_epoch=1), QuantizationAware(start_epoch=0)],
+    ids=["unstructured", "qat"],
+)
+def test_a_weight_a_hook_recomputes_is_refused_before_training(
+    digits, tmp_path, kind, source, callback
+) -> None:
+    # The hook recomputes `weight` at every forward: masks were undone silently (measured 0
+    # zeros in the layer) and QAT failed with a raw TypeError.
+    module = _with_weight_norm("model.4", kind)
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[callback])
+    fold = f"torch.nn.utils.remove_{kind}(module)"
+    with refused_before_training(
+        trainer,
+        module,
+        rf"cannot act on layer 'model\.4': its weight is already reparametrized by a forward "
+        rf"pre-hook .* from {source}\. .*{re.escape(fold)}.*ignore=\['model\.4'\]",
+    ):
+        trainer.fit(module, datamodule=digits)
+
+
+@pytest.mark.bad_input("data")
+def test_a_coupled_reparametrized_classifier_is_named_before_structured_pruning(
+    digits, tmp_path
+) -> None:
+    # The classifier is never pruned, but its input features are: torch-pruning slices the
+    # derived weight, not weight_g/weight_v (the copy failed with a TypeError naming no layer).
+    module = small_module()
+    classifier = [n for n, m in module.named_modules() if isinstance(m, nn.Linear)][-1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nn.utils.weight_norm(module.get_submodule(classifier))
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[GradualPruning(0.5, end_epoch=1)])
+    with refused_before_training(
+        trainer,
+        module,
+        rf"layer '{re.escape(classifier)}' has its channels coupled to pruned layers, but its "
+        r"weight is reparametrized by a forward pre-hook \(WeightNorm\).*"
+        r"torch\.nn\.utils\.remove_weight_norm\(module\)",
+    ):
+        trainer.fit(module, datamodule=digits)
+
+
+@pytest.mark.bad_input("data")
+def test_a_parametrized_layer_is_named_with_its_fold_for_structured_pruning() -> None:
+    from lightning_accel.pruning.channels import check_structured_support
+
+    module = small_module()
+    nn.utils.parametrizations.weight_norm(module.model[16])
+    # Was: "cannot handle layer 'model.16.parametrizations.weight' (ParametrizationList): its
+    # raw nn.Parameter 'original1' ... build the layer from standard modules".
+    with pytest.raises(
+        ValueError,
+        match=r"cannot handle layer 'model\.16': its weight is reparametrized by "
+        r"torch\.nn\.utils\.parametrize.*remove_parametrizations\(module, 'weight'",
+    ):
+        check_structured_support(module, ["model.4", "model.8"])
