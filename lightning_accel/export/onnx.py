@@ -82,8 +82,7 @@ def to_onnx(
             f"The model rejects an input of shape {describe(samples)}: {err}. "
             "Pass an example input shaped like one training batch."
         ) from err
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    dynamic_shapes = tuple({0: batch} for _ in samples) if dynamic_batch else None
+    dynamic_shapes = _batch_dynamic_shapes(exportable, samples) if dynamic_batch else None
     # Everything is written into a temporary folder beside the target and renamed into place:
     # an interrupted or failed export never replaces a complete file with an incomplete one.
     staging = Path(_make_staging_dir(path))
@@ -124,6 +123,28 @@ def to_onnx(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _batch_dynamic_shapes(model: nn.Module, samples: tuple[Tensor, ...]) -> Any:
+    """One dynamic batch dimension for every input, laid out as ``model.forward`` takes them.
+
+    torch.export matches ``dynamic_shapes`` to the forward's parameters: a ``forward(self,
+    *inputs)`` (a wrapper passing its inputs on) takes all of them in one parameter, which
+    needs a tuple of per-input entries there, not one entry per input.
+    """
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        signature = inspect.signature(model.forward)
+        bound = signature.bind(*samples)
+    except (TypeError, ValueError):
+        return tuple({0: batch} for _ in samples)
+    shapes: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        if signature.parameters[name].kind is inspect.Parameter.VAR_POSITIONAL:
+            shapes[name] = tuple({0: batch} for _ in value)
+        else:
+            shapes[name] = {0: batch}
+    return shapes
 
 
 def _traced_sample(sample: Tensor, dynamic_batch: bool) -> Tensor:

@@ -89,6 +89,25 @@ def test_token_ids_export_verify_and_time_on_real_batches(tmp_path, dict_batches
     assert monitor.history and monitor.history[0]["latency/onnxruntime/b1_ms"] > 0
 
 
+class _PassesInputsOn(TextClassifier):
+    """A wrapper-style forward, ``forward(self, *inputs)``, passing its inputs on."""
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(*inputs)
+
+
+def test_a_forward_taking_star_inputs_exports_with_a_dynamic_batch(tmp_path) -> None:
+    # torch.export matches dynamic_shapes to forward's parameters: one entry per input failed
+    # for `*inputs` ("IndexError: list index out of range" after training).
+    export = ExportOnFitEnd(tmp_path / "export", batch_sizes=(1, 8), latency_runs=2, threads=1)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=2, callbacks=[export])
+    trainer.fit(_PassesInputsOn(), *_loaders(dict_batches=False))
+    summary = json.loads((tmp_path / "export" / "summary.json").read_text())
+    verification = summary["backends"]["onnxruntime"]["verification"]
+    assert verification["passed"] and verification["samples"] == 128
+    assert summary["backends"]["onnxruntime"]["latency"]["8"]["model_ms"] > 0
+
+
 @pytest.mark.bad_input("data")
 def test_dict_batches_without_input_key_are_refused_before_training(tmp_path) -> None:
     module = TextClassifier(dict_batches=True)
