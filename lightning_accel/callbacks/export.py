@@ -36,6 +36,7 @@ from lightning_accel.export.compare import (
     ExportPrecision,
     export_and_compare,
     format_summary,
+    one_output,
 )
 from lightning_accel.export.folder import (
     STAGED_CHECKPOINT,
@@ -46,6 +47,8 @@ from lightning_accel.export.folder import (
 from lightning_accel.export.inputs import (
     ModelInput,
     as_tuple,
+    call_model,
+    first_rows,
     map_inputs,
     model_input,
     random_input,
@@ -405,6 +408,9 @@ class ExportOnFitEnd(AccelCallback):
         count = len(as_tuple(sample))
         if count > 1:
             self._check_several_inputs(count)
+        rows = map_inputs(first_rows(sample, 2), lambda t: t.to(pl_module.device))
+        with eval_mode(pl_module), torch.no_grad():
+            one_output(pl_module, call_model(pl_module, rows))  # refused now, not after fit
 
     def _check_several_inputs(self, count: int) -> None:
         """Refuse, before training, what cannot take a model with several inputs.

@@ -129,7 +129,7 @@ def export_and_compare(
         baseline_onnx = to_onnx(baseline, example, dirpath / "baseline.onnx")
     timings["export_s"] = time.perf_counter() - started
     with torch.no_grad():
-        reference = np.concatenate([call_model(model, x).numpy() for x in batches])
+        reference = np.concatenate([one_output(model, call_model(model, x)) for x in batches])
     quantized = operator_counts(model_onnx).get("QuantizeLinear", 0) > 0
     target = qdq_target(model)
 
@@ -174,6 +174,36 @@ def export_and_compare(
         summary["notes"] += integer_coverage_notes(summary["backends"])
     outcome.summary = json_ready(summary)
     return outcome
+
+
+def one_output(model: nn.Module, output: Any) -> np.ndarray:
+    """The model's output as an array: export verifies and times models with one output tensor.
+
+    Raises:
+        ValueError: If ``output`` is not one tensor (a tuple, list or dict of them), naming the
+            structure and the fix.
+    """
+    if isinstance(output, torch.Tensor):
+        return output.detach().cpu().numpy()
+    raise ValueError(
+        f"ExportOnFitEnd exports, verifies and times models whose forward returns one tensor; "
+        f"{type(model).__name__}.forward returns {_structure(output)}. Return one tensor from "
+        "forward (e.g. the logits; compute the other outputs in training_step), or export a "
+        "wrapper module that returns the output to deploy."
+    )
+
+
+def _structure(output: Any) -> str:
+    """E.g. ``a tuple of 2 (tensor (1, 10), tensor (1, 32))`` or ``a dict {'logits': ...}``."""
+    if isinstance(output, torch.Tensor):
+        return f"tensor {tuple(output.shape)}"
+    if isinstance(output, dict):
+        items = ", ".join(f"{key!r}: {_structure(value)}" for key, value in output.items())
+        return f"a dict {{{items}}}"
+    if isinstance(output, (list, tuple)):
+        items = ", ".join(_structure(value) for value in output)
+        return f"a {type(output).__name__} of {len(output)} ({items})"
+    return type(output).__name__
 
 
 def json_ready(value: Any) -> Any:

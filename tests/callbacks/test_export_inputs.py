@@ -108,6 +108,26 @@ def test_a_forward_taking_star_inputs_exports_with_a_dynamic_batch(tmp_path) -> 
     assert summary["backends"]["onnxruntime"]["latency"]["8"]["model_ms"] > 0
 
 
+class _LogitsAndFeatures(TextClassifier):
+    def forward(self, ids: torch.Tensor):  # type: ignore[no-untyped-def, override]
+        features = self.embedding(ids).mean(1)
+        return {"logits": self.head(features), "features": features}
+
+
+@pytest.mark.bad_input("data")
+def test_a_forward_returning_several_outputs_is_refused_before_training(tmp_path) -> None:
+    # Was refused after training: "ExportOnFitEnd failed: 'dict' object has no attribute 'numpy'".
+    module = _LogitsAndFeatures()
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[ExportOnFitEnd(tmp_path / "e")])
+    with refused_before_training(
+        trainer,
+        module,
+        r"models whose forward returns one tensor; _LogitsAndFeatures\.forward returns a dict "
+        r"\{'logits': tensor \(2, 10\), 'features': tensor \(2, 32\)\}\. Return one tensor",
+    ):
+        trainer.fit(module, *_loaders(dict_batches=False))
+
+
 @pytest.mark.bad_input("data")
 def test_dict_batches_without_input_key_are_refused_before_training(tmp_path) -> None:
     module = TextClassifier(dict_batches=True)
