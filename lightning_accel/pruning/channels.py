@@ -288,11 +288,57 @@ def prune_channels(
             head_pruning_ratio_dict={model.get_submodule(n): r for n, r in heads.items()} or None,
         )
         pruner.DG.verbose = False
+        shared = shared_parameters(model)
         pruner.step()
+        retie(shared)
     sync_attention_heads(model)
     return [
         [str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in pruner.pruning_history()
     ]
+
+
+SharedParameter = list[tuple[nn.Module, str]]
+
+
+def shared_parameters(model: nn.Module) -> list[SharedParameter]:
+    """Parameters held by several modules (tied embedding and output weights), as holders.
+
+    Returns:
+        One ``[(module, attribute), ...]`` list per parameter that more than one module holds.
+    """
+    holders: dict[int, SharedParameter] = {}
+    for module in model.modules():
+        for name, parameter in module._parameters.items():
+            if parameter is not None:
+                holders.setdefault(id(parameter), []).append((module, name))
+    return [group for group in holders.values() if len(group) > 1]
+
+
+@torch.no_grad()
+def retie(shared: Sequence[SharedParameter]) -> None:
+    """Make every holder of a shared parameter hold one parameter again after slicing.
+
+    torch-pruning slices each holder's parameter into a new one (the same channels, since
+    the holders are coupled): without this, tied weights silently become two tensors that
+    train apart (and count twice).
+
+    Raises:
+        RuntimeError: If the holders were sliced differently (they cannot be tied again).
+    """
+    for (first, first_name), *others in shared:
+        kept = first._parameters[first_name]
+        for module, name in others:
+            sliced = module._parameters[name]
+            if sliced is kept or sliced is None or kept is None:
+                continue
+            if sliced.shape != kept.shape or not torch.equal(sliced, kept):
+                raise RuntimeError(
+                    f"a weight shared by {type(first).__name__}.{first_name} and "
+                    f"{type(module).__name__}.{name} was pruned to shapes "
+                    f"{tuple(kept.shape)} and {tuple(sliced.shape)}: they can no longer be "
+                    "tied. Leave one of them out with ignore=[...]"
+                )
+            module._parameters[name] = kept
 
 
 def out_channels(module: nn.Module) -> int:
@@ -382,7 +428,9 @@ def replay_channel_pruning(
             unwrapped_parameters=list(per_channel_parameters(model).items()),
             verbose=False,
         )
+        shared = shared_parameters(model)
         graph.load_pruning_history([(n, out, list(idxs)) for n, out, idxs in history])
+        retie(shared)
     sync_attention_heads(model)
 
 

@@ -153,3 +153,31 @@ def test_torchvision_convnext_prunes_exports_and_matches_onnxruntime(tmp_path) -
     )
     with torch.no_grad():
         np.testing.assert_allclose(compiled.run(x.numpy()), model(x).numpy(), atol=1e-4, rtol=1e-4)
+
+
+class _TiedLM(nn.Module):
+    """Token ids -> embedding -> residual MLP -> output layer tied to the embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 32)
+        self.mix = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32))
+        self.out = nn.Linear(32, 20, bias=False)
+        self.out.weight = self.embed.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids)
+        return self.out(h + self.mix(h))
+
+
+def test_tied_embedding_and_output_weights_stay_one_tensor_when_pruned_and_replayed() -> None:
+    # The embedding width is coupled to mix.2 by the residual add; torch-pruning sliced the
+    # tied weight into two parameters (trained apart, counted twice) before.
+    model, ids = _TiedLM(), torch.randint(0, 20, (2, 6))
+    fresh = copy.deepcopy(model)
+    history = prune_channels(model, ids, ["mix.2"], 0.5)
+    assert model.embed.weight.shape == (20, 16) and model.out.weight is model.embed.weight
+    assert sum(p.numel() for p in model.parameters()) == 20 * 16 + 16 * 64 + 64 + 64 * 16 + 16
+    replay_channel_pruning(fresh, ids, history)
+    assert fresh.out.weight is fresh.embed.weight
+    assert torch.equal(fresh(ids), model(ids))
