@@ -288,9 +288,10 @@ def prune_channels(
             head_pruning_ratio_dict={model.get_submodule(n): r for n, r in heads.items()} or None,
         )
         pruner.DG.verbose = False
-        shared = shared_parameters(model)
+        shared, frozen = shared_parameters(model), frozen_parameters(model)
         pruner.step()
         retie(shared)
+        refreeze(frozen)
     sync_attention_heads(model)
     return [
         [str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in pruner.pruning_history()
@@ -339,6 +340,24 @@ def retie(shared: Sequence[SharedParameter]) -> None:
                     "tied. Leave one of them out with ignore=[...]"
                 )
             module._parameters[name] = kept
+
+
+def frozen_parameters(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """Where the parameters the user froze (``requires_grad=False``) are held."""
+    return [
+        (module, name)
+        for module in model.modules()
+        for name, parameter in module._parameters.items()
+        if parameter is not None and not parameter.requires_grad
+    ]
+
+
+def refreeze(frozen: Sequence[tuple[nn.Module, str]]) -> None:
+    """Freeze again the parameters torch-pruning sliced into new (trainable) ones."""
+    for module, name in frozen:
+        parameter = module._parameters.get(name)
+        if parameter is not None:
+            parameter.requires_grad_(False)
 
 
 def out_channels(module: nn.Module) -> int:
@@ -428,9 +447,10 @@ def replay_channel_pruning(
             unwrapped_parameters=list(per_channel_parameters(model).items()),
             verbose=False,
         )
-        shared = shared_parameters(model)
+        shared, frozen = shared_parameters(model), frozen_parameters(model)
         graph.load_pruning_history([(n, out, list(idxs)) for n, out, idxs in history])
         retie(shared)
+        refreeze(frozen)
     sync_attention_heads(model)
 
 

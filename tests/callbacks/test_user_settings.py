@@ -1,4 +1,4 @@
-"""The callbacks respect what the user set on their model: per-submodule train/eval mode."""
+"""The callbacks respect what the user set on their model: train/eval mode, requires_grad."""
 
 from __future__ import annotations
 
@@ -45,3 +45,19 @@ def test_eval_mode_gives_each_submodule_its_own_mode_back() -> None:
         assert not any(m.training for m in net.modules())
     assert [m.training for m in net] == [True, False, True]
     assert net.training is True
+
+
+def test_a_layer_the_user_froze_stays_frozen_when_its_channels_are_pruned(digits, tmp_path) -> None:
+    # torch-pruning slices weights into new parameters, which require grad: the frozen conv
+    # (model.4, pruned) and its BatchNorm (model.5, sliced with it) trained again.
+    module = small_module()
+    frozen = [module.model[4], module.model[5]]
+    for layer in frozen:
+        layer.requires_grad_(False)
+    pruning = GradualPruning(0.5, end_epoch=1)
+    quiet_trainer(tmp_path, max_epochs=2, callbacks=[pruning]).fit(module, datamodule=digits)
+    assert module.model[4].out_channels == 16  # pruned, so its parameters were replaced
+    for layer in frozen:
+        for name, parameter in layer.named_parameters():
+            assert not parameter.requires_grad and parameter.grad is None, name
+    assert module.model[8].weight.requires_grad  # the others still train
