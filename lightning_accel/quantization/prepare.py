@@ -122,6 +122,7 @@ def prepare_qat(
             "QuantizationAware supports networks without data-dependent Python control flow "
             "(torchvision-style CNNs); leave the rest out with ignore=[...]."
         ) from err
+    _check_hooks_kept(model, graph_module, prefix)
     inside = sorted(
         prefix + name
         for name in weight_bits
@@ -159,6 +160,47 @@ def prepare_qat(
     return graph_module
 
 
+_HOOK_DICTS = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_backward_pre_hooks",
+    "_backward_hooks",
+    "_is_full_backward_hook",
+)
+
+
+def _check_hooks_kept(model: nn.Module, graph_module: fx.GraphModule, prefix: str) -> None:
+    """Refuse hooks on modules the trace runs through: they would stop firing, silently.
+
+    torch.fx inlines the forward of every module that is not a leaf (a block, a Sequential,
+    the network itself), so the traced network never calls it as a module; leaf layers stay
+    modules, and a swapped layer takes its hooks to its quantized form.
+
+    Raises:
+        ValueError: Naming the first such module and how to keep the hook.
+    """
+    called = {str(node.target) for node in graph_module.graph.nodes if node.op == "call_module"}
+    for name, module in model.named_modules():
+        hooks = [
+            kind
+            for kind in ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks")
+            if getattr(module, kind, None)
+        ] + (["_backward_hooks"] if getattr(module, "_backward_hooks", None) else [])
+        if hooks and name not in called:
+            where = prefix + name if name else prefix.rstrip(".") or type(model).__name__
+            raise ValueError(
+                f"QuantizationAware cannot keep the hooks on {where!r} "
+                f"({type(module).__name__}: {', '.join(h.strip('_') for h in hooks)}): QAT "
+                "traces through this module with torch.fx, which no longer calls it as a "
+                "module, so its hooks would silently stop firing. Register the hook on a layer "
+                "inside it (convs, linears and activation modules stay modules and keep their "
+                "hooks), or remove it before fit."
+            )
+
+
 class _Rewriter:
     """Graph edits of one traced network."""
 
@@ -189,6 +231,9 @@ class _Rewriter:
                 layer, bn, weight_bits[target], self.spec.learnable, self.spec.reduce_range
             )
             quantized.integer_bias = self.spec.integer_bias  # type: ignore[assignment]
+            for hooks in _HOOK_DICTS:  # the user's hooks go on firing (shared: removable)
+                if hooks in layer.__dict__:
+                    quantized.__dict__[hooks] = layer.__dict__[hooks]
             set_submodule(self.graph_module, target, quantized)
             if bn_node is not None and bn is not None:  # the BatchNorm now lives at <layer>.bn
                 self.graph_module.delete_submodule(str(bn_node.target))

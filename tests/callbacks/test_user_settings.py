@@ -1,4 +1,4 @@
-"""The callbacks respect what the user set on their model: train/eval mode, requires_grad."""
+"""The callbacks respect what the user set on their model: train/eval mode, requires_grad, hooks."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from lightning_accel import GradualPruning, LatencyMonitor
+from lightning_accel import GradualPruning, LatencyMonitor, QuantizationAware
 from lightning_accel.utilities.modules import eval_mode
-from tests.conftest import quiet_trainer, small_module
+from tests.conftest import quiet_trainer, refused_before_training, small_module
 
 
 def _frozen_stem():
@@ -61,3 +61,37 @@ def test_a_layer_the_user_froze_stays_frozen_when_its_channels_are_pruned(digits
         for name, parameter in layer.named_parameters():
             assert not parameter.requires_grad and parameter.grad is None, name
     assert module.model[8].weight.requires_grad  # the others still train
+
+
+def test_a_hook_on_a_quantized_layer_goes_on_firing(digits, tmp_path) -> None:
+    # The layer swap for fake-quant dropped the user's hooks: they stopped firing, silently.
+    module = small_module()
+    seen: list[tuple[int, ...]] = []
+    module.model[4].register_forward_hook(lambda m, args, out: seen.append(tuple(out.shape)))
+    handle = module.model[8].register_forward_pre_hook(lambda m, args: seen.append((-1,)))
+    qat = QuantizationAware(start_epoch=0)
+    quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=2, callbacks=[qat]).fit(
+        module, datamodule=digits
+    )
+    assert type(module.model.get_submodule("4")).__name__ == "QuantConv2d"  # traced: no [4]
+    seen.clear()
+    module.eval()(torch.zeros(3, 1, 8, 8))
+    assert seen == [(3, 32, 4, 4), (-1,)]
+    handle.remove()  # the user's handle still removes it
+    seen.clear()
+    module(torch.zeros(3, 1, 8, 8))
+    assert seen == [(3, 32, 4, 4)]
+
+
+@pytest.mark.bad_input("data")
+def test_a_hook_on_a_module_qat_traces_through_is_refused_before_training(digits, tmp_path) -> None:
+    module = small_module()
+    module.model.register_forward_hook(lambda m, args, out: None)  # the Sequential itself
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[QuantizationAware(start_epoch=0)])
+    with refused_before_training(
+        trainer,
+        module,
+        r"cannot keep the hooks on 'model' \(SmallCNN: forward_hooks\): QAT traces through "
+        r"this module .* silently stop firing\. Register the hook on a layer inside it",
+    ):
+        trainer.fit(module, datamodule=digits)
