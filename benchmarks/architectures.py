@@ -132,7 +132,14 @@ def smallest_input(model: Any, name: str = "") -> int:
 
 # ----------------------------------------------------------------------------- one model
 def classify(err: BaseException, steps: int) -> dict[str, Any]:
-    """A failure as ``refused before training`` or ``crash mid-fit``, with its message."""
+    """A failure as ``refused before training``, ``crash mid-fit`` or ``out of memory``.
+
+    An allocation refused under the part's address-space cap (:func:`limit_memory`) is the
+    machine's limit, not a fault of the callback: ``out of memory``, whenever it happens.
+    """
+    memory = out_of_memory(err, float(os.environ.get(PART_MEMORY_VARIABLE, "0")))
+    if memory is not None:
+        return memory
     message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:400]
     kind = "refused before training" if steps == 0 else "crash mid-fit"
     return {"status": kind, "message": message}
@@ -537,7 +544,11 @@ def part_status(part: dict[str, Any] | None) -> str:
     """A part's status; rows written before ``NONFINITE`` existed say "ok" with the flag."""
     if not part:
         return "-"
-    return NONFINITE if part.get("nonfinite_in_torch_too") else str(part.get("status", "?"))
+    if part.get("nonfinite_in_torch_too"):
+        return NONFINITE
+    if part.get("status") == "crash mid-fit" and "can't allocate memory" in part.get("message", ""):
+        return "out of memory"  # rows written before classify() knew the cap
+    return str(part.get("status", "?"))
 
 
 def outcome(part: dict[str, Any] | None) -> str:
@@ -597,6 +608,12 @@ def table(rows: list[dict[str, Any]]) -> str:
     mismatches = sum(
         1 for r in done for p in ("prune", "qat") if part_status(r.get(p)) == "mismatch"
     )
+    memory = sum(
+        1
+        for r in done
+        for p in ("peer", "prune", "qat")
+        if part_status(r.get(p)) == "out of memory"
+    )
     lines.append("")
     lines.append(
         f"{len(latest)} models: torch-pruning alone prunes {peer_ok}, GradualPruning prunes and "
@@ -605,7 +622,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         f"({100 * qat_int / max(len(latest), 1):.0f}%); refusals "
         f"before training: {refused}; crashes mid-fit: {crashes}; ONNX Runtime mismatches: "
         f"{mismatches}; PyTorch's own output non-finite (random init): {nonfinite}; over the "
-        f"time limit: {timeouts}."
+        f"time limit: {timeouts}; parts out of memory under the per-part cap: {memory}."
     )
     return "\n".join(lines)
 
