@@ -123,12 +123,19 @@ def layer_widths(model: nn.Module) -> dict[str, int]:
 
 
 def _channel_groups(model: nn.Module) -> dict[int, int]:
-    """Widths that a grouped (not depthwise) conv takes or gives, with its group count."""
+    """Widths that a grouped (not depthwise) conv or a GroupNorm takes, with its group count.
+
+    torch-pruning removes such channels evenly from every group, so a coupled layer may end
+    up to ``groups - 1`` channels below its planned width.
+    """
     groups: dict[int, int] = {}
     for module in model.modules():
         if isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups < module.in_channels:
             for width in (module.in_channels, module.out_channels):
                 groups[width] = max(groups.get(width, 1), module.groups)
+        elif isinstance(module, nn.GroupNorm) and 1 < module.num_groups < module.num_channels:
+            width = module.num_channels
+            groups[width] = max(groups.get(width, 1), module.num_groups)
     return groups
 
 

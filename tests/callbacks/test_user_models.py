@@ -227,3 +227,29 @@ def test_a_parametrized_layer_is_named_with_its_fold_for_structured_pruning() ->
         r"torch\.nn\.utils\.parametrize.*remove_parametrizations\(module, 'weight'",
     ):
         check_structured_support(module, ["model.4", "model.8"])
+
+
+def test_channels_a_group_norm_rounds_down_are_pruned_not_refused(digits, tmp_path) -> None:
+    from lightning_accel.pruning.channels import out_channels
+
+    # torch-pruning removes GroupNorm channels evenly per group: 30% of 32 plans 22, which 8
+    # groups round down to 16. It was refused ("cut to 16 channels, below its planned 22").
+    net = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.GroupNorm(8, 32),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )
+    module = ClassificationModule(net, input_size=8, lr=0.05)
+    pruning = GradualPruning(0.3, end_epoch=1)
+    quiet_trainer(tmp_path, max_epochs=2, callbacks=[pruning]).fit(module, datamodule=digits)
+    assert (out_channels(net[2]), net[3].num_channels, net[3].num_groups) == (16, 16, 8)
+    measured = 1 - (16 + out_channels(net[5])) / 64
+    assert pruning.metrics["compress/sparsity"] == pytest.approx(measured)
+    assert module.eval()(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
