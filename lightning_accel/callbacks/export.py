@@ -34,6 +34,7 @@ from lightning_accel.export.compare import (
     SEVERAL_INPUT_BACKENDS,
     ComparisonSettings,
     ExportPrecision,
+    check_runtime_dtypes,
     export_and_compare,
     format_summary,
     one_output,
@@ -404,6 +405,7 @@ class ExportOnFitEnd(AccelCallback):
         if loader is None:
             return
         sample = model_input(next(iter(loader)), self.input_key)
+        check_runtime_dtypes(pl_module, sample, self.settings.backends, "ExportOnFitEnd")
         self._input_bounds = value_range([sample])
         count = len(as_tuple(sample))
         if count > 1:

@@ -20,7 +20,7 @@ from lightning_accel.callbacks.base import (
     check_int,
     example_input,
 )
-from lightning_accel.export.compare import SEVERAL_INPUT_BACKENDS
+from lightning_accel.export.compare import SEVERAL_INPUT_BACKENDS, check_runtime_dtypes
 from lightning_accel.export.inputs import (
     ModelInput,
     as_tuple,
@@ -223,6 +223,9 @@ class LatencyMonitor(AccelCallback):
             ValueError: If the backend takes one graph input and the model several.
         """
         example = map_inputs(example_input(trainer, pl_module, several=True), lambda t: t.cpu())
+        check_runtime_dtypes(
+            pl_module, example, [self.backend], "LatencyMonitor", "backend='openvino'"
+        )
         count = len(as_tuple(example))
         if count > 1 and self.backend not in SEVERAL_INPUT_BACKENDS:
             raise ValueError(

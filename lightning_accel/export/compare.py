@@ -22,6 +22,7 @@ from lightning_accel.backends.onnxruntime import operator_counts
 from lightning_accel.backends.timing import compare_latency
 from lightning_accel.export.inputs import (
     ModelInput,
+    as_tuple,
     call_model,
     first_rows,
     graph_input_names,
@@ -38,6 +39,54 @@ ExportPrecision = Literal["auto", "fp32", "fp16", "int8"]
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 # Backends whose compiled models take several graph inputs (a dict by input name) (#12).
 SEVERAL_INPUT_BACKENDS = ("onnxruntime", "openvino")
+
+
+# Float dtypes a backend has no kernels for: ONNX's Conv and Gemm take no bfloat16, and
+# ONNX Runtime's CPU provider and TensorRT have no float64 convolutions (OpenVINO runs them).
+_UNRUNNABLE_FLOATS = {
+    "onnxruntime": (torch.float64, torch.bfloat16),
+    "openvino": (torch.bfloat16,),
+    "tensorrt": (torch.float64, torch.bfloat16),
+}
+
+
+def check_runtime_dtypes(
+    model: nn.Module,
+    inputs: ModelInput,
+    backends: Sequence[str],
+    owner: str,
+    openvino: str = "backends=('openvino',)",
+) -> None:
+    """Refuse, before training, a model whose float dtype a backend cannot run.
+
+    Args:
+        model: The model to be exported (its floating-point parameters and buffers).
+        inputs: One input batch (its floating-point tensors).
+        backends: The backends it will run on.
+        owner: Who asks, for the message (e.g. ``"ExportOnFitEnd"``).
+        openvino: The argument that picks OpenVINO (which runs float64), for the message.
+
+    Raises:
+        ValueError: Naming the first tensor of such a dtype, the backends and the fix.
+    """
+    named = [*model.named_parameters(), *model.named_buffers()]
+    tensors = [(f"parameter {n!r}", t) for n, t in named]
+    tensors += [(f"input {i}", t) for i, t in enumerate(as_tuple(inputs))]
+    for where, tensor in tensors:
+        if not tensor.is_floating_point():
+            continue
+        refusing = [b for b in backends if tensor.dtype in _UNRUNNABLE_FLOATS.get(b, ())]
+        if refusing:
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            raise ValueError(
+                f"{owner}: {where} is {dtype}, and {', '.join(refusing)} cannot run {dtype} "
+                "convolutions and matrix products, so the exported model would fail there. "
+                "Train in float32: call .float() on the model and feed "
+                "float32 batches (for bfloat16 speed, keep float32 weights with "
+                "Trainer(precision='bf16-mixed'))"
+                + (f", or use {openvino}" if dtype == "float64" else "")
+                + "."
+            )
 
 
 def no_progress(message: str) -> None:

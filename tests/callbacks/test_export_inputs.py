@@ -142,6 +142,35 @@ def test_dict_batches_without_input_key_are_refused_before_training(tmp_path) ->
         ExportOnFitEnd(input_key=3)  # type: ignore[arg-type]
 
 
+@pytest.mark.bad_input("data")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["float64", "bfloat16"])
+@pytest.mark.parametrize(
+    ("make", "openvino"),
+    [
+        (lambda d: ExportOnFitEnd(d, threads=1), "backends=\\('openvino',\\)"),
+        (lambda d: LatencyMonitor(runs=2, threads=1), "backend='openvino'"),
+    ],
+    ids=["export", "latency"],
+)
+def test_a_float_dtype_the_runtime_cannot_run_is_refused_before_training(
+    tmp_path, dtype, make, openvino
+) -> None:
+    # Was: ONNX Runtime's "NOT_IMPLEMENTED: Could not find an implementation for Conv" after
+    # training (ExportOnFitEnd), or mid-fit at the first measurement (LatencyMonitor).
+    module = TextClassifier().to(dtype)
+    callback = make(tmp_path / "export")
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[callback])
+    name = str(dtype).removeprefix("torch.")
+    fix = "" if dtype == torch.bfloat16 else f".*or use {openvino}"
+    with refused_before_training(
+        trainer,
+        module,
+        rf"{type(callback).__name__}: parameter 'embedding.weight' is {name}, and onnxruntime "
+        rf"cannot run {name} convolutions.*Train in float32{fix}",
+    ):
+        trainer.fit(module, *_loaders(dict_batches=False))
+
+
 def test_random_inputs_follow_the_dtype_and_the_range_seen() -> None:
     ids = torch.tensor([[3, 7], [5, 9]])
     assert value_range([ids]) == (3, 9) and value_range([torch.randn(2)]) is None
