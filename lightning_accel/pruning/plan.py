@@ -20,7 +20,12 @@ from torch import Tensor, nn
 from lightning_accel.pruning.channels import attention_modules, out_channels, planned_width
 from lightning_accel.pruning.consistency import inconsistent_layers
 from lightning_accel.utilities.copying import detached_copy
-from lightning_accel.utilities.layer_selection import fold_hint, reparametrized_weight
+from lightning_accel.utilities.layer_selection import (
+    PRUNABLE_LAYERS,
+    fold_hint,
+    layers_in_call_order,
+    reparametrized_weight,
+)
 from lightning_accel.utilities.modules import ModelInput, eval_mode, run_model
 
 
@@ -117,10 +122,13 @@ def rehearse(
     except Exception as err:
         raise _fails(model, technique, err) from err
     if got != expected:
+        layers = _layers_behind(model, trial, example, expected, got)
+        ignore = f"ignore={layers}" if layers else "ignore=[...]"
+        behind = f" (cut by layer(s) {', '.join(map(repr, layers))})" if layers else ""
         raise ValueError(
             f"{technique}(mode='structured') would change the model's output shapes from "
-            f"{expected} to {got}. Leave the output layers out with ignore=[...]. The model "
-            "was not changed."
+            f"{expected} to {got}{behind}. Leave the layers that give an output its width "
+            f"out with {ignore}. The model was not changed."
         )
     broken = inconsistent_layers(trial)
     if broken:
@@ -132,6 +140,40 @@ def rehearse(
             "ignore=[...]. The model was not changed."
         )
     return trial
+
+
+def _dims(shapes: Any) -> list[int]:
+    """Every dimension in a nest of output shapes, in order."""
+    if isinstance(shapes, tuple):
+        return list(shapes)
+    if isinstance(shapes, dict):
+        return [d for value in shapes.values() for d in _dims(value)]
+    if isinstance(shapes, list):
+        return [d for value in shapes for d in _dims(value)]
+    return []
+
+
+def _layers_behind(
+    model: nn.Module, trial: nn.Module, example: ModelInput, expected: Any, got: Any
+) -> list[str]:
+    """For each output dimension that changed, the last layer called whose width changed so.
+
+    The last such layer called is the one that gives the output its width (a conv before
+    pooled features); earlier ones with the same change only feed it.
+    """
+    before, after = _dims(expected), _dims(got)
+    if len(before) != len(after):
+        return []
+    changed = {(a, b) for a, b in zip(before, after, strict=True) if a != b}
+    pruned = dict(trial.named_modules())
+    last: dict[tuple[int, int], str] = {}
+    for name in layers_in_call_order(model, example, PRUNABLE_LAYERS):
+        if name not in pruned:
+            continue
+        widths = (out_channels(model.get_submodule(name)), out_channels(pruned[name]))
+        if widths in changed:
+            last[widths] = name
+    return sorted(set(last.values()))
 
 
 def _fails(model: nn.Module, technique: str, err: BaseException) -> ValueError:

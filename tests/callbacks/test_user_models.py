@@ -6,6 +6,7 @@ import copy
 import re
 import warnings
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from torch import nn
@@ -253,3 +254,62 @@ def test_channels_a_group_norm_rounds_down_are_pruned_not_refused(digits, tmp_pa
     measured = 1 - (16 + out_channels(net[5])) / 64
     assert pruning.metrics["compress/sparsity"] == pytest.approx(measured)
     assert module.eval()(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+class _LogitsAndFeatures(nn.Module):
+    """conv(1→16) → conv(16→32) → conv(32→32) → pooled features, returned with the logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(x)
+        return self.head(features), features
+
+
+class _Pair(pl.LightningModule):
+    """Trains on the logits; its forward returns (logits, features)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = _LogitsAndFeatures()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        return nn.functional.cross_entropy(self(batch[0])[0], batch[1])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+@pytest.mark.bad_input("data")
+def test_a_second_output_pruning_would_narrow_is_refused_naming_its_layer(digits, tmp_path) -> None:
+    # The features output's width comes from body.4, not from the last layer called (head).
+    module = _Pair()
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[GradualPruning(0.5, end_epoch=1)])
+    with refused_before_training(
+        trainer,
+        module,
+        r"output shapes from \[\(1, 10\), \(1, 32\)\] to \[\(1, 10\), \(1, 16\)\] \(cut by "
+        r"layer\(s\) 'model\.body\.4'\)\. .* out with ignore=\['model\.body\.4'\]",
+    ):
+        trainer.fit(module, digits.train_dataloader())
+    pruning = GradualPruning(0.5, end_epoch=1, ignore=["model.body.4"])  # the fix it names
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[pruning])
+    trainer.fit(module, digits.train_dataloader())
+    logits, features = module.model(torch.zeros(2, 1, 8, 8))
+    assert logits.shape == (2, 10) and features.shape == (2, 32)
+    assert module.model.body[2].out_channels == 16
