@@ -115,8 +115,10 @@ def rehearse(
         prune(trial)
     except Exception as err:
         _refuse_cut_reparametrization(model, trial, technique, err)
+        _refuse_cut_separate_projections(model, trial, technique, err)
         raise _fails(model, technique, err) from err
     _refuse_cut_reparametrization(model, trial, technique)
+    _refuse_cut_separate_projections(model, trial, technique)
     try:
         got = _shapes_of(trial, example)
     except Exception as err:
@@ -228,3 +230,44 @@ def _refuse_cut_reparametrization(
                 f"a plain weight before fit ({fold_hint(how)}), or use mode='unstructured'. "
                 "The model was not changed."
             ) from cause
+
+
+def _refuse_cut_separate_projections(
+    model: nn.Module, trial: nn.Module, technique: str, cause: BaseException | None = None
+) -> None:
+    """Refuse when pruning cut an ``nn.MultiheadAttention`` with ``kdim``/``vdim`` of its own.
+
+    Such an attention holds separate ``q_proj_weight``/``k_proj_weight``/``v_proj_weight``,
+    which torch-pruning slices inconsistently (the forward then fails: "expecting query
+    weights shape of (24, 24), but got (24, 32)"); no ``round_to`` avoids it. Pruning works
+    once the layers feeding its query, key and value keep their widths.
+
+    Raises:
+        ValueError: Naming the attention and the pruned layers feeding it, for ``ignore=``.
+    """
+    trial_modules = dict(trial.named_modules())
+    for name, module in model.named_modules():
+        pruned = trial_modules.get(name)
+        if not isinstance(module, nn.MultiheadAttention) or module._qkv_same_embed_dim:
+            continue
+        if pruned is None or _tensor_shapes(module) == _tensor_shapes(pruned):
+            continue
+        widths = {module.embed_dim, module.kdim, module.vdim}
+        feeding = [
+            n
+            for n, layer in model.named_modules()
+            if isinstance(layer, PRUNABLE_LAYERS)
+            and not n.startswith(f"{name}.")
+            and out_channels(layer) in widths
+            and n in trial_modules
+            and out_channels(trial_modules[n]) != out_channels(layer)
+        ]
+        raise ValueError(
+            f"{technique}(mode='structured') cannot prune {type(model).__name__}: "
+            f"nn.MultiheadAttention {name!r} has kdim/vdim of its own ({module.kdim}/"
+            f"{module.vdim}, embed_dim {module.embed_dim}), so it holds separate q/k/v "
+            "projections, which torch-pruning cannot slice consistently (round_to does not "
+            "help). Keep the widths feeding its query, key and value with ignore=[...] "
+            f"(the pruned layers of its widths: {feeding}), or use mode='unstructured'. The "
+            "model was not changed."
+        ) from cause

@@ -313,3 +313,45 @@ def test_a_second_output_pruning_would_narrow_is_refused_naming_its_layer(digits
     logits, features = module.model(torch.zeros(2, 1, 8, 8))
     assert logits.shape == (2, 10) and features.shape == (2, 32)
     assert module.model.body[2].out_channels == 16
+
+
+class _CrossAttention(nn.Module):
+    """Image rows as tokens; the keys and values are narrower than the queries (kdim/vdim)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(8, 16)
+        self.query = nn.Linear(16, 32)
+        self.memory = nn.Linear(16, 16)
+        self.attention = nn.MultiheadAttention(32, 4, kdim=16, vdim=16, batch_first=True)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = torch.relu(self.stem(x.squeeze(1)))
+        memory = torch.relu(self.memory(rows))
+        mixed, _ = self.attention(self.query(rows), memory, memory)
+        return self.head(mixed.mean(1))
+
+
+@pytest.mark.bad_input("data")
+def test_attention_with_its_own_kdim_is_refused_naming_the_layers_feeding_it(
+    digits, tmp_path
+) -> None:
+    # Was: "pruning a copy to the target fails (AssertionError: expecting query weights shape of
+    # (24, 24), but got torch.Size([24, 32]))", suggesting a round_to that does not help.
+    module = ClassificationModule(_CrossAttention(), input_size=8, lr=0.05)
+    pruning = GradualPruning(0.5, end_epoch=1, keep_first_and_last=False)
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[pruning])
+    with refused_before_training(
+        trainer,
+        module,
+        r"nn\.MultiheadAttention 'model\.attention' has kdim/vdim of its own \(16/16, embed_dim "
+        r"32\).*ignore=\[\.\.\.\] \(the pruned layers of its widths: \['model\.stem', "
+        r"'model\.query', 'model\.memory'\]\)",
+    ):
+        trainer.fit(module, datamodule=digits)
+    fixed = ["model.query", "model.memory"]
+    pruning = GradualPruning(0.5, end_epoch=1, keep_first_and_last=False, ignore=fixed)
+    quiet_trainer(tmp_path, max_epochs=2, callbacks=[pruning]).fit(module, datamodule=digits)
+    assert module.model.stem.out_features == 8 and module.model.attention.embed_dim == 32
+    assert module.eval()(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
