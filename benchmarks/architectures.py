@@ -18,9 +18,11 @@ limit:
 
 Each failure is classified: ``refused before training`` (one clear error before the first
 step, model untouched), ``crash mid-fit`` (an error after training started), ``mismatch``
-(ONNX Runtime disagrees with PyTorch, the output shape changed, or two PyTorch evals of one
-batch differ), ``non-finite in PyTorch`` (PyTorch's own output holds NaN/inf, at the same
-places as ONNX Runtime's: a random-init model that overflows at this input), ``timeout``.
+(ONNX Runtime disagrees with PyTorch by more than 1e-3 of the largest output, and by more than
+4x PyTorch's own fp32 error against fp64 on the same input; the output shape changed; or two
+PyTorch evals of one batch differ), ``non-finite in PyTorch`` (PyTorch's own output holds
+NaN/inf, at the same places as ONNX Runtime's, even after its BatchNorm statistics are
+recalibrated), ``out of memory`` (over ``--memory-gb``), ``timeout``.
 Results are appended to a JSON lines file as each model finishes; a Markdown coverage table
 is printed at the end.
 
@@ -82,6 +84,10 @@ FLOAT_KERNELS = (
     "ConvTranspose",
 )
 PARITY_RTOL = 1e-3  # max |onnx - torch| / max |torch|, fp32
+# ... or, where PyTorch's own fp32 output is that far from its fp64 one (an ill-conditioned
+# random-init network: efficientnet_b7's logits reach 3.5e5 and fp32 PyTorch is 33% off fp64),
+# this many times PyTorch's own fp32 error: ONNX Runtime is then as faithful as PyTorch fp32
+FP32_ERROR_FACTOR = 4.0
 PART_LIMIT_VARIABLE = "ARCHITECTURES_PART_LIMIT_S"  # seconds per part (peer, prune, qat)
 # GiB of address space per part: torch-pruning alone on Swin V2 grows past 24 GB and the OOM
 # killer took the whole model's subprocess with it (no row); under a limit the part fails with
@@ -235,6 +241,26 @@ def recalibrate_batch_norms(model: Any, size: int, batches: int = 8) -> int:
     return len(norms)
 
 
+def fp32_error(model: Any, batch: Any, want: Any) -> float | None:
+    """PyTorch's own fp32 error on ``batch``: max |fp32 - fp64| / max |fp64| (None: no fp64)."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    try:
+        reference = copy.deepcopy(model).double().eval()
+        with torch.no_grad():
+            exact = reference(batch.double()).numpy()
+    except Exception:  # noqa: BLE001 - a model that cannot run in fp64 keeps the fixed bound
+        return None
+    finite = np.isfinite(exact) & np.isfinite(want)
+    if not finite.any():
+        return None
+    scale = max(float(np.abs(exact[finite]).max()), 1e-12)
+    return float(np.abs(want[finite] - exact[finite]).max() / scale)
+
+
 def parity(model: Any, size: int, workdir: Path, name: str) -> dict[str, Any]:
     """Export to ONNX and compare ONNX Runtime with PyTorch on a seeded batch."""
     import numpy as np
@@ -266,7 +292,13 @@ def parity(model: Any, size: int, workdir: Path, name: str) -> dict[str, Any]:
     scale = max(float(np.abs(want[finite]).max()) if finite.any() else 0.0, 1e-12)
     error = float(np.abs(got[finite] - want[finite]).max() / scale) if finite.any() else 0.0
     top1 = float((got.argmax(1) == want.argmax(1)).mean())
-    result = {"onnx_rel_error": error, "top1_agreement": top1, "optimized": str(optimized)}
+    result: dict[str, Any] = {
+        "onnx_rel_error": error,
+        "top1_agreement": top1,
+        "optimized": str(optimized),
+    }
+    if error > PARITY_RTOL:
+        result["torch_fp32_vs_fp64"] = fp32_error(model, batch, want)
     if want.ndim == 2 and want.shape[1] > 1 and finite.all():
         # How decidable top-1 is: images whose top-2 margin in PyTorch is within the largest
         # |ONNX - PyTorch| difference can flip on any difference that large.
@@ -376,7 +408,8 @@ def run_prune(name: str, size: int, workdir: Path) -> dict[str, Any]:
     result.update(check)
     if "status" in check:
         return result
-    ok = check["onnx_rel_error"] <= PARITY_RTOL
+    own = check.get("torch_fp32_vs_fp64") or 0.0
+    ok = check["onnx_rel_error"] <= max(PARITY_RTOL, FP32_ERROR_FACTOR * own)
     result["status"] = nonfinite_status(check) or ("ok" if ok else "mismatch")
     return result
 
