@@ -59,6 +59,7 @@ from lightning_accel.pruning.transaction import (
 from lightning_accel.utilities.layer_selection import (
     PRUNABLE_LAYERS,
     WEIGHTED_LAYERS,
+    ignored_modules,
     select_layers,
 )
 from lightning_accel.utilities.model_stats import model_stats
@@ -178,6 +179,7 @@ class GradualPruning(AccelCallback):
         self._pending_update = False
         self._initial_widths: dict[str, int] = {}
         self._layers: list[str] = []
+        self._protected: list[str] = []  # modules other than layers that `ignore` names
         self._masks: dict[str, Tensor] = {}
         self._example: ModelInput | None = None
         self._step_schedule: StepSchedule | None = None
@@ -236,6 +238,12 @@ class GradualPruning(AccelCallback):
             if name in self._gradients:  # resumed: the gradients the criterion would have seen
                 parameter.grad = self._gradients[name].to(parameter.device)
         self._gradients = {}
+        # Attention blocks, norms, modules with raw parameters, blocks: kept whole (#12).
+        self._protected = sorted(
+            n
+            for n in ignored_modules(pl_module, self.ignore, [], self.technique)
+            if not isinstance(pl_module.get_submodule(n), PRUNABLE_LAYERS)
+        )
         layers = select_layers(
             pl_module,
             self._example,
@@ -386,6 +394,7 @@ class GradualPruning(AccelCallback):
                 global_scope=self.scope == "global",
                 round_to=self.round_to,
                 criterion=criterion,
+                protect=self._protected,
             )
 
         widths, shapes = layer_widths(pl_module), output_shapes_of(pl_module, example)
@@ -482,6 +491,7 @@ class GradualPruning(AccelCallback):
                     global_scope=self.scope == "global",
                     round_to=self.round_to,
                     criterion=self.criterion,
+                    protect=self._protected,
                 ),
                 self.technique,
             )

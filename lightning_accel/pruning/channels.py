@@ -234,6 +234,7 @@ def prune_channels(
     global_scope: bool = False,
     round_to: int | None = None,
     criterion: Criterion = "l2",
+    protect: Sequence[str] = (),
 ) -> PruningHistory:
     """Remove a fraction of the current output channels of the ``prunable`` layers.
 
@@ -253,6 +254,8 @@ def prune_channels(
         round_to: Keep channel counts a multiple of this (fast kernels like multiples of 8).
         criterion: ``"l1"``, ``"l2"``, ``"taylor"`` (needs gradients on the weights) or a
             callable scoring a torch-pruning group (see :mod:`lightning_accel.pruning.criteria`).
+        protect: Names of other modules whose channels must stay (an attention block, a norm,
+            a module with raw parameters, a block): no channel coupled to them is removed.
 
     Returns:
         The pruning history of this call.
@@ -262,11 +265,15 @@ def prune_channels(
     check_structured_support(model, prunable, global_scope)
     keep = set(prunable)
     per_layer = dict(ratio) if isinstance(ratio, Mapping) else {}
-    ignored = [
+    ignored: list[nn.Module | nn.Parameter] = [
         module
         for name, module in model.named_modules()
         if isinstance(module, PRUNABLE_LAYERS) and name not in keep
     ]
+    for name in protect:
+        held = model.get_submodule(name)
+        ignored.append(held)
+        ignored += list(held.parameters(recurse=False))  # raw ones, unwrapped above
     attention = attention_modules(model)
     heads = {n: r for n, r in per_layer.items() if n in attention}
     with _tracing_mode(model):

@@ -104,7 +104,8 @@ def select_layers(
             is already reparametrized (``torch.nn.utils.prune``, ``parametrize``).
     """
     order = layers_in_call_order(model, example_input, kinds)
-    skipped = match_patterns(order, ignore, f"{technique}(ignore=...)")
+    matched = ignored_modules(model, ignore, order, technique)
+    skipped = {n for n in order if any(n == m or n.startswith(f"{m}.") for m in matched)}
     if keep_first_and_last and order:
         skipped |= {order[0], order[-1]}
     if keep_last and order:
@@ -119,6 +120,28 @@ def select_layers(
         )
     check_plain_weights(model, selected, technique)
     return selected
+
+
+def ignored_modules(
+    model: nn.Module, ignore: Sequence[str], layers: Sequence[str], technique: str
+) -> set[str]:
+    """Module names the ``ignore`` patterns match: layers, and any other module.
+
+    Besides conv/linear layers, a pattern may name what structured pruning would otherwise
+    narrow: an ``nn.MultiheadAttention`` or timm attention block, a norm, a module holding raw
+    parameters, or a whole block (every layer inside it is then left alone too).
+
+    Args:
+        model: The root module.
+        ignore: Glob patterns (or exact names) over module names.
+        layers: The layer names the technique considers, listed first in error messages.
+        technique: Name used in the error message, e.g. ``"GradualPruning"``.
+
+    Raises:
+        ValueError: If a pattern matches no module.
+    """
+    names = list(dict.fromkeys([*layers, *(n for n, _ in model.named_modules() if n)]))
+    return match_patterns(names, ignore, f"{technique}(ignore=...)")
 
 
 def reparametrized_weight(module: nn.Module) -> str | None:

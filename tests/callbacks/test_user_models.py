@@ -355,3 +355,22 @@ def test_attention_with_its_own_kdim_is_refused_naming_the_layers_feeding_it(
     quiet_trainer(tmp_path, max_epochs=2, callbacks=[pruning]).fit(module, datamodule=digits)
     assert module.model.stem.out_features == 8 and module.model.attention.embed_dim == 32
     assert module.eval()(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_ignore_takes_an_attention_block_and_keeps_its_width(digits, tmp_path) -> None:
+    # ignore= matched conv/linear layers only: "pattern 'model.attention' matches no layer".
+    module = ClassificationModule(_Attention(), input_size=8, lr=0.05)
+    pruning = GradualPruning(
+        0.5, end_epoch=1, ignore=["model.attention"], keep_first_and_last=False
+    )
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[pruning])
+    with pytest.warns(UserWarning, match=r"model\.embed\.3: 32 of planned 16 channels"):
+        trainer.fit(module, datamodule=digits)
+    net = module.model
+    assert (net.attention.embed_dim, net.embed[3].out_features, net.embed[1].out_features) == (
+        32,
+        32,
+        32,
+    )
+    assert pruning.metrics["compress/sparsity"] == pytest.approx(1 - (32 + 32) / (64 + 32))
+    assert module.eval()(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
