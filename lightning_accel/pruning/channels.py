@@ -270,10 +270,18 @@ def prune_channels(
         for name, module in model.named_modules()
         if isinstance(module, PRUNABLE_LAYERS) and name not in keep
     ]
+    per_channel = per_channel_parameters(model)
     for name in protect:
         held = model.get_submodule(name)
+        raw = [n for n, p in held.named_parameters() if p in per_channel]
+        if raw:
+            # torch-pruning would skip slicing them but still cut the channels they scale.
+            raise ValueError(
+                f"ignore=[{name!r}] names a module holding raw per-channel parameters "
+                f"({', '.join(raw)}); torch-pruning keeps their width only if the conv/linear "
+                "layers coupled to them keep theirs: ignore those layers instead"
+            )
         ignored.append(held)
-        ignored += list(held.parameters(recurse=False))  # raw ones, unwrapped above
     attention = attention_modules(model)
     heads = {n: r for n, r in per_layer.items() if n in attention}
     with _tracing_mode(model):

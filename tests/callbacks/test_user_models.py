@@ -374,3 +374,39 @@ def test_ignore_takes_an_attention_block_and_keeps_its_width(digits, tmp_path) -
     )
     assert pruning.metrics["compress/sparsity"] == pytest.approx(1 - (32 + 32) / (64 + 32))
     assert module.eval()(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+class _LayerScale(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+@pytest.mark.bad_input("data")
+def test_ignoring_a_module_with_raw_parameters_names_what_to_ignore_instead(
+    digits, tmp_path
+) -> None:
+    # torch-pruning skips an ignored raw parameter but still cuts the channels it scales: the
+    # copy failed with "The size of tensor a (16) must match the size of tensor b (32)".
+    net = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.Conv2d(16, 32, 3, padding=1),
+        _LayerScale(32),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )
+    module = ClassificationModule(net, input_size=8, lr=0.05)
+    pruning = GradualPruning(0.5, end_epoch=1, ignore=["model.2"])
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[pruning])
+    with refused_before_training(
+        trainer,
+        module,
+        r"ignore=\['model\.2'\] names a module holding raw per-channel parameters \(gamma\).*"
+        r"ignore those layers instead",
+    ):
+        trainer.fit(module, datamodule=digits)
