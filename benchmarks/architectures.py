@@ -581,6 +581,8 @@ def part_status(part: dict[str, Any] | None) -> str:
         return NONFINITE
     if part.get("status") == "crash mid-fit" and "can't allocate memory" in part.get("message", ""):
         return "out of memory"  # rows written before classify() knew the cap
+    if part.get("status") == "failed" and part.get("message", "").startswith("PartTimeout"):
+        return "timeout"  # rows written while PartTimeout was an Exception the peer caught
     return str(part.get("status", "?"))
 
 
@@ -641,6 +643,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     mismatches = sum(
         1 for r in done for p in ("prune", "qat") if part_status(r.get(p)) == "mismatch"
     )
+    part_timeouts = sum(
+        1 for r in done for p in ("peer", "prune", "qat") if part_status(r.get(p)) == "timeout"
+    )
     memory = sum(
         1
         for r in done
@@ -655,7 +660,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         f"({100 * qat_int / max(len(latest), 1):.0f}%); refusals "
         f"before training: {refused}; crashes mid-fit: {crashes}; ONNX Runtime mismatches: "
         f"{mismatches}; PyTorch's own output non-finite (random init): {nonfinite}; over the "
-        f"time limit: {timeouts}; parts out of memory under the per-part cap: {memory}."
+        f"time limit: {timeouts} models, {part_timeouts} parts; parts out of memory under the "
+        f"per-part cap: {memory}."
     )
     return "\n".join(lines)
 
