@@ -1,6 +1,6 @@
 """Latency-budget pruning vs uniform pruning at equal measured latency (issue #15).
 
-Fashion-MNIST; every variant is fine-tuned from the same dense checkpoint (one dense epoch)
+Fashion-MNIST; every variant is fine-tuned from the same dense checkpoint (``--dense-epochs``)
 for the same epochs, pruned at its first batch (``schedule="constant"``). Parts:
 
 ``equal``  per model (ResNet-18, MobileNetV2): uniform ``GradualPruning(0.5, round_to=8)``, its
@@ -12,8 +12,11 @@ for the same epochs, pruned at its first batch (``schedule="constant"``). Parts:
 ``plans``  ResNet-18: the widths the allocator picks for one budget with the latency model
            measured on ONNX Runtime at batch 1, at batch 64 and on OpenVINO at batch 1 (no
            training).
-``qat``    ResNet-18: the 4x-budget model of ``curve`` then one epoch of ``QuantizationAware``;
-           its int8 ONNX against the dense fp32 model on ONNX Runtime at batch 1 and 64.
+``qat``    ResNet-18: the 4x-budget model of ``curve`` (fine-tuned here if ``curve`` did not
+           run) then one epoch of ``QuantizationAware``;
+           its int8 ONNX against the dense fp32 model on ONNX Runtime at batch 1 and 64. With
+           ``--distill``, the same again with the dense fp32 model as the teacher
+           (``Distillation``, T=4, alpha=0.5) in both the pruning fine-tune and the QAT epoch.
 
 Latency: the final models of a part timed in alternating rounds with the dense model in this
 process; speedups are medians of per-round ratios with half their interquartile range.
@@ -23,11 +26,14 @@ the dense checkpoints are cached in ``--cache`` between runs.
     .venv/bin/python benchmarks/latency_budget.py                     # every part, scaled down
     .venv/bin/python benchmarks/latency_budget.py --parts equal --models resnet18 --seeds 0 1
     .venv/bin/python benchmarks/latency_budget.py --train-size 12000 --test-size 10000 --epochs 4
+    .venv/bin/python benchmarks/latency_budget.py --train-size 8000 --test-size 10000 \
+        --dense-epochs 3 --epochs 3 --distill                         # the README's run
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import tempfile
@@ -42,6 +48,7 @@ import torch
 
 from lightning_accel import (
     ClassificationModule,
+    Distillation,
     FashionMNISTDataModule,
     GradualPruning,
     LatencyBudgetPruning,
@@ -102,15 +109,16 @@ def conv_widths(module: torch.nn.Module) -> dict[str, int]:
     }
 
 
-def dense_model(name: str, seed: int, data: FashionMNISTDataModule, cache: Path) -> Any:
-    """One dense epoch (cached per model and seed): magnitudes mean something."""
-    path = cache / f"{name}-seed{seed}.pt"
+def dense_model(name: str, seed: int, data: FashionMNISTDataModule, args: Any) -> Any:
+    """``args.dense_epochs`` dense epochs (cached per model, seed, data size and epochs)."""
+    epochs, cache = args.dense_epochs, args.cache
+    path = cache / f"{name}-seed{seed}-train{args.train_size}-epochs{epochs}.pt"
     pl.seed_everything(seed)
-    dense = ClassificationModule(name, lr=DENSE_LR, cosine_epochs=1)
+    dense = ClassificationModule(name, lr=DENSE_LR, cosine_epochs=epochs)
     if path.exists():
         dense.load_state_dict(torch.load(path, weights_only=True))
     else:
-        trainer(1, []).fit(dense, datamodule=data)
+        trainer(epochs, []).fit(dense, datamodule=data)
         cache.mkdir(parents=True, exist_ok=True)
         torch.save(dense.state_dict(), path)
     return dense
@@ -167,8 +175,10 @@ def callback_figures(callback: LatencyBudgetPruning) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------- parts
 def part_equal(name: str, seed: int, data: Any, args: argparse.Namespace) -> dict[str, Any]:
-    dense = dense_model(name, seed, data, args.cache)
-    rows: dict[str, dict[str, Any]] = {"dense (1 epoch)": {"acc": accuracy(dense, data)}}
+    dense = dense_model(name, seed, data, args)
+    rows: dict[str, dict[str, Any]] = {
+        f"dense ({args.dense_epochs} epochs)": {"acc": accuracy(dense, data)}
+    }
     tuned = fine_tune(dense, [], data, args.epochs, seed)
     rows["dense fine-tuned"] = {"acc": accuracy(tuned, data)}
     half = fine_tune(dense, [uniform(0.5)], data, args.epochs, seed)
@@ -189,7 +199,7 @@ def part_equal(name: str, seed: int, data: Any, args: argparse.Namespace) -> dic
 
 
 def part_curve(seed: int, data: Any, args: argparse.Namespace) -> dict[str, Any]:
-    dense = dense_model("resnet18", seed, data, args.cache)
+    dense = dense_model("resnet18", seed, data, args)
     models: dict[str, Any] = {}
     rows: dict[str, dict[str, Any]] = {}
     for amount in (0.3, 0.5, 0.7):
@@ -231,7 +241,7 @@ def plan(dense: Any, backend: str, batch: int, speedup: float, threads: int) -> 
 
 
 def part_plans(seed: int, data: Any, args: argparse.Namespace) -> dict[str, Any]:
-    dense = dense_model("resnet18", seed, data, args.cache)
+    dense = dense_model("resnet18", seed, data, args)
     found = {}
     for backend, batch in (("onnxruntime", 1), ("onnxruntime", 64), ("openvino", 1)):
         try:
@@ -250,42 +260,57 @@ def onnx_accuracy(path: Path, data: Any, threads: int) -> float:
     return 100.0 * right / total
 
 
-def part_qat(seed: int, data: Any, args: argparse.Namespace) -> dict[str, Any]:
-    dense = dense_model("resnet18", seed, data, args.cache)
-    if seed not in BUDGET_4X:
-        raise SystemExit("--parts qat runs after curve (same run): it starts from its 4x model")
-    pruned = BUDGET_4X[seed]
-    tuned = fine_tune(dense, [], data, args.epochs + 1, seed)  # as many epochs as prune + QAT
-    pruned_acc = accuracy(pruned, data)
-    pruned.hparams.lr, pruned.hparams.cosine_epochs = TUNE_LR / 10, 1
+def quantize(module: Any, data: Any, seed: int, teacher: Any = None) -> Any:
+    """One ``QuantizationAware`` epoch at a tenth of the fine-tuning rate (and the teacher)."""
+    module.hparams.lr, module.hparams.cosine_epochs = TUNE_LR / 10, 1
     pl.seed_everything(seed + 200)
-    trainer(1, [QuantizationAware("onnxruntime")]).fit(pruned, datamodule=data)
+    callbacks: list = [QuantizationAware("onnxruntime")]
+    if teacher is not None:
+        callbacks.append(Distillation(teacher=teacher))
+    trainer(1, callbacks).fit(module, datamodule=data)
+    return module
+
+
+def part_qat(seed: int, data: Any, args: argparse.Namespace) -> dict[str, Any]:
+    dense = dense_model("resnet18", seed, data, args)
+    if seed not in BUDGET_4X:  # not run after curve: the same 4x-budget fine-tune here
+        BUDGET_4X[seed] = fine_tune(dense, [budget(4.0, args.threads)], data, args.epochs, seed)
+    tuned = fine_tune(dense, [], data, args.epochs + 1, seed)  # as many epochs as prune + QAT
+    students = {"budget 4x + QAT int8": (BUDGET_4X[seed], None)}
+    if args.distill:
+        # the dense fp32 reference teaches: a frozen copy, never pruned or quantized
+        teacher = copy.deepcopy(tuned.model).eval()
+        distill = Distillation(teacher=teacher)
+        pruned = fine_tune(dense, [budget(4.0, args.threads), distill], data, args.epochs, seed)
+        students["budget 4x + QAT int8, distilled"] = (pruned, teacher)
     example = dense.example_input_array[:1]
     out = Path(tempfile.mkdtemp(prefix="bench-latency-qat-"))
-    files = {
-        "dense fp32": to_onnx(tuned.model, example, out / "dense" / "model.onnx"),
-        "budget 4x + QAT int8": to_onnx(pruned.model, example, out / "qat" / "model.onnx"),
-    }
-    rows: dict[str, dict[str, Any]] = {
-        name: {"acc": onnx_accuracy(path, data, args.threads)} for name, path in files.items()
-    }
-    rows["budget 4x fp32 (before QAT)"] = {"acc": pruned_acc}
+    files = {"dense fp32": to_onnx(tuned.model, example, out / "dense" / "model.onnx")}
+    rows: dict[str, dict[str, Any]] = {}
+    for i, (key, (student, teacher)) in enumerate(students.items()):
+        rows[key.replace("+ QAT int8", "fp32 (before QAT)")] = {"acc": accuracy(student, data)}
+        quantize(student, data, seed, teacher)
+        files[key] = to_onnx(student.model, example, out / f"qat{i}" / "model.onnx")
+    for name, path in files.items():
+        rows[name] = {**rows.get(name, {}), "acc": onnx_accuracy(path, data, args.threads)}
     base = compile_model("onnxruntime", files["dense fp32"], out / "b", threads=args.threads)
-    model = compile_model(
-        "onnxruntime", files["budget 4x + QAT int8"], out / "m", threads=args.threads
-    )
-    for batch in (1, 64):
-        inputs = random_inputs(example, batch)
-        runs = 200 if batch == 1 else 30
-        c = compare_latency(model, base, inputs, batch, runs=runs, rounds=6, threads=args.threads)
-        rows["budget 4x + QAT int8"][f"speedup_b{batch}"] = [
-            c.speedup,
-            c.speedup_p25,
-            c.speedup_p75,
-        ]
-        rows["budget 4x + QAT int8"][f"ms_b{batch}"] = c.model.median_ms
-        rows["dense fp32"][f"ms_b{batch}"] = c.baseline.median_ms
-    return {"rows": rows, "qat_epochs": 1, "dense_epochs": 1 + args.epochs + 1}
+    for i, key in enumerate(students):
+        model = compile_model("onnxruntime", files[key], out / f"m{i}", threads=args.threads)
+        for batch in (1, 64):
+            inputs = random_inputs(example, batch)
+            runs = 200 if batch == 1 else 30
+            c = compare_latency(
+                model, base, inputs, batch, runs=runs, rounds=6, threads=args.threads
+            )
+            rows[key][f"speedup_b{batch}"] = [c.speedup, c.speedup_p25, c.speedup_p75]
+            rows[key][f"ms_b{batch}"] = c.model.median_ms
+            rows["dense fp32"][f"ms_b{batch}"] = c.baseline.median_ms
+    return {
+        "rows": rows,
+        "qat_epochs": 1,
+        "dense_epochs": args.dense_epochs + args.epochs + 1,
+        "test_images": args.test_size,
+    }
 
 
 # ----------------------------------------------------------------------------------- report
@@ -337,11 +362,17 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=2000)
     parser.add_argument("--test-size", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per variant")
+    parser.add_argument("--dense-epochs", type=int, default=1, help="epochs of the dense model")
+    parser.add_argument(
+        "--distill", action="store_true", help="qat: also a variant the dense model teaches"
+    )
     parser.add_argument("--threads", type=int, default=1, help="runtime threads")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "bench-lb")
     parser.add_argument("--report", action="store_true", help="print the saved results only")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON the parts merge into")
     args = parser.parse_args()
-    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    path: Path = args.results
+    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     if "rows" in results:  # the single-part layout of the first version
         results = {}
     if args.report:
@@ -352,7 +383,8 @@ def main() -> None:
     data = FashionMNISTDataModule(
         batch_size=128, train_size=args.train_size, test_size=args.test_size, val_size=500
     )
-    results["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    results["args"] = settings
     for seed in args.seeds:
         for part in args.parts:
             started = time.perf_counter()
@@ -369,8 +401,9 @@ def main() -> None:
             else:
                 raise SystemExit(f"unknown part {part!r}: equal, curve, plans or qat")
             results.setdefault("seconds", {})[f"{part} seed {seed}"] = time.perf_counter() - started
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            RESULTS.write_text(json.dumps(results, indent=2))
+            results.setdefault("settings", {})[f"{part} seed {seed}"] = settings
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(results, indent=2))
     report(results)
 
 
