@@ -261,6 +261,21 @@ def fp32_error(model: Any, batch: Any, want: Any) -> float | None:
     return float(np.abs(want[finite] - exact[finite]).max() / scale)
 
 
+def unoptimized_error(path: Path, batch: Any, want: Any) -> float:
+    """ONNX Runtime's error with every graph optimization off (fusions ruled in or out)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: batch})[0]
+    finite = np.isfinite(want) & np.isfinite(got)
+    scale = max(float(np.abs(want[finite]).max()), 1e-12)
+    return float(np.abs(got[finite] - want[finite]).max() / scale)
+
+
 def parity(model: Any, size: int, workdir: Path, name: str) -> dict[str, Any]:
     """Export to ONNX and compare ONNX Runtime with PyTorch on a seeded batch."""
     import numpy as np
@@ -299,6 +314,7 @@ def parity(model: Any, size: int, workdir: Path, name: str) -> dict[str, Any]:
     }
     if error > PARITY_RTOL:
         result["torch_fp32_vs_fp64"] = fp32_error(model, batch, want)
+        result["onnx_rel_error_unoptimized"] = unoptimized_error(path, batch.numpy(), want)
     if want.ndim == 2 and want.shape[1] > 1 and finite.all():
         # How decidable top-1 is: images whose top-2 margin in PyTorch is within the largest
         # |ONNX - PyTorch| difference can flip on any difference that large.
