@@ -66,7 +66,7 @@ from lightning_accel.pruning.latency_model import (
 )
 from lightning_accel.pruning.schedules import SCHEDULES, ScheduleName, StepSchedule
 from lightning_accel.tracking.wandb_logging import wandb_run
-from lightning_accel.utilities.layer_selection import select_layers
+from lightning_accel.utilities.layer_selection import protected_modules, select_layers
 
 _EXAMPLE = "LatencyBudgetPruning(target_speedup=2.0, end_epoch=4)"
 
@@ -210,6 +210,7 @@ class LatencyBudgetPruning(AccelCallback):
         self.widths: dict[str, int] = {}
         self.history: list[dict[str, Any]] = []
         self._layers: list[str] = []
+        self._protected: list[str] = []  # modules other than layers that `ignore` names
         self._example: Tensor | None = None
         self._probe: Probe | None = None
         self._dense: CompiledModel | None = None
@@ -300,6 +301,7 @@ class LatencyBudgetPruning(AccelCallback):
             self._layers = select_layers(
                 pl_module, self._example, self.ignore, self.keep_first_and_last, self.technique
             )
+            self._protected = protected_modules(pl_module, self.ignore, self.technique)
             self._probe = Probe(
                 self.backend, self._example.cpu(), self.batch_size, self.threads, self.timing_rounds
             )
@@ -331,7 +333,11 @@ class LatencyBudgetPruning(AccelCallback):
         self._layers = select_layers(
             pl_module, self._example, self.ignore, self.keep_first_and_last, self.technique
         )
-        groups = channel_groups(pl_module, self._example, self._layers, self.round_to)
+        # attention blocks, norms, blocks named in ignore: kept whole (#12)
+        self._protected = protected_modules(pl_module, self.ignore, self.technique)
+        groups = channel_groups(
+            pl_module, self._example, self._layers, self.round_to, protect=self._protected
+        )
         if not groups:
             raise ValueError(
                 f"LatencyBudgetPruning found no prunable channel group: every torch-pruning group "
@@ -527,7 +533,9 @@ class LatencyBudgetPruning(AccelCallback):
         refresh: bool = True,
     ) -> tuple[dict[str, list[int]], float, bool, bool]:
         assert self._example is not None and self._probe is not None
-        groups = channel_groups(pl_module, self._example, self._layers, self.round_to, graph)
+        groups = channel_groups(
+            pl_module, self._example, self._layers, self.round_to, graph, self._protected
+        )
         if not groups:
             return {}, before, False, False
         stale = self._model is None or set(self._model.curves) != {g.name for g in groups}
@@ -536,7 +544,9 @@ class LatencyBudgetPruning(AccelCallback):
         model = self._model
         assert model is not None
         names = [g.name for g in groups]
-        scores = group_scores(pl_module, graph, self._layers, names, self.criterion)
+        scores = group_scores(
+            pl_module, graph, self._layers, names, self.criterion, self._protected
+        )
 
         def saving(name: str, width: int) -> float:  # in the measured (shipped) frame
             return model.saving(name, width) * before / model.base_ms

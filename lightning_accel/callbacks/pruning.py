@@ -59,7 +59,7 @@ from lightning_accel.pruning.transaction import (
 from lightning_accel.utilities.layer_selection import (
     PRUNABLE_LAYERS,
     WEIGHTED_LAYERS,
-    ignored_modules,
+    protected_modules,
     select_layers,
 )
 from lightning_accel.utilities.model_stats import model_stats
@@ -239,11 +239,7 @@ class GradualPruning(AccelCallback):
                 parameter.grad = self._gradients[name].to(parameter.device)
         self._gradients = {}
         # Attention blocks, norms, modules with raw parameters, blocks: kept whole (#12).
-        self._protected = sorted(
-            n
-            for n in ignored_modules(pl_module, self.ignore, [], self.technique)
-            if not isinstance(pl_module.get_submodule(n), PRUNABLE_LAYERS)
-        )
+        self._protected = protected_modules(pl_module, self.ignore, self.technique)
         layers = select_layers(
             pl_module,
             self._example,

@@ -77,13 +77,19 @@ def dependency_graph(model: nn.Module, example: Tensor) -> Any:
         )
 
 
-def _groups(model: nn.Module, graph: Any, prunable: Sequence[str]) -> dict[str, Any]:
-    """torch-pruning groups whose output-channel layers all lie in ``prunable``, by root name."""
+def _groups(
+    model: nn.Module, graph: Any, prunable: Sequence[str], protect: Sequence[str] = ()
+) -> dict[str, Any]:
+    """torch-pruning groups whose output-channel layers all lie in ``prunable``, by root name.
+
+    Groups that would narrow a module of ``protect`` (an attention block, a norm, a block the
+    user's ``ignore`` names) are left out.
+    """
     keep = set(prunable) - set(attention_modules(model))  # heads are out of scope here
     names = {module: name for name, module in model.named_modules()}
     ignored = [
         m for n, m in model.named_modules() if isinstance(m, WEIGHTED_LAYERS) and n not in keep
-    ]
+    ] + [model.get_submodule(n) for n in protect]
     found = {}
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=WEIGHTED_LAYERS):
         root = group[0].dep.target.module
@@ -93,7 +99,12 @@ def _groups(model: nn.Module, graph: Any, prunable: Sequence[str]) -> dict[str, 
 
 
 def channel_groups(
-    model: nn.Module, example: Tensor, prunable: Sequence[str], round_to: int, graph: Any = None
+    model: nn.Module,
+    example: Tensor,
+    prunable: Sequence[str],
+    round_to: int,
+    graph: Any = None,
+    protect: Sequence[str] = (),
 ) -> list[ChannelGroup]:
     """The groups of ``model`` that can lose at least ``round_to`` channels.
 
@@ -106,11 +117,12 @@ def channel_groups(
         prunable: Conv/linear layers whose output channels may go.
         round_to: Channel multiple; the smallest width a group keeps.
         graph: A dependency graph of ``model`` already built, or ``None``.
+        protect: Other modules whose width stays (see :func:`_groups`).
     """
     graph = graph if graph is not None else dependency_graph(model, example)
     names = {module: name for name, module in model.named_modules()}
     result = []
-    for name, group in _groups(model, graph, prunable).items():
+    for name, group in _groups(model, graph, prunable, protect).items():
         layers = tuple(
             names[dep.target.module]
             for dep, _ in group
@@ -124,7 +136,12 @@ def channel_groups(
 
 
 def group_scores(
-    model: nn.Module, graph: Any, prunable: Sequence[str], names: Sequence[str], criterion: Any
+    model: nn.Module,
+    graph: Any,
+    prunable: Sequence[str],
+    names: Sequence[str],
+    criterion: Any,
+    protect: Sequence[str] = (),
 ) -> dict[str, Tensor]:
     """Per-channel importance of each named group, from the criterion registry.
 
@@ -134,6 +151,7 @@ def group_scores(
         prunable: The layers whose output channels may go (as for :func:`channel_groups`).
         names: Root names of the groups to score.
         criterion: A name of :data:`lightning_accel.pruning.criteria.CRITERIA` or a callable.
+        protect: Other modules whose width stays (see :func:`_groups`).
 
     Returns:
         ``{root name: scores}``, one non-negative score per channel (torch-pruning's, which
@@ -142,7 +160,7 @@ def group_scores(
     from lightning_accel.pruning.criteria import group_importance
 
     importance = group_importance(criterion)
-    groups = _groups(model, graph, prunable)
+    groups = _groups(model, graph, prunable, protect)
     scores = {}
     for name in names:
         width = out_channels(model.get_submodule(name))

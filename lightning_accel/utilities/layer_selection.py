@@ -144,6 +144,22 @@ def ignored_modules(
     return match_patterns(names, ignore, f"{technique}(ignore=...)")
 
 
+def protected_modules(model: nn.Module, ignore: Sequence[str], technique: str) -> list[str]:
+    """The modules other than conv/linear layers that ``ignore`` names, whose width stays.
+
+    An attention block, a norm or a whole block named in ``ignore``: structured pruning hands
+    them to torch-pruning as ignored, so no channel coupled to them is removed.
+
+    Raises:
+        ValueError: If a pattern matches no module.
+    """
+    return sorted(
+        name
+        for name in ignored_modules(model, ignore, [], technique)
+        if not isinstance(model.get_submodule(name), PRUNABLE_LAYERS)
+    )
+
+
 def reparametrized_weight(module: nn.Module) -> str | None:
     """How a layer's ``weight`` is reparametrized, or ``None`` for a plain parameter."""
     from torch.nn.utils import parametrize

@@ -410,3 +410,24 @@ def test_ignoring_a_module_with_raw_parameters_names_what_to_ignore_instead(
         r"ignore those layers instead",
     ):
         trainer.fit(module, datamodule=digits)
+
+
+def test_latency_budget_groups_leave_an_ignored_attention_block_whole() -> None:
+    # LatencyBudgetPruning built its channel groups from conv/linear layers only: with
+    # ignore=['model.attention'] it skipped the projections inside the attention but still
+    # offered the group that narrows the attention's embedding (helper report, this stop).
+    from lightning_accel.pruning.latency_model import channel_groups
+    from lightning_accel.utilities.layer_selection import protected_modules, select_layers
+
+    module = ClassificationModule(_Attention(), input_size=8, lr=0.05)
+    example = torch.zeros(2, 1, 8, 8)
+    protect = protected_modules(module, ["model.attention"], "LatencyBudgetPruning")
+    assert protect == ["model.attention"]
+    layers = select_layers(module, example, ["model.attention"], True, "LatencyBudgetPruning")
+    assert layers == ["model.embed.3"]  # first and last kept; the attention's own ignored
+
+    def groups(protected: list[str]) -> set[str]:
+        return {g.name for g in channel_groups(module, example, layers, 8, protect=protected)}
+
+    assert groups([]) == {"model.embed.3"}  # it narrows the attention's embedding
+    assert groups(protect) == set()  # protected: nothing may go (the callback then refuses)
