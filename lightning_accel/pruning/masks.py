@@ -36,7 +36,10 @@ def magnitude_masks(
         return {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
     # kthvalue is deterministic, so every DDP rank draws the same threshold from the same weights.
     threshold = scores.kthvalue(n_zero).values
-    masks = {name: w.detach().abs() > threshold for name, w in weights.items()}
+    # Compared in the dtype the threshold was drawn in: float64 weights compared as float64
+    # against a float32 threshold kept some at the threshold (0.4999 for 0.5); ties that
+    # float32 creates are broken below.
+    masks = {name: w.detach().abs().float() > threshold for name, w in weights.items()}
     return _break_ties(weights, masks, n_zero)
 
 

@@ -33,6 +33,18 @@ def test_global_masks_cut_exactly_n_even_with_tied_zeros() -> None:
     assert int((~masks["a"]).sum()) == 30
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_global_masks_cut_exactly_n_for_float64_and_bfloat16_weights(dtype) -> None:
+    # float64 weights were compared against a float32 threshold: 0.4999 zeroed for 0.5.
+    generator = torch.Generator().manual_seed(0)
+    weights = {
+        "a": torch.randn(64, 32, generator=generator, dtype=torch.float64).to(dtype),
+        "b": torch.randn(128, 16, generator=generator, dtype=torch.float64).to(dtype),
+    }
+    masks = magnitude_masks(weights, 0.5, "global")
+    assert sum(int((~m).sum()) for m in masks.values()) == round(0.5 * (64 * 32 + 128 * 16))
+
+
 @pytest.mark.parametrize("shape", [(8, 16), (8, 16, 3, 3)])
 def test_2_4_mask_keeps_two_largest_of_every_four_inputs(shape: tuple[int, ...]) -> None:
     weight = torch.randn(shape)
