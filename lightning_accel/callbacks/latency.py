@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lightning_accel.backends import DEFAULT_BACKEND, BackendName, get_backend
@@ -46,7 +47,11 @@ class LatencyMonitor(AccelCallback):
     cost, ``latency/monitor_s``. With ``baseline=True`` (the default) the model as it was when
     this fit started is timed with it in alternating rounds
     (:func:`~lightning_accel.backends.timing.compare_latency`), and
-    ``latency/<backend>/b<N>_speedup`` is logged too: a shared machine's drift lands on both.
+    ``latency/<backend>/b<N>_speedup`` is logged too (the median of per-round ratios), with
+    its spread ``..._speedup_p25`` and ``..._speedup_p75``: a shared machine's drift lands on
+    both models; a ratio the timing cannot support is warned about
+    (:func:`~lightning_accel.backends.timing.spread_warning`: quartiles over 10% of the median
+    apart, or a p90 over 1.5x its median).
     Each row of :attr:`history` also holds ``model/sparsity``: the
     fraction of the conv/linear weights of the model at train start that are now zero or
     removed (measured on the model). With a ``WandbLogger`` it also logs a per-epoch table and an
@@ -111,7 +116,11 @@ class LatencyMonitor(AccelCallback):
     def metric_names(self) -> tuple[str, ...]:
         latency = tuple(f"latency/{self.backend}/b{b}_ms" for b in self.batch_sizes)
         if self.baseline:
-            latency += tuple(f"latency/{self.backend}/b{b}_speedup" for b in self.batch_sizes)
+            latency += tuple(
+                f"latency/{self.backend}/b{b}_speedup{part}"
+                for b in self.batch_sizes
+                for part in ("", "_p25", "_p75")
+            )
         model = ("model/onnx_bytes", "model/params", "model/nonzero_params", "model/macs")
         return (*latency, *model, "latency/monitor_s")
 
@@ -207,6 +216,14 @@ class LatencyMonitor(AccelCallback):
                 result = compare_latency(compiled, base, inputs, batch_size, self.runs, rounds)
                 metrics[f"{key}_ms"] = result.model.median_ms
                 metrics[f"{key}_speedup"] = result.speedup
+                metrics[f"{key}_speedup_p25"] = result.speedup_p25
+                metrics[f"{key}_speedup_p75"] = result.speedup_p75
+                if result.warning is not None:  # the rule every speedup this library reports keeps
+                    rank_zero_warn(
+                        f"LatencyMonitor, epoch {trainer.current_epoch}, batch {batch_size}: "
+                        f"{result.warning}",
+                        category=UserWarning,
+                    )
             metrics["model/onnx_bytes"] = float(onnx_path.stat().st_size)
         stats = model_stats(pl_module, example)
         metrics["model/params"] = float(stats.params)
