@@ -71,6 +71,11 @@ from lightning_accel.utilities.layer_selection import protected_modules, select_
 _EXAMPLE = "LatencyBudgetPruning(target_speedup=2.0, end_epoch=4)"
 
 
+# A final latency further below the budget than this (or twice the measured spread) is warned
+# about: the plan overshot, and pruned channels do not come back.
+OVERSHOOT_FLOOR = 0.2
+
+
 class LatencyBudgetPruning(AccelCallback):
     """Structured pruning that reaches a latency budget measured on the target runtime.
 
@@ -656,6 +661,18 @@ class LatencyBudgetPruning(AccelCallback):
                 f"measured {frame / self.target_ms - 1.0:+.1%} from it); {speedup:.2f}x the dense "
                 "model in the same timing rounds."
             )
+            if frame < self.target_ms * (1.0 - max(2.0 * tolerance, OVERSHOOT_FLOOR)):
+                # Channels cannot come back: a cut past the budget costs accuracy for nothing.
+                asked = self.dense_ms / self.target_ms if self.dense_ms else float("nan")
+                rank_zero_warn(
+                    f"LatencyBudgetPruning: pruned past the budget on {self.backend}: "
+                    f"{frame:.4g} ms for a {self.target_ms:.4g} ms budget "
+                    f"({frame / self.target_ms - 1.0:+.0%}), {speedup:.2f}x the dense model where "
+                    f"{asked:.2f}x was asked, giving up more accuracy than the budget needed. "
+                    f"The latency model's predictions were off (timing spread {tolerance:.0%}): "
+                    "time on an idle machine with threads= fixed, or prune over more steps "
+                    "(a gradual schedule corrects after each)."
+                )
         else:
             why = (
                 f"every channel group reached round_to={self.round_to} channels, and the closest "
