@@ -150,6 +150,14 @@ def protected_modules(model: nn.Module, ignore: Sequence[str], technique: str) -
     An attention block, a norm or a whole block named in ``ignore``: structured pruning hands
     them to torch-pruning as ignored, so no channel coupled to them is removed.
 
+    Args:
+        model: The root module.
+        ignore: Glob patterns (or exact names) over module names.
+        technique: Name used in the error message, e.g. ``"LatencyBudgetPruning"``.
+
+    Returns:
+        Their names, sorted.
+
     Raises:
         ValueError: If a pattern matches no module.
     """
