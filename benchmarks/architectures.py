@@ -143,7 +143,7 @@ def classify(err: BaseException, steps: int) -> dict[str, Any]:
     An allocation refused under the part's address-space cap (:func:`limit_memory`) is the
     machine's limit, not a fault of the callback: ``out of memory``, whenever it happens.
     """
-    memory = out_of_memory(err, float(os.environ.get(PART_MEMORY_VARIABLE, "0")))
+    memory = out_of_memory(err)
     if memory is not None:
         return memory
     message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:400]
@@ -369,8 +369,7 @@ def run_peer(name: str, size: int) -> dict[str, Any]:
         with torch.no_grad():
             after = tuple(model(example).shape)
     except Exception as err:  # noqa: BLE001 - recorded, not raised
-        limit = float(os.environ.get(PART_MEMORY_VARIABLE, "0"))
-        return out_of_memory(err, limit) or {
+        return out_of_memory(err) or {
             "status": "failed",
             "message": f"{type(err).__name__}: {str(err)[:300]}",
         }
@@ -493,7 +492,12 @@ def _part_timeout(signum: int, frame: Any) -> None:
     raise PartTimeout
 
 
-def out_of_memory(err: BaseException, gib: float) -> dict[str, Any] | None:
+def part_memory_gib() -> float:
+    """The address-space cap each part runs under, in GiB (0: none), as the driver set it."""
+    return float(os.environ.get(PART_MEMORY_VARIABLE, "0"))
+
+
+def out_of_memory(err: BaseException) -> dict[str, Any] | None:
     """The part's row if ``err`` is an allocation refused under its memory limit, else None."""
     text = str(err)
     refused = isinstance(err, MemoryError) or any(
@@ -501,7 +505,7 @@ def out_of_memory(err: BaseException, gib: float) -> dict[str, Any] | None:
     )
     if not refused:
         return None
-    message = f"over {gib:g} GiB of address space: {type(err).__name__}: {text[:200]}"
+    message = f"over {part_memory_gib():g} GiB of address space: {type(err).__name__}: {text[:200]}"
     return {"status": "out of memory", "message": message}
 
 
@@ -521,7 +525,7 @@ def run_one(name: str) -> dict[str, Any]:
     import torch
 
     signal.signal(signal.SIGALRM, _part_timeout)
-    memory_gib = float(os.environ.get(PART_MEMORY_VARIABLE, "0"))
+    memory_gib = part_memory_gib()
     torch.manual_seed(0)
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -542,7 +546,7 @@ def run_one(name: str) -> dict[str, Any]:
             except PartTimeout:
                 row[part] = {"status": "timeout", "message": "part over its share of the limit"}
             except Exception as err:  # noqa: BLE001 - a harness failure, recorded
-                row[part] = out_of_memory(err, memory_gib) or {
+                row[part] = out_of_memory(err) or {
                     "status": "harness error",
                     "message": repr(err)[:300],
                     "trace": traceback.format_exc(limit=3)[-600:],
