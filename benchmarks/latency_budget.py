@@ -271,42 +271,66 @@ def quantize(module: Any, data: Any, seed: int, teacher: Any = None) -> Any:
     return module
 
 
+def qat_key(args: argparse.Namespace) -> str:
+    """Where a qat run's results go: ``qat`` for the 4x budget at batch 1, else with both."""
+    if args.qat_speedup == 4.0 and args.qat_batch == 1:
+        return "qat"
+    return f"qat {args.qat_speedup:g}x b{args.qat_batch}"
+
+
 def part_qat(seed: int, data: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The budget (``--qat-speedup`` at ``--qat-batch``), then QAT: int8 vs dense fp32."""
     dense = dense_model("resnet18", seed, data, args)
-    if seed not in BUDGET_4X:  # not run after curve: the same 4x-budget fine-tune here
-        BUDGET_4X[seed] = fine_tune(dense, [budget(4.0, args.threads)], data, args.epochs, seed)
+    speedup, batch = args.qat_speedup, args.qat_batch
+    name = f"budget {speedup:g}x"
+    if batch != 1 or speedup != 4.0:
+        name += f" (planned at batch {batch})"
+    pruned = BUDGET_4X.get(seed) if name == "budget 4x" else None  # curve's, if it ran
+    callback = budget(speedup, args.threads, batch)
+    if pruned is None:
+        pruned = fine_tune(dense, [callback], data, args.epochs, seed)
     tuned = fine_tune(dense, [], data, args.epochs + 1, seed)  # as many epochs as prune + QAT
-    students = {"budget 4x + QAT int8": (BUDGET_4X[seed], None)}
+    students = {f"{name} + QAT int8": (pruned, None)}
     if args.distill:
         # the dense fp32 reference teaches: a frozen copy, never pruned or quantized
         teacher = copy.deepcopy(tuned.model).eval()
         distill = Distillation(teacher=teacher)
-        pruned = fine_tune(dense, [budget(4.0, args.threads), distill], data, args.epochs, seed)
-        students["budget 4x + QAT int8, distilled"] = (pruned, teacher)
+        taught = fine_tune(
+            dense, [budget(speedup, args.threads, batch), distill], data, args.epochs, seed
+        )
+        students[f"{name} + QAT int8, distilled"] = (taught, teacher)
     example = dense.example_input_array[:1]
     out = Path(tempfile.mkdtemp(prefix="bench-latency-qat-"))
     files = {"dense fp32": to_onnx(tuned.model, example, out / "dense" / "model.onnx")}
     rows: dict[str, dict[str, Any]] = {}
     for i, (key, (student, teacher)) in enumerate(students.items()):
-        rows[key.replace("+ QAT int8", "fp32 (before QAT)")] = {"acc": accuracy(student, data)}
+        before = key.replace("+ QAT int8", "fp32 (before QAT)")
+        rows[before] = {"acc": accuracy(student, data)}
+        files[before] = to_onnx(student.model, example, out / f"fp{i}" / "model.onnx")
         quantize(student, data, seed, teacher)
         files[key] = to_onnx(student.model, example, out / f"qat{i}" / "model.onnx")
-    for name, path in files.items():
-        rows[name] = {**rows.get(name, {}), "acc": onnx_accuracy(path, data, args.threads)}
+    for file_name, path in files.items():
+        rows[file_name] = {
+            **rows.get(file_name, {}),
+            "acc": onnx_accuracy(path, data, args.threads),
+        }
+    rows[f"{name} + QAT int8"].update(callback_figures(callback) if callback.history else {})
     base = compile_model("onnxruntime", files["dense fp32"], out / "b", threads=args.threads)
-    for i, key in enumerate(students):
+    for i, key in enumerate(k for k in files if k != "dense fp32"):
         model = compile_model("onnxruntime", files[key], out / f"m{i}", threads=args.threads)
-        for batch in (1, 64):
-            inputs = random_inputs(example, batch)
-            runs = 200 if batch == 1 else 30
+        for timed in (1, 64):
+            inputs = random_inputs(example, timed)
+            runs = 200 if timed == 1 else 30
             c = compare_latency(
-                model, base, inputs, batch, runs=runs, rounds=6, threads=args.threads
+                model, base, inputs, timed, runs=runs, rounds=6, threads=args.threads
             )
-            rows[key][f"speedup_b{batch}"] = [c.speedup, c.speedup_p25, c.speedup_p75]
-            rows[key][f"ms_b{batch}"] = c.model.median_ms
-            rows["dense fp32"][f"ms_b{batch}"] = c.baseline.median_ms
+            rows[key][f"speedup_b{timed}"] = [c.speedup, c.speedup_p25, c.speedup_p75]
+            rows[key][f"ms_b{timed}"] = c.model.median_ms
+            rows["dense fp32"][f"ms_b{timed}"] = c.baseline.median_ms
     return {
         "rows": rows,
+        "budget_speedup": speedup,
+        "budget_batch": batch,
         "qat_epochs": 1,
         "dense_epochs": args.dense_epochs + args.epochs + 1,
         "test_images": args.test_size,
@@ -350,8 +374,9 @@ def report(results: dict[str, Any]) -> None:
         for group in plans[names[0]]["widths"] if names else []:
             widths = " | ".join(str(plans[k]["widths"][group]) for k in names)
             print(f"| {group} | {widths} |")
-    for seed, part in results.get("qat", {}).items():
-        print(f"\nqat, seed {seed}: {json.dumps(part['rows'], indent=1)}")
+    for key in (k for k in results if k.startswith("qat")):
+        for seed, part in results[key].items():
+            print(f"\n{key}, seed {seed}: {json.dumps(part['rows'], indent=1)}")
 
 
 def main() -> None:
@@ -367,6 +392,10 @@ def main() -> None:
         "--distill", action="store_true", help="qat: also a variant the dense model teaches"
     )
     parser.add_argument("--threads", type=int, default=1, help="runtime threads")
+    parser.add_argument("--qat-speedup", type=float, default=4.0, help="qat: the budget")
+    parser.add_argument(
+        "--qat-batch", type=int, default=1, help="qat: the batch size the budget is planned at"
+    )
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "bench-lb")
     parser.add_argument("--report", action="store_true", help="print the saved results only")
     parser.add_argument("--results", type=Path, default=RESULTS, help="JSON the parts merge into")
@@ -392,12 +421,13 @@ def main() -> None:
                 for name in args.models:
                     out = part_equal(name, seed, data, args)
                     results.setdefault("equal", {}).setdefault(name, {})[str(seed)] = out
+                    results.setdefault("settings", {})[f"equal {name} seed {seed}"] = settings
             elif part == "curve":
                 results.setdefault("curve", {})[str(seed)] = part_curve(seed, data, args)
             elif part == "plans":
                 results.setdefault("plans", {})[str(seed)] = part_plans(seed, data, args)
             elif part == "qat":
-                results.setdefault("qat", {})[str(seed)] = part_qat(seed, data, args)
+                results.setdefault(qat_key(args), {})[str(seed)] = part_qat(seed, data, args)
             else:
                 raise SystemExit(f"unknown part {part!r}: equal, curve, plans or qat")
             results.setdefault("seconds", {})[f"{part} seed {seed}"] = time.perf_counter() - started

@@ -105,3 +105,24 @@ def test_sparsity_in_the_history_is_zero_without_compression(digits, tmp_path) -
         small_module(), datamodule=digits
     )
     assert monitor.history[0]["model/sparsity"] == 0.0  # BatchNorm's zero biases are not pruning
+
+
+def test_a_speedup_the_timing_cannot_support_is_warned_about(digits, tmp_path, monkeypatch) -> None:
+    # The library's spread rule on real timings, made strict: any spread between rounds is
+    # "too wide", so every measured epoch must warn, naming the epoch, batch and quartiles.
+    from lightning_accel.backends import timing
+
+    monkeypatch.setattr(timing, "RATIO_SPREAD_LIMIT", -1.0)
+    monitor = LatencyMonitor(batch_sizes=(1,), threads=1, runs=5)
+    trainer = quiet_trainer(
+        tmp_path, max_epochs=2, callbacks=[GradualPruning(0.5, end_epoch=1), monitor]
+    )
+    with pytest.warns(UserWarning, match=r"LatencyMonitor, epoch \d, batch 1: .*varied") as seen:
+        trainer.fit(small_module(), datamodule=digits)
+    warned = [str(w.message) for w in seen if "LatencyMonitor, epoch" in str(w.message)]
+    assert [m.split(",")[1].strip() for m in warned] == ["epoch 0", "epoch 1"]
+    for row in monitor.history:
+        p25, speedup, p75 = (
+            row[f"latency/onnxruntime/b1_speedup{k}"] for k in ("_p25", "", "_p75")
+        )
+        assert 0 < p25 <= speedup <= p75
