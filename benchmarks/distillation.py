@@ -137,6 +137,11 @@ def fp32_as_long(model: str, dense: ClassificationModule, args: argparse.Namespa
 
     The same data (``--train-size``, seed 0's batch order), epochs and learning rate as a
     compressed student, no callbacks: the fp32 reference that had the students' extra epochs.
+
+    Args:
+        model: The architecture's name (its run folder).
+        dense: The trained fp32 model; copied, not changed.
+        args: The benchmark's arguments (data sizes, epochs, fine-tuning rate).
     """
     data = make_data(args, args.train_size, order_seed=0)
     pl.seed_everything(0)

@@ -303,6 +303,7 @@ def part_qat(seed: int, data: Any, args: argparse.Namespace) -> dict[str, Any]:
     out = Path(tempfile.mkdtemp(prefix="bench-latency-qat-"))
     files = {"dense fp32": to_onnx(tuned.model, example, out / "dense" / "model.onnx")}
     rows: dict[str, dict[str, Any]] = {}
+    widths = {key: conv_widths(student) for key, (student, _) in students.items()}
     for i, (key, (student, teacher)) in enumerate(students.items()):
         before = key.replace("+ QAT int8", "fp32 (before QAT)")
         rows[before] = {"acc": accuracy(student, data)}
@@ -329,6 +330,7 @@ def part_qat(seed: int, data: Any, args: argparse.Namespace) -> dict[str, Any]:
             rows["dense fp32"][f"ms_b{timed}"] = c.baseline.median_ms
     return {
         "rows": rows,
+        "widths": widths,
         "budget_speedup": speedup,
         "budget_batch": batch,
         "qat_epochs": 1,
@@ -430,8 +432,9 @@ def main() -> None:
                 results.setdefault(qat_key(args), {})[str(seed)] = part_qat(seed, data, args)
             else:
                 raise SystemExit(f"unknown part {part!r}: equal, curve, plans or qat")
-            results.setdefault("seconds", {})[f"{part} seed {seed}"] = time.perf_counter() - started
-            results.setdefault("settings", {})[f"{part} seed {seed}"] = settings
+            label = f"{qat_key(args) if part == 'qat' else part} seed {seed}"
+            results.setdefault("seconds", {})[label] = time.perf_counter() - started
+            results.setdefault("settings", {})[label] = settings
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(results, indent=2))
     report(results)
