@@ -282,9 +282,9 @@ def part_qat(seed: int, data: Any, args: argparse.Namespace) -> dict[str, Any]:
     """The budget (``--qat-speedup`` at ``--qat-batch``), then QAT: int8 vs dense fp32."""
     dense = dense_model("resnet18", seed, data, args)
     speedup, batch = args.qat_speedup, args.qat_batch
-    name = f"budget {speedup:g}x"
-    if batch != 1 or speedup != 4.0:
-        name += f" (planned at batch {batch})"
+    name = (
+        "budget 4x" if qat_key(args) == "qat" else f"budget {speedup:g}x (planned at batch {batch})"
+    )
     pruned = BUDGET_4X.get(seed) if name == "budget 4x" else None  # curve's, if it ran
     callback = budget(speedup, args.threads, batch)
     if pruned is None:
