@@ -9,9 +9,11 @@ for the same epochs, pruned at its first batch (``schedule="constant"``). Parts:
            the dense model fine-tuned as long is the accuracy reference.
 ``curve``  ResNet-18: budgets of 2x/3x/4x against uniform 30/50/70%, accuracy vs measured
            speedup.
-``plans``  ResNet-18: the widths the allocator picks for one budget with the latency model
-           measured on ONNX Runtime at batch 1, at batch 64 and on OpenVINO at batch 1 (no
-           training).
+``plans``  ResNet-18: the widths ``LatencyBudgetPruning`` picks for one budget (2x) on ONNX
+           Runtime and on OpenVINO, each at batch 1 and 64: the callback's closed-loop plan
+           (one training batch) and the allocator's open-loop plan from the first latency
+           model alone; then every pruned model timed on every one of those runtimes against
+           the dense model (which plan is fastest where, and how far the open loop lands).
 ``qat``    ResNet-18: the 4x-budget model of ``curve`` (fine-tuned here if ``curve`` did not
            run) then one epoch of ``QuantizationAware``;
            its int8 ONNX against the dense fp32 model on ONNX Runtime at batch 1 and 64. With
@@ -67,6 +69,7 @@ from lightning_accel.pruning.latency_model import (
     group_scores,
     random_inputs,
     round_ratio,
+    thinned_copy,
 )
 from lightning_accel.utilities.layer_selection import select_layers
 
@@ -75,7 +78,7 @@ DENSE_LR, TUNE_LR = 0.05, 0.02
 BUDGET_4X: dict[int, Any] = {}  # the curve's 4x-budget model per seed, for the qat part
 
 
-def trainer(epochs: int, callbacks: list) -> pl.Trainer:
+def trainer(epochs: int, callbacks: list, **limits: int) -> pl.Trainer:
     return pl.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
@@ -85,6 +88,7 @@ def trainer(epochs: int, callbacks: list) -> pl.Trainer:
         enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=callbacks,
+        **limits,
     )
 
 
@@ -135,9 +139,12 @@ def uniform(amount: float) -> GradualPruning:
     return GradualPruning(amount, schedule="constant", start_epoch=0, end_epoch=1, round_to=8)
 
 
-def budget(speedup: float, threads: int, batch: int = 1) -> LatencyBudgetPruning:
+def budget(
+    speedup: float, threads: int, batch: int = 1, backend: str = "onnxruntime"
+) -> LatencyBudgetPruning:
     return LatencyBudgetPruning(
         target_speedup=speedup,
+        backend=backend,
         threads=threads,
         batch_size=batch,
         schedule="constant",
@@ -147,9 +154,11 @@ def budget(speedup: float, threads: int, batch: int = 1) -> LatencyBudgetPruning
     )
 
 
-def time_against_dense(dense: Any, models: dict[str, Any], threads: int) -> dict[str, list]:
+def time_against_dense(
+    dense: Any, models: dict[str, Any], threads: int, backend: str = "onnxruntime"
+) -> dict[str, list]:
     """Speedup of each model over ``dense``, all timed in 7 alternating rounds (batch 1)."""
-    probe = Probe("onnxruntime", dense.example_input_array[:1], 1, threads, rounds=7)
+    probe = Probe(backend, dense.example_input_array[:1], 1, threads, rounds=7)
     try:
         compiled = [probe.compile(dense, True)] + [probe.compile(m, True) for m in models.values()]
         runs = probe.time_rounds(compiled)
@@ -183,14 +192,15 @@ def part_equal(name: str, seed: int, data: Any, args: argparse.Namespace) -> dic
     rows["dense fine-tuned"] = {"acc": accuracy(tuned, data)}
     half = fine_tune(dense, [uniform(0.5)], data, args.epochs, seed)
     rows["uniform 50%"] = {"acc": accuracy(half, data)}
-    ((s, _),) = time_against_dense(dense, {"u": half}, args.threads).values()
-    callback = budget(s, args.threads)
+    ((s, _),) = time_against_dense(dense, {"u": half}, args.threads, args.backend).values()
+    callback = budget(s, args.threads, backend=args.backend)
     fitted = fine_tune(dense, [callback], data, args.epochs, seed)
     rows["latency budget"] = {"acc": accuracy(fitted, data), **callback_figures(callback)}
     timed = time_against_dense(
         dense,
         {"dense fine-tuned": tuned, "uniform 50%": half, "latency budget": fitted},
         args.threads,
+        args.backend,
     )
     for key, (speedup, spread) in timed.items():
         rows[key].update(speedup=speedup, spread=spread)
@@ -208,18 +218,21 @@ def part_curve(seed: int, data: Any, args: argparse.Namespace) -> dict[str, Any]
         rows[key] = {"acc": accuracy(models[key], data)}
     for speedup in (2.0, 3.0, 4.0):
         key = f"budget {speedup:g}x"
-        callback = budget(speedup, args.threads)
+        callback = budget(speedup, args.threads, backend=args.backend)
         try:
             models[key] = fine_tune(dense, [callback], data, args.epochs, seed)
         except ValueError as err:  # refused in setup: out of reach
             rows[key] = {"error": str(err).splitlines()[0]}
             continue
         rows[key] = {"acc": accuracy(models[key], data), **callback_figures(callback)}
-    for key, (s, spread) in time_against_dense(dense, models, args.threads).items():
+    for key, (s, spread) in time_against_dense(dense, models, args.threads, args.backend).items():
         rows[key].update(speedup=s, spread=spread)
-    if "budget 4x" in models:
+    if "budget 4x" in models and args.backend == "onnxruntime":  # qat budgets on ONNX Runtime
         BUDGET_4X[seed] = models["budget 4x"]
     return {"rows": rows, "widths": {k: conv_widths(m) for k, m in models.items()}}
+
+
+RUNTIMES = (("onnxruntime", 1), ("onnxruntime", 64), ("openvino", 1), ("openvino", 64))
 
 
 def plan(dense: Any, backend: str, batch: int, speedup: float, threads: int) -> dict[str, Any]:
@@ -240,15 +253,66 @@ def plan(dense: Any, backend: str, batch: int, speedup: float, threads: int) -> 
     return {"base_ms": model.base_ms, "predicted_ms": chosen.predicted_ms, "widths": chosen.widths}
 
 
+def closed_loop_plan(
+    dense: Any, data: Any, backend: str, batch: int, speedup: float, threads: int
+) -> tuple[Any, dict[str, Any]]:
+    """The callback's own plan for ``speedup`` on one runtime: one training batch, no more.
+
+    ``schedule="constant"`` prunes the whole budget at the first batch, with every stage
+    exported and timed on ``backend`` (the closed loop), so the widths are the ones a full fit
+    would train; one SGD step on the weights does not change a latency.
+    """
+    callback = budget(speedup, threads, batch, backend)
+    module = copy_of(dense, TUNE_LR, 1)
+    trainer(1, [callback], limit_train_batches=1, limit_val_batches=0).fit(module, datamodule=data)
+    return module, {**callback_figures(callback), "widths": dict(callback.widths)}
+
+
+def cross_speedups(dense: Any, models: dict[str, Any], threads: int) -> dict[str, dict]:
+    """Every model timed on every runtime: ``{model: {runtime: [speedup vs dense, ±]}}``.
+
+    Each runtime times the dense model and all the others in the same 7 alternating rounds,
+    so a plan made for one runtime is seen on the others at the same moment.
+    """
+    example = dense.example_input_array[:1]
+    cross: dict[str, dict[str, list]] = {k: {} for k in models}
+    for backend, batch in RUNTIMES:
+        probe = Probe(backend, example, batch, threads, rounds=7)
+        try:
+            compiled = [probe.compile(m, True) for m in [dense, *models.values()]]
+            runs = probe.time_rounds(compiled)
+        except RuntimeError:  # a runtime missing here
+            continue
+        finally:
+            probe.close()
+        for i, name in enumerate(models):
+            cross[name][f"{backend} b{batch}"] = list(round_ratio(runs[0], runs[i + 1]))
+    return cross
+
+
 def part_plans(seed: int, data: Any, args: argparse.Namespace) -> dict[str, Any]:
     dense = dense_model("resnet18", seed, data, args)
-    found = {}
-    for backend, batch in (("onnxruntime", 1), ("onnxruntime", 64), ("openvino", 1)):
+    example = dense.example_input_array[:1]
+    found: dict[str, dict[str, Any]] = {}
+    closed: dict[str, dict[str, Any]] = {}
+    models: dict[str, Any] = {}
+    for backend, batch in RUNTIMES:
+        key = f"{backend} b{batch}"
         try:
-            found[f"{backend} b{batch}"] = plan(dense, backend, batch, 2.0, args.threads)
+            found[key] = plan(dense, backend, batch, 2.0, args.threads)
+            models[key], closed[key] = closed_loop_plan(
+                dense, data, backend, batch, 2.0, args.threads
+            )
         except RuntimeError as err:  # a runtime missing here
-            found[f"{backend} b{batch}"] = {"error": str(err).splitlines()[0]}
-    return {"speedup": 2.0, "plans": found}
+            found[key] = {"error": str(err).splitlines()[0]}
+            continue
+        models[f"{key} open loop"] = thinned_copy(dense, example, found[key]["widths"])
+    return {
+        "speedup": 2.0,
+        "plans": found,
+        "closed_loop": closed,
+        "cross": cross_speedups(dense, models, args.threads),
+    }
 
 
 def onnx_accuracy(path: Path, data: Any, threads: int) -> float:
@@ -361,21 +425,35 @@ def report(results: dict[str, Any]) -> None:
                 cb = f"{row['callback_speedup']:.2f}x" if row.get("callback_speedup") else "-"
                 acc = f"{row['acc']:.1f} ±{stderr(row['acc'], n):.1f}"
                 print(f"| {key} | {acc} | {_speed(row)} | {cb} |")
-    for seed, part in results.get("curve", {}).items():
-        print(f"\ncurve: resnet18, seed {seed}\n{head}\n|---|---|---|---|")
-        for key, row in part["rows"].items():
+    curves = [
+        (k, seed, part)
+        for k in results
+        if k.startswith("curve")
+        for seed, part in results[k].items()
+    ]
+    for key, seed, part in curves:
+        print(f"\n{key}: resnet18, seed {seed}\n{head}\n|---|---|---|---|")
+        for variant, row in part["rows"].items():
             if "error" in row:
-                print(f"| {key} | refused: {row['error']} | | |")
+                print(f"| {variant} | refused: {row['error']} | | |")
                 continue
             cb = f"{row['callback_speedup']:.2f}x" if row.get("callback_speedup") else "-"
-            print(f"| {key} | {row['acc']:.1f} | {_speed(row)} | {cb} |")
+            print(f"| {variant} | {row['acc']:.1f} | {_speed(row)} | {cb} |")
     for seed, part in results.get("plans", {}).items():
-        plans = part["plans"]
+        plans = part.get("closed_loop") or part["plans"]
         names = [k for k in plans if "widths" in plans[k]]
         print(f"\nplans for {part['speedup']:g}x, seed {seed}\n| group | " + " | ".join(names))
         for group in plans[names[0]]["widths"] if names else []:
             widths = " | ".join(str(plans[k]["widths"][group]) for k in names)
             print(f"| {group} | {widths} |")
+        cross = part.get("cross", {})
+        runtimes = list(next(iter(cross.values()), {}))
+        if runtimes:
+            print("\nplan (rows) timed on runtime (columns), speedup vs dense ± half the IQR")
+            print("| plan made for | " + " | ".join(runtimes) + " |")
+            for name, row in cross.items():
+                cells = " | ".join(f"{row[r][0]:.2f}x ±{row[r][1]:.0%}" for r in runtimes)
+                print(f"| {name} | {cells} |")
     for key in (k for k in results if k.startswith("qat")):
         for seed, part in results[key].items():
             print(f"\n{key}, seed {seed}: {json.dumps(part['rows'], indent=1)}")
@@ -394,6 +472,9 @@ def main() -> None:
         "--distill", action="store_true", help="qat: also a variant the dense model teaches"
     )
     parser.add_argument("--threads", type=int, default=1, help="runtime threads")
+    parser.add_argument(
+        "--backend", default="onnxruntime", help="equal, curve: the runtime budgeted and timed"
+    )
     parser.add_argument("--qat-speedup", type=float, default=4.0, help="qat: the budget")
     parser.add_argument(
         "--qat-batch", type=int, default=1, help="qat: the batch size the budget is planned at"
@@ -416,25 +497,30 @@ def main() -> None:
     )
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     results["args"] = settings
+    on = "" if args.backend == "onnxruntime" else f" {args.backend}"  # result keys per runtime
     for seed in args.seeds:
         for part in args.parts:
             started = time.perf_counter()
+            label = {
+                "equal": f"equal {'+'.join(args.models)}{on}",
+                "curve": f"curve{on}",
+                "qat": qat_key(args),
+            }.get(part, part)
             if part == "equal":
                 for name in args.models:
                     out = part_equal(name, seed, data, args)
-                    results.setdefault("equal", {}).setdefault(name, {})[str(seed)] = out
-                    results.setdefault("settings", {})[f"equal {name} seed {seed}"] = settings
+                    results.setdefault("equal", {}).setdefault(name + on, {})[str(seed)] = out
             elif part == "curve":
-                results.setdefault("curve", {})[str(seed)] = part_curve(seed, data, args)
+                results.setdefault(label, {})[str(seed)] = part_curve(seed, data, args)
             elif part == "plans":
                 results.setdefault("plans", {})[str(seed)] = part_plans(seed, data, args)
             elif part == "qat":
                 results.setdefault(qat_key(args), {})[str(seed)] = part_qat(seed, data, args)
             else:
                 raise SystemExit(f"unknown part {part!r}: equal, curve, plans or qat")
-            label = f"{qat_key(args) if part == 'qat' else part} seed {seed}"
-            results.setdefault("seconds", {})[label] = time.perf_counter() - started
-            results.setdefault("settings", {})[label] = settings
+            elapsed = time.perf_counter() - started
+            results.setdefault("seconds", {})[f"{label} seed {seed}"] = elapsed
+            results.setdefault("settings", {})[f"{label} seed {seed}"] = settings
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(results, indent=2))
     report(results)

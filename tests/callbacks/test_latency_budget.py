@@ -119,6 +119,26 @@ def test_resume_mid_schedule_replays_the_pruning(budget_run, tmp_path) -> None:
     assert final.model[3].out_channels == module.model[3].out_channels
 
 
+def test_the_budget_is_met_on_openvino_as_openvino_measures_it(tmp_path) -> None:
+    """The other CPU runtime end to end: latency model, closed loop and logs from OpenVINO."""
+    torch.set_num_threads(2)
+    module = _module()
+    dense = copy.deepcopy(module)
+    callback = LatencyBudgetPruning(target_speedup=1.5, backend="openvino", threads=1, end_epoch=1)
+    _fit(module, callback, tmp_path, epochs=2)
+    assert callback.progress == 1.0
+    assert callback.metrics["latency/openvino/speedup"] >= 1.5 / (1.0 + callback.tolerance + 0.02)
+    assert not any(k.startswith(KEY) for k in callback.metrics)  # nothing timed on ORT
+    probe = Probe("openvino", torch.zeros(1, 1, 32, 32), 1, threads=1, rounds=7)
+    try:
+        dense_t, pruned_t = probe.time(
+            [probe.compile(dense, exact=True), probe.compile(module, exact=True)]
+        )
+    finally:
+        probe.close()
+    assert dense_t.median_ms / pruned_t.median_ms >= 1.5 * 0.8  # generous: shared cores
+
+
 def test_cli_flags_translate_to_the_callback() -> None:
     assert callback_from_flags() is None
     made = callback_from_flags(target_speedup=2.0, batch_size=64)
