@@ -256,7 +256,7 @@ def plan(dense: Any, backend: str, batch: int, speedup: float, threads: int) -> 
 def closed_loop_plan(
     dense: Any, data: Any, backend: str, batch: int, speedup: float, threads: int
 ) -> tuple[Any, dict[str, Any]]:
-    """The callback's own plan for ``speedup`` on one runtime: one training batch, no more.
+    """The callback's own plan for ``speedup`` on one runtime: two training batches, no more.
 
     ``schedule="constant"`` prunes the whole budget at the first batch, with every stage
     exported and timed on ``backend`` (the closed loop), so the widths are the ones a full fit
@@ -264,7 +264,8 @@ def closed_loop_plan(
     """
     callback = budget(speedup, threads, batch, backend)
     module = copy_of(dense, TUNE_LR, 1)
-    trainer(1, [callback], limit_train_batches=1, limit_val_batches=0).fit(module, datamodule=data)
+    # end_epoch=1: the schedule needs epoch 1 to start, so 2 epochs of one batch each
+    trainer(2, [callback], limit_train_batches=1, limit_val_batches=0).fit(module, datamodule=data)
     return module, {**callback_figures(callback), "widths": dict(callback.widths)}
 
 

@@ -74,6 +74,8 @@ _EXAMPLE = "LatencyBudgetPruning(target_speedup=2.0, end_epoch=4)"
 # A final latency further below the budget than this (or twice the measured spread) is warned
 # about: the plan overshot, and pruned channels do not come back.
 OVERSHOOT_FLOOR = 0.2
+# Fresh runtime sessions of the dense file and of the final model timed for the final figure.
+CONFIRM_SESSIONS = 2
 
 
 class LatencyBudgetPruning(AccelCallback):
@@ -103,6 +105,16 @@ class LatencyBudgetPruning(AccelCallback):
     (millisecond target), relative to its median; it is stated in the final message. A speedup
     target is judged on that per-round ratio (dense and model alternate in every round), so
     CPU contention cancels: ``measured = dense at train start / measured speedup``.
+
+    **The final figure is a confirmation, not the measurement that stopped the loop.** The loop
+    stops at the first measurement inside the budget, so that one leans fast (a noisy figure
+    selected for being low), and two runtime sessions of one file can time ~10% apart on a
+    shared CPU. Once a measurement is inside the budget, the model is exported again and timed
+    in ``CONFIRM_SESSIONS`` fresh sessions against as many fresh sessions of the dense file;
+    the speedup is the median per-round ratio over every dense/model session pair and the
+    tolerance half their IQR, so it includes the session-to-session part. A confirmation
+    outside the budget sends the loop back to cutting (within ``max_corrections``); the final
+    message, ``last`` and the logged metrics carry the confirmation.
 
     Args:
         target_latency_ms: Budget in milliseconds per batch of ``batch_size``.
@@ -219,6 +231,7 @@ class LatencyBudgetPruning(AccelCallback):
         self._example: Tensor | None = None
         self._probe: Probe | None = None
         self._dense: CompiledModel | None = None
+        self._dense_path: Path | None = None  # the dense ONNX file, for fresh sessions
         self._model: LatencyModel | None = None  # the latest latency model (rank zero)
         self._step_schedule: StepSchedule | None = None
         self._pending = False
@@ -403,7 +416,8 @@ class LatencyBudgetPruning(AccelCallback):
                 f"{str(err).splitlines()[0] if str(err) else ''}). Leave the layers involved out "
                 "with ignore=[...]. The model was not changed."
             ) from err
-        self._dense = self._probe.compile(pl_module, exact=True)
+        self._dense_path = self._probe.export(pl_module, exact=True)
+        self._dense = self._probe.session(self._dense_path)
         dense_runs, floor_runs = self._probe.time_rounds([self._dense, floor])
         dense_ms = _median(dense_runs)
         speedup, spread = round_ratio(dense_runs, floor_runs)
@@ -441,14 +455,44 @@ class LatencyBudgetPruning(AccelCallback):
             self._step(trainer, pl_module, progress, refresh=stages == 0, aim_ms=aim)
             stages += 1
         self._step(trainer, pl_module, progress, refresh=stages == 0)
-        for _ in range(self.max_corrections if final else 0):
-            if self._within_budget():
-                break
-            # the latency model of this step, re-anchored at the measured latency and scaled
-            # by the error just measured: no new profile
-            self._step(trainer, pl_module, 1.0, refresh=False)
         if final:
+            self._finish(trainer, pl_module)
             self._report_final()
+
+    def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """At ``end_epoch``: correct until a confirmation puts the model within budget.
+
+        A correction reuses the latency model of this step, re-anchored at the measured
+        latency and scaled by the error just measured (no new profile). The last figure is
+        always a confirmation (:meth:`_confirm`), taken after the last cut.
+        """
+        corrections = 0
+        while True:
+            if self._within_budget():
+                self._confirm_last(trainer, pl_module)
+                if self._within_budget():
+                    return
+            if corrections >= self.max_corrections:
+                break
+            self._step(trainer, pl_module, 1.0, refresh=False)
+            corrections += 1
+        if "sessions" not in self.last:
+            self._confirm_last(trainer, pl_module)
+
+    def _confirm_last(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Replace ``last`` with a confirmation timed on rank zero (every rank gets it)."""
+        measured: Any = self._confirm(pl_module) if trainer.is_global_zero else None
+        measured = trainer.strategy.broadcast(measured, src=0)
+        measured["predicted_ms"] = self.last.get("predicted_ms", measured["measured_ms"])
+        self.last = measured
+        self.history.append(
+            {
+                "epoch": trainer.current_epoch,
+                "goal_ms": self.target_ms,
+                **measured,
+                "widths": dict(self.widths),
+            }
+        )
 
     # ----------------------------------------------------------------- one step
     def _step(
@@ -627,6 +671,46 @@ class LatencyBudgetPruning(AccelCallback):
             "spread": spread if self.target_speedup else _spread(model_runs),
         }
 
+    def _confirm(self, pl_module: pl.LightningModule) -> dict[str, float]:
+        """The model timed in fresh sessions against fresh dense sessions (see the class doc).
+
+        Returns:
+            ``measured_ms``, ``dense_ms`` (medians over every session's runs), ``speedup`` (the
+            median per-round ratio over every dense/model session pair), ``spread`` (half
+            their IQR relative to the median; millisecond target: of the model sessions'
+            per-round medians) and ``sessions``.
+        """
+        assert self._probe is not None and self.dense_ms is not None
+        path = self._probe.export(pl_module, exact=True)
+        models = [self._probe.session(path) for _ in range(CONFIRM_SESSIONS)]
+        dense_path = self._dense_path  # None when resumed without a dense twin: ms only
+        sessions = CONFIRM_SESSIONS if dense_path is not None else 0
+        dense = [self._probe.session(dense_path) for _ in range(sessions) if dense_path]
+        runs = self._probe.time_rounds(dense + models)
+        dense_runs, model_runs = runs[: len(dense)], runs[len(dense) :]
+        model_medians = [float(np.median(r)) for m in model_runs for r in m]
+        measured = float(np.median([t for m in model_runs for r in m for t in r]))
+        spread = _relative_half_iqr(model_medians)
+        if not dense:
+            dense_ms, speedup = self.dense_ms, self.dense_ms / measured
+        else:
+            ratios = [
+                float(np.median(d[i]) / np.median(m[i]))
+                for d in dense_runs
+                for m in model_runs
+                for i in range(len(d))
+            ]
+            dense_ms = float(np.median([t for d in dense_runs for r in d for t in r]))
+            speedup = float(np.median(ratios))
+            spread = _relative_half_iqr(ratios) if self.target_speedup else spread
+        return {
+            "measured_ms": measured,
+            "dense_ms": dense_ms,
+            "speedup": speedup,
+            "spread": spread,
+            "sessions": float(len(models)),
+        }
+
     def _budget_frame(self, measurement: dict[str, float]) -> float:
         """The measured latency the budget is judged on, in ms.
 
@@ -741,7 +825,7 @@ class LatencyBudgetPruning(AccelCallback):
         self._close()
 
     def _close(self) -> None:
-        self._dense = None
+        self._dense, self._dense_path = None, None
         if self._probe is not None:
             self._probe.close()
             self._probe = None
@@ -783,7 +867,12 @@ def _median(runs: list[list[float]]) -> float:
 
 def _spread(runs: list[list[float]]) -> float:
     """Half the interquartile range of the per-round medians, relative to their median."""
-    p25, median, p75 = np.percentile([np.median(r) for r in runs], [25, 50, 75])
+    return _relative_half_iqr([float(np.median(r)) for r in runs])
+
+
+def _relative_half_iqr(values: list[float]) -> float:
+    """Half the interquartile range of ``values``, relative to their median."""
+    p25, median, p75 = np.percentile(values, [25, 50, 75])
     return float((p75 - p25) / 2.0 / median)
 
 

@@ -339,17 +339,32 @@ class Probe:
 
     def compile(self, model: nn.Module, exact: bool = False) -> CompiledModel:
         """Export ``model`` (``exact``: with ``to_onnx``, as shipped) and compile it."""
+        return self.session(self.export(model, exact))
+
+    def export(self, model: nn.Module, exact: bool = False) -> Path:
+        """Export ``model`` to a new ONNX file in the folder (``exact``: with ``to_onnx``)."""
         from lightning_accel.export.onnx import to_onnx
 
-        self._count += 1
-        out = self.folder / f"m{self._count}"
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / "model.onnx"
+        path = self._new_folder() / "model.onnx"
         if exact:
             to_onnx(model, self.example, path)
         else:
             export_for_timing(model, self.example, path)
-        return compile_model(self.backend, path, out, threads=self.threads)
+        return path
+
+    def session(self, path: Path) -> CompiledModel:
+        """A new runtime session of an exported file (its artifacts in a folder of their own).
+
+        Two sessions of one file can time several percent apart (memory placement, thread
+        start-up); compile more than one to see that part of the spread.
+        """
+        return compile_model(self.backend, path, self._new_folder(), threads=self.threads)
+
+    def _new_folder(self) -> Path:
+        self._count += 1
+        out = self.folder / f"m{self._count}"
+        out.mkdir(parents=True, exist_ok=True)
+        return out
 
     def time(self, models: Sequence[CompiledModel]) -> list[Latency]:
         """Alternating-round latencies of ``models`` at this probe's batch size."""

@@ -70,6 +70,9 @@ def test_speedup_budget_is_met_as_measured(budget_run) -> None:
     _, module, dense, callback, _ = budget_run
     assert callback.progress == 1.0
     assert callback.metrics[f"{KEY}/speedup"] >= 1.5 / (1.0 + callback.tolerance + 0.02)
+    # the final figure is the confirmation in fresh sessions, not the step that stopped the loop
+    assert callback.last["sessions"] == 2 and callback.history[-1]["sessions"] == 2
+    assert callback.metrics[f"{KEY}/speedup"] == pytest.approx(callback.last["speedup"])
     # independently: export both and time them in alternating rounds on ONNX Runtime
     probe = Probe("onnxruntime", torch.zeros(1, 1, 32, 32), 1, threads=1, rounds=7)
     try:
@@ -137,6 +140,44 @@ def test_the_budget_is_met_on_openvino_as_openvino_measures_it(tmp_path) -> None
     finally:
         probe.close()
     assert dense_t.median_ms / pruned_t.median_ms >= 1.5 * 0.8  # generous: shared cores
+
+
+class _Scripted(LatencyBudgetPruning):
+    """Confirmations and correction steps replaced by scripted speedups (control flow only)."""
+
+    def __init__(self, confirmations: list[float]) -> None:
+        super().__init__(target_speedup=1.5, threads=1, max_corrections=3)
+        self.confirmations, self.steps = confirmations, 0
+        self.dense_ms, self.target_ms = 3.0, 2.0
+        self.last = self._reading(1.55, confirmed=False)  # the step that stopped the loop
+
+    @staticmethod
+    def _reading(speedup: float, confirmed: bool) -> dict[str, float]:
+        out = {"measured_ms": 3.0 / speedup, "dense_ms": 3.0, "speedup": speedup, "spread": 0.01}
+        return {**out, "sessions": 2.0} if confirmed else out
+
+    def _confirm(self, pl_module) -> dict[str, float]:
+        return self._reading(self.confirmations.pop(0), confirmed=True)
+
+    def _step(self, trainer, pl_module, progress, refresh=True, aim_ms=None) -> None:
+        self.steps += 1
+        self.last = self._reading(1.55, confirmed=False)  # each correction looks within budget
+
+
+def test_a_confirmation_outside_the_budget_sends_the_loop_back_to_cutting() -> None:
+    from lightning.pytorch import Trainer
+
+    trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    callback = _Scripted(confirmations=[1.30, 1.52])  # 1.30x: 2.31 ms against a 2 ms budget
+    callback._finish(trainer, _module())
+    assert callback.steps == 1  # one more cut after the first confirmation missed
+    assert callback.last["speedup"] == 1.52 and callback.last["sessions"] == 2
+    assert [row["speedup"] for row in callback.history] == [1.30, 1.52]
+    stubborn = _Scripted(confirmations=[1.30] * 4)
+    stubborn._finish(trainer, _module())
+    assert stubborn.steps == 3 and stubborn.last["speedup"] == 1.30  # corrections used up
+    with pytest.warns(UserWarning, match="NOT met"):
+        stubborn._report_final()
 
 
 def test_cli_flags_translate_to_the_callback() -> None:
