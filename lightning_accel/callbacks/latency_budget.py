@@ -232,6 +232,7 @@ class LatencyBudgetPruning(AccelCallback):
         self._probe: Probe | None = None
         self._dense: CompiledModel | None = None
         self._dense_path: Path | None = None  # the dense ONNX file, for fresh sessions
+        self._fresh_dense: list[CompiledModel] = []  # its sessions for the confirmations
         self._model: LatencyModel | None = None  # the latest latency model (rank zero)
         self._step_schedule: StepSchedule | None = None
         self._pending = False
@@ -684,8 +685,9 @@ class LatencyBudgetPruning(AccelCallback):
         path = self._probe.export(pl_module, exact=True)
         models = [self._probe.session(path) for _ in range(CONFIRM_SESSIONS)]
         dense_path = self._dense_path  # None when resumed without a dense twin: ms only
-        sessions = CONFIRM_SESSIONS if dense_path is not None else 0
-        dense = [self._probe.session(dense_path) for _ in range(sessions) if dense_path]
+        if dense_path is not None and not self._fresh_dense:  # compiled once, after the loop
+            self._fresh_dense = [self._probe.session(dense_path) for _ in range(CONFIRM_SESSIONS)]
+        dense = self._fresh_dense
         runs = self._probe.time_rounds(dense + models)
         dense_runs, model_runs = runs[: len(dense)], runs[len(dense) :]
         model_medians = [float(np.median(r)) for m in model_runs for r in m]
@@ -710,6 +712,10 @@ class LatencyBudgetPruning(AccelCallback):
             "spread": spread,
             "sessions": float(len(models)),
         }
+
+    def _sessions_note(self) -> str:
+        sessions = int(self.last.get("sessions", 0))
+        return f", confirmed in {sessions} fresh sessions of each" if sessions else ""
 
     def _budget_frame(self, measurement: dict[str, float]) -> float:
         """The measured latency the budget is judged on, in ms.
@@ -743,7 +749,7 @@ class LatencyBudgetPruning(AccelCallback):
                 f"LatencyBudgetPruning: budget met on {self.backend}: {frame:.4g} ms measured vs "
                 f"{self.target_ms:.4g} ms budget (tolerance {tolerance:.1%}, the measured spread; "
                 f"measured {frame / self.target_ms - 1.0:+.1%} from it); {speedup:.2f}x the dense "
-                "model in the same timing rounds."
+                f"model in the same timing rounds{self._sessions_note()}."
             )
             if frame < self.target_ms * (1.0 - max(2.0 * tolerance, OVERSHOOT_FLOOR)):
                 # Channels cannot come back: a cut past the budget costs accuracy for nothing.
@@ -825,7 +831,7 @@ class LatencyBudgetPruning(AccelCallback):
         self._close()
 
     def _close(self) -> None:
-        self._dense, self._dense_path = None, None
+        self._dense, self._dense_path, self._fresh_dense = None, None, []
         if self._probe is not None:
             self._probe.close()
             self._probe = None
