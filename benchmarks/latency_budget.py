@@ -11,7 +11,7 @@ for the same epochs, pruned at its first batch (``schedule="constant"``). Parts:
            speedup.
 ``plans``  ResNet-18: the widths ``LatencyBudgetPruning`` picks for one budget (2x) on ONNX
            Runtime and on OpenVINO, each at batch 1 and 64: the callback's closed-loop plan
-           (one training batch) and the allocator's open-loop plan from the first latency
+           (two training batches) and the allocator's open-loop plan from the first latency
            model alone; then every pruned model timed on every one of those runtimes against
            the dense model (which plan is fastest where, and how far the open loop lands).
 ``qat``    ResNet-18: the 4x-budget model of ``curve`` (fine-tuned here if ``curve`` did not
