@@ -155,10 +155,10 @@ def budget(
 
 
 def time_against_dense(
-    dense: Any, models: dict[str, Any], threads: int, backend: str = "onnxruntime"
+    dense: Any, models: dict[str, Any], threads: int, backend: str = "onnxruntime", batch: int = 1
 ) -> dict[str, list]:
-    """Speedup of each model over ``dense``, all timed in 7 alternating rounds (batch 1)."""
-    probe = Probe(backend, dense.example_input_array[:1], 1, threads, rounds=7)
+    """Speedup of each model over ``dense``, all timed in 7 alternating rounds."""
+    probe = Probe(backend, dense.example_input_array[:1], batch, threads, rounds=7)
     try:
         compiled = [probe.compile(dense, True)] + [probe.compile(m, True) for m in models.values()]
         runs = probe.time_rounds(compiled)
@@ -275,19 +275,14 @@ def cross_speedups(dense: Any, models: dict[str, Any], threads: int) -> dict[str
     Each runtime times the dense model and all the others in the same 7 alternating rounds,
     so a plan made for one runtime is seen on the others at the same moment.
     """
-    example = dense.example_input_array[:1]
     cross: dict[str, dict[str, list]] = {k: {} for k in models}
     for backend, batch in RUNTIMES:
-        probe = Probe(backend, example, batch, threads, rounds=7)
         try:
-            compiled = [probe.compile(m, True) for m in [dense, *models.values()]]
-            runs = probe.time_rounds(compiled)
+            timed = time_against_dense(dense, models, threads, backend, batch)
         except RuntimeError:  # a runtime missing here
             continue
-        finally:
-            probe.close()
-        for i, name in enumerate(models):
-            cross[name][f"{backend} b{batch}"] = list(round_ratio(runs[0], runs[i + 1]))
+        for name, speedup in timed.items():
+            cross[name][f"{backend} b{batch}"] = speedup
     return cross
 
 

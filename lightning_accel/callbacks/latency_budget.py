@@ -486,10 +486,15 @@ class LatencyBudgetPruning(AccelCallback):
         measured = trainer.strategy.broadcast(measured, src=0)
         measured["predicted_ms"] = self.last.get("predicted_ms", measured["measured_ms"])
         self.last = measured
+        assert self.target_ms is not None
+        self._record(trainer, self.target_ms, measured)
+
+    def _record(self, trainer: pl.Trainer, goal_ms: float, measured: dict[str, float]) -> None:
+        """Append one measurement, with its goal and the widths it was taken at, to history."""
         self.history.append(
             {
                 "epoch": trainer.current_epoch,
-                "goal_ms": self.target_ms,
+                "goal_ms": goal_ms,
                 **measured,
                 "widths": dict(self.widths),
             }
@@ -544,14 +549,7 @@ class LatencyBudgetPruning(AccelCallback):
         self.last = measured
         self.progress = max(self.progress, progress)
         self.widths = self._layer_widths(pl_module)
-        self.history.append(
-            {
-                "epoch": trainer.current_epoch,
-                "goal_ms": goal,
-                **measured,
-                "widths": dict(self.widths),
-            }
-        )
+        self._record(trainer, goal, measured)
         if not reached:
             self._note_unreachable(goal, predicted, after)
 
@@ -690,21 +688,15 @@ class LatencyBudgetPruning(AccelCallback):
         dense = self._fresh_dense
         runs = self._probe.time_rounds(dense + models)
         dense_runs, model_runs = runs[: len(dense)], runs[len(dense) :]
-        model_medians = [float(np.median(r)) for m in model_runs for r in m]
-        measured = float(np.median([t for m in model_runs for r in m for t in r]))
-        spread = _relative_half_iqr(model_medians)
+        model_rounds = [r for m in model_runs for r in m]  # every model session's rounds
+        measured, spread = _median(model_rounds), _spread(model_rounds)
         if not dense:
             dense_ms, speedup = self.dense_ms, self.dense_ms / measured
-        else:
-            ratios = [
-                float(np.median(d[i]) / np.median(m[i]))
-                for d in dense_runs
-                for m in model_runs
-                for i in range(len(d))
-            ]
-            dense_ms = float(np.median([t for d in dense_runs for r in d for t in r]))
-            speedup = float(np.median(ratios))
-            spread = _relative_half_iqr(ratios) if self.target_speedup else spread
+        else:  # the rounds of every dense/model session pair, side by side
+            pairs = [(d[i], m[i]) for d in dense_runs for m in model_runs for i in range(len(d))]
+            speedup, ratio_spread = round_ratio([d for d, _ in pairs], [m for _, m in pairs])
+            dense_ms = _median([r for d in dense_runs for r in d])
+            spread = ratio_spread if self.target_speedup else spread
         return {
             "measured_ms": measured,
             "dense_ms": dense_ms,
@@ -873,12 +865,7 @@ def _median(runs: list[list[float]]) -> float:
 
 def _spread(runs: list[list[float]]) -> float:
     """Half the interquartile range of the per-round medians, relative to their median."""
-    return _relative_half_iqr([float(np.median(r)) for r in runs])
-
-
-def _relative_half_iqr(values: list[float]) -> float:
-    """Half the interquartile range of ``values``, relative to their median."""
-    p25, median, p75 = np.percentile(values, [25, 50, 75])
+    p25, median, p75 = np.percentile([np.median(r) for r in runs], [25, 50, 75])
     return float((p75 - p25) / 2.0 / median)
 
 
